@@ -1,0 +1,59 @@
+"""Developer sessions: `nox` runs tests, lint, typecheck and docs; `nox -s bench` measures."""
+
+from __future__ import annotations
+
+import nox
+
+nox.needs_version = ">=2024.10"
+nox.options.default_venv_backend = "uv|virtualenv"
+nox.options.sessions = ["tests", "lint", "typecheck", "docs"]
+nox.options.reuse_existing_virtualenvs = True
+
+PYPROJECT = nox.project.load_toml("pyproject.toml")
+
+
+def _group(name: str) -> list[str]:
+    return nox.project.dependency_groups(PYPROJECT, name)
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """Run the test suite (unit, simulator, end to end, CLI) with coverage."""
+    session.install("-e", ".[cli,sim]", *_group("test"))
+    session.run(
+        "pytest",
+        "--cov=nanobanana",
+        "--cov-report=term",
+        *(session.posargs or ["-p", "no:cacheprovider"]),
+    )
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """Ruff: lint and formatting."""
+    session.install(*_group("lint"))
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    """mypy --strict on src/."""
+    session.install("-e", ".[cli,sim]", *_group("typecheck"))
+    session.run("mypy")
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """Build the documentation strictly and run every code block in it."""
+    session.install("-e", ".[cli,sim]", *_group("docs"), *_group("test"))
+    session.run("pytest", "-p", "no:cacheprovider", "docs/test_docs.py", "-q")
+    session.run("mkdocs", "build", "--strict", "--site-dir", session.create_tmp() + "/site")
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Benchmarks against raw httpx and aiohttp (never part of the default run)."""
+    session.install("-e", ".[cli,sim]", *_group("bench"))
+    for script in ["benchmarks/bench_generate.py", "benchmarks/bench_stream.py", "benchmarks/bench_import.py"]:
+        session.run("python", script, *session.posargs)
