@@ -1,0 +1,3 @@
+"""A stateful simulator of the Nano Banana service, for tests and demos (work in progress)."""
+
+__all__: list[str] = []
