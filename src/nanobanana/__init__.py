@@ -1,5 +1,86 @@
-"""nanobanana: the asyncio-native client for the Nano Banana image-generation API."""
+"""nanobanana: the asyncio-native client for the Nano Banana image-generation API.
 
+Example::
+
+    import asyncio
+    from nanobanana import AsyncNanoBanana
+
+    async def main() -> None:
+        async with AsyncNanoBanana() as client:
+            generation = await client.generate("a cute orange cat on a windowsill")
+            print(generation.image_urls)
+
+    asyncio.run(main())
+"""
+
+from nanobanana._client import AsyncNanoBanana
+from nanobanana._clock import Clock, FakeClock, SystemClock
+from nanobanana._errors import (
+    APIConnectionError,
+    APIStatusError,
+    APITimeoutError,
+    AuthenticationError,
+    BadRequestError,
+    ContentSafetyError,
+    DownloadError,
+    GenerationFailedError,
+    InsufficientCreditsError,
+    InternalServerError,
+    JobTimeoutError,
+    MissingAPIKeyError,
+    NanoBananaError,
+    NotFoundError,
+    PermissionDeniedError,
+    RateLimitError,
+    ServerBusyError,
+    UnexpectedResponseError,
+)
+from nanobanana._governor import GovernorStats
+from nanobanana._jobs import Job, PollPolicy
+from nanobanana._models import Generation, GenerationStatus, Model, ProgressEvent
+from nanobanana._retry import RetryPolicy
 from nanobanana._version import __version__
 
-__all__ = ["__version__"]
+__all__ = [
+    "APIConnectionError",
+    "APIStatusError",
+    "APITimeoutError",
+    "AsyncNanoBanana",
+    "AuthenticationError",
+    "BadRequestError",
+    "Clock",
+    "ContentSafetyError",
+    "DownloadError",
+    "FakeClock",
+    "Generation",
+    "GenerationFailedError",
+    "GenerationStatus",
+    "GovernorStats",
+    "InsufficientCreditsError",
+    "InternalServerError",
+    "Job",
+    "JobTimeoutError",
+    "MissingAPIKeyError",
+    "Model",
+    "NanoBananaError",
+    "NotFoundError",
+    "PermissionDeniedError",
+    "PollPolicy",
+    "ProgressEvent",
+    "RateLimitError",
+    "RetryPolicy",
+    "ServerBusyError",
+    "SystemClock",
+    "UnexpectedResponseError",
+    "__version__",
+]
+
+# Public names report this package, not the private module (httpx does the same).
+for _name in __all__:
+    _obj = globals()[_name]
+    if hasattr(_obj, "__module__") and not isinstance(_obj, str):
+        try:
+            _obj.__module__ = "nanobanana"
+        except (AttributeError, TypeError):
+            pass
+del _name, _obj

@@ -1,0 +1,319 @@
+"""The exceptions nanobanana raises.
+
+Every error the library raises on purpose is a :class:`NanoBananaError`::
+
+    NanoBananaError
+    ├── MissingAPIKeyError            a call that needs a key found none
+    ├── UnexpectedResponseError       a 2xx body we cannot read (not JSON, field missing)
+    ├── APIConnectionError            network failure, nothing usable came back
+    │   └── APITimeoutError
+    ├── APIStatusError                .status_code, .body, .response, .message
+    │   ├── BadRequestError           400
+    │   ├── AuthenticationError       401
+    │   ├── InsufficientCreditsError  402
+    │   ├── PermissionDeniedError     403
+    │   ├── NotFoundError             404
+    │   ├── RateLimitError            429  .retry_after, .limit, .active
+    │   ├── InternalServerError       500 and other 5xx
+    │   └── ServerBusyError           503  .retry_after, .active_tasks
+    ├── GenerationFailedError         job or stream ended in failure  .generation_id
+    ├── ContentSafetyError            sync 200 with success:false + warning  .generation_id
+    ├── JobTimeoutError               job.wait() ran out of time  .generation_id
+    └── DownloadError                 an image could not be fetched or is not an image  .url
+
+Errors that may follow a charged ``POST /generate`` (a 500, a read timeout, a dropped
+connection after the request was sent) carry ``may_have_been_charged = True`` and say
+so in their message: credits are taken on acceptance and not refunded on failure
+(async-mode docs), so the client never resends such a request on its own.
+
+No message, ``repr`` or attribute text of these errors contains the API key.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import httpx
+
+__all__ = [
+    "APIConnectionError",
+    "APIStatusError",
+    "APITimeoutError",
+    "AuthenticationError",
+    "BadRequestError",
+    "ContentSafetyError",
+    "DownloadError",
+    "GenerationFailedError",
+    "InsufficientCreditsError",
+    "InternalServerError",
+    "JobTimeoutError",
+    "MissingAPIKeyError",
+    "NanoBananaError",
+    "NotFoundError",
+    "PermissionDeniedError",
+    "RateLimitError",
+    "ServerBusyError",
+    "UnexpectedResponseError",
+]
+
+CHARGE_WARNING = (
+    "The generation may have been charged; it was not resent. Check `credits()` or "
+    "`get_generation()` before trying again."
+)
+
+
+class NanoBananaError(Exception):
+    """Raised for every failure of this library; catch it to catch them all."""
+
+    message: str
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class MissingAPIKeyError(NanoBananaError):
+    """Raised when a call that needs an API key is made and none was configured."""
+
+
+class UnexpectedResponseError(NanoBananaError):
+    """Raised when a successful response cannot be read: not JSON, or a field is missing."""
+
+    def __init__(self, message: str, *, field: str | None = None, body: Any = None) -> None:
+        super().__init__(message)
+        self.field = field
+        self.body = body
+
+
+class APIConnectionError(NanoBananaError):
+    """Raised when the network failed and no usable response came back."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        request: httpx.Request | None = None,
+        may_have_been_charged: bool = False,
+    ) -> None:
+        if may_have_been_charged:
+            message = f"{message} {CHARGE_WARNING}"
+        super().__init__(message)
+        self.request = request
+        self.may_have_been_charged = may_have_been_charged
+
+
+class APITimeoutError(APIConnectionError):
+    """Raised when a request timed out (connect, read, write or pool)."""
+
+
+class APIStatusError(NanoBananaError):
+    """Raised when the API answered with an error status (4xx or 5xx)."""
+
+    status_code: int
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        response: httpx.Response,
+        body: Any,
+        may_have_been_charged: bool = False,
+    ) -> None:
+        if may_have_been_charged:
+            message = f"{message} {CHARGE_WARNING}"
+        super().__init__(message)
+        self.response = response
+        self.status_code = response.status_code
+        self.body = body
+        self.may_have_been_charged = may_have_been_charged
+
+
+class BadRequestError(APIStatusError):
+    """Raised on 400: the parameters were rejected (missing prompt, bad mode, ...)."""
+
+
+class AuthenticationError(APIStatusError):
+    """Raised on 401: the API key is missing or invalid."""
+
+
+class InsufficientCreditsError(APIStatusError):
+    """Raised on 402: the account has too few credits for this generation."""
+
+
+class PermissionDeniedError(APIStatusError):
+    """Raised on 403: API access is not enabled on the account (or the model needs Pro)."""
+
+
+class NotFoundError(APIStatusError):
+    """Raised on 404: no such generation (or endpoint)."""
+
+
+class RateLimitError(APIStatusError):
+    """Raised on 429 once retries are spent: the account's concurrent-request limit.
+
+    Nothing was charged for the refused request.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        response: httpx.Response,
+        body: Any,
+        retry_after: float | None,
+        limit: int | None,
+        active: int | None,
+    ) -> None:
+        super().__init__(message, response=response, body=body)
+        self.retry_after = retry_after
+        self.limit = limit
+        self.active = active
+
+
+class InternalServerError(APIStatusError):
+    """Raised on 500 and other 5xx (except 503) once retries are spent, or at once for POSTs."""
+
+
+class ServerBusyError(APIStatusError):
+    """Raised on 503 once retries are spent: the async queue is full; credits were refunded."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        response: httpx.Response,
+        body: Any,
+        retry_after: float | None,
+        active_tasks: int | None,
+    ) -> None:
+        super().__init__(message, response=response, body=body)
+        self.retry_after = retry_after
+        self.active_tasks = active_tasks
+
+
+class GenerationFailedError(NanoBananaError):
+    """Raised when a job or a stream ended in failure (credits are not refunded)."""
+
+    def __init__(self, message: str, *, generation_id: str | None) -> None:
+        super().__init__(message)
+        self.generation_id = generation_id
+
+
+class ContentSafetyError(NanoBananaError):
+    """Raised when a sync generation was refused by the safety check (credits spent)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        generation_id: str | None,
+        credits_used: int | None,
+        remaining_credits: int | None,
+    ) -> None:
+        super().__init__(message)
+        self.generation_id = generation_id
+        self.credits_used = credits_used
+        self.remaining_credits = remaining_credits
+
+
+class JobTimeoutError(NanoBananaError):
+    """Raised when ``job.wait(timeout=...)`` ran out of time; the job may still finish."""
+
+    def __init__(self, message: str, *, generation_id: str) -> None:
+        super().__init__(message)
+        self.generation_id = generation_id
+
+
+class DownloadError(NanoBananaError):
+    """Raised when an image could not be downloaded, is expired, or is not an image.
+
+    ``url`` never includes the query string: signed image URLs carry secrets there.
+    """
+
+    def __init__(self, message: str, *, url: str, status_code: int | None = None) -> None:
+        super().__init__(message)
+        self.url = url
+        self.status_code = status_code
+
+
+_STATUS_CLASSES: dict[int, type[APIStatusError]] = {
+    400: BadRequestError,
+    401: AuthenticationError,
+    402: InsufficientCreditsError,
+    403: PermissionDeniedError,
+    404: NotFoundError,
+}
+
+_HINTS: dict[int, str] = {
+    401: "Check the API key (NANOBANANA_API_KEY).",
+    402: "Top up the account's credits.",
+    403: "API access must be enabled on the account.",
+    429: "The account's concurrent-request limit was exceeded; nothing was charged.",
+    503: "The server's async queue is full; the credits were refunded.",
+}
+
+
+def parse_error_body(response: httpx.Response) -> Any:
+    """The error body as JSON when it is JSON, else its text (an HTML page from a proxy)."""
+    try:
+        return json.loads(response.content)
+    except ValueError:
+        return response.text
+
+
+def _int_or_none(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value.strip())
+    return None
+
+
+def make_status_error(
+    response: httpx.Response,
+    *,
+    retry_after: float | None = None,
+    may_have_been_charged: bool = False,
+) -> APIStatusError:
+    """Build the typed error for an error response (its body must have been read)."""
+    body = parse_error_body(response)
+    status = response.status_code
+    server_message: str | None = None
+    if isinstance(body, dict) and isinstance(body.get("error"), str):
+        server_message = body["error"]
+    elif isinstance(body, str) and body.strip() and len(body) <= 200 and "<" not in body:
+        server_message = body.strip()
+    reason = response.reason_phrase or "Error"
+    parts = [f"{status} {reason}"]
+    if server_message:
+        parts.append(f": {server_message}")
+    hint = _HINTS.get(status)
+    message = "".join(parts) + (f". {hint}" if hint else "")
+    fields = body if isinstance(body, dict) else {}
+    if status == 429:
+        return RateLimitError(
+            message,
+            response=response,
+            body=body,
+            retry_after=retry_after,
+            limit=_int_or_none(fields.get("limit"))
+            or _int_or_none(response.headers.get("x-ratelimit-limit")),
+            active=_int_or_none(fields.get("active"))
+            or _int_or_none(response.headers.get("x-ratelimit-active")),
+        )
+    if status == 503:
+        return ServerBusyError(
+            message,
+            response=response,
+            body=body,
+            retry_after=retry_after,
+            active_tasks=_int_or_none(fields.get("activeTasks")),
+        )
+    cls = _STATUS_CLASSES.get(status)
+    if cls is None:
+        cls = InternalServerError if status >= 500 else APIStatusError
+    return cls(message, response=response, body=body, may_have_been_charged=may_have_been_charged)

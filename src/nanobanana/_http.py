@@ -1,0 +1,354 @@
+"""Sending API requests: auth, the governor, the retry loop, error mapping, logging.
+
+Every API request of a client goes through :meth:`Requester.call` (JSON answers) or
+:meth:`Requester.stream` (SSE). Both share one loop, :meth:`Requester._send`, which
+asks :func:`nanobanana._retry.decide` what to do after each failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import sys
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+from nanobanana._errors import (
+    APIConnectionError,
+    APIStatusError,
+    APITimeoutError,
+    MissingAPIKeyError,
+    NanoBananaError,
+    RateLimitError,
+    UnexpectedResponseError,
+    make_status_error,
+)
+from nanobanana._retry import (
+    Outcome,
+    RequestKind,
+    RetryPolicy,
+    decide,
+    outcome_of_exception,
+    outcome_of_status,
+    parse_retry_after,
+)
+
+if TYPE_CHECKING:
+    from nanobanana._clock import Clock
+    from nanobanana._config import Secret
+    from nanobanana._governor import Governor
+
+__all__ = ["AutoTransport", "OutOfTimeError", "Requester", "current_loop_token"]
+
+log = logging.getLogger("nanobanana")
+
+
+class OutOfTimeError(Exception):
+    """Internal: a retry would have gone past the caller's deadline (``job.wait``)."""
+
+    def __init__(self, error: NanoBananaError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def current_loop_token() -> object:
+    """An object that identifies the running event loop (asyncio or trio)."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        trio = sys.modules.get("trio")
+        if trio is None:
+            raise
+        return trio.lowlevel.current_trio_token()
+
+
+class AutoTransport(httpx.AsyncBaseTransport):
+    """Our fast asyncio transport on asyncio; httpx's own transport elsewhere (trio).
+
+    The choice is made at the first request, because a client may be built before any
+    event loop runs.
+    """
+
+    def __init__(self, *, limits: httpx.Limits) -> None:
+        self._limits = limits
+        self._inner: httpx.AsyncBaseTransport | None = None
+
+    def _pick(self) -> httpx.AsyncBaseTransport:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            self._inner = httpx.AsyncHTTPTransport(limits=self._limits)
+        else:
+            try:  # TEMPORARY until _transport.py lands
+                from nanobanana._transport import AsyncioTransport  # noqa: PLC0415
+            except ImportError:
+                self._inner = httpx.AsyncHTTPTransport(limits=self._limits)
+            else:
+                self._inner = AsyncioTransport(limits=self._limits)
+        return self._inner
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        """Send through the transport chosen for this event loop."""
+        inner = self._inner or self._pick()
+        return await inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        """Close the chosen transport, if any."""
+        if self._inner is not None:
+            await self._inner.aclose()
+
+
+def _describe(exc: httpx.HTTPError) -> str:
+    text = str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {text}"
+
+
+class Requester:
+    """Sends API requests for one client; holds no per-request state."""
+
+    def __init__(
+        self,
+        *,
+        http: httpx.AsyncClient,
+        base_url: httpx.URL,
+        api_key: Secret | None,
+        governor: Governor,
+        retry: RetryPolicy,
+        clock: Clock,
+        rand: random.Random,
+        timeout: httpx.Timeout | None,
+        headers: Mapping[str, str],
+    ) -> None:
+        self.http = http
+        self.base_url = str(base_url)
+        self.api_key = api_key
+        self.governor = governor
+        self.retry = retry
+        self.clock = clock
+        self.rand = rand
+        self.headers = dict(headers)
+        self._extensions: dict[str, Any] = (
+            {"timeout": timeout.as_dict()} if timeout is not None else {}
+        )
+        self._loop: object | None = None
+        self.closed = False
+
+    def _check_usable(self) -> None:
+        if self.closed:
+            raise NanoBananaError("This AsyncNanoBanana client is closed; create a new one.")
+        token = current_loop_token()
+        if self._loop is None:
+            self._loop = token
+        elif token is not self._loop:
+            raise NanoBananaError(
+                "This AsyncNanoBanana client was first used in another event loop. Its "
+                "connections belong to that loop: create one client per event loop "
+                "(for example inside the `asyncio.run()` that uses it)."
+            )
+
+    def _build(
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: Any,
+        params: Mapping[str, str] | None,
+        auth: bool,
+    ) -> httpx.Request:
+        headers = self.headers
+        if auth:
+            if self.api_key is None:
+                raise MissingAPIKeyError(
+                    "No API key: pass api_key=... or set NANOBANANA_API_KEY "
+                    "(NANO_BANANA_API_KEY and NB_API_KEY are read too)."
+                )
+            headers = {**headers, "Authorization": f"Bearer {self.api_key.reveal()}"}
+        content = None
+        if json_body is not None:
+            content = json.dumps(json_body, separators=(",", ":"), ensure_ascii=False).encode()
+            headers = {**headers, "Content-Type": "application/json"}
+        return httpx.Request(
+            method,
+            self.base_url + path,
+            params=params,
+            headers=headers,
+            content=content,
+            extensions=self._extensions,
+        )
+
+    async def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        kind: RequestKind,
+        json_body: Any = None,
+        params: Mapping[str, str] | None = None,
+        auth: bool = True,
+        deadline: float | None = None,
+    ) -> Any:
+        """Send a request (retrying as the table allows) and return its JSON body."""
+        response = await self._send(
+            method,
+            path,
+            kind=kind,
+            json_body=json_body,
+            params=params,
+            auth=auth,
+            deadline=deadline,
+            stream=False,
+        )
+        try:
+            return json.loads(response.content)
+        except ValueError:
+            raise UnexpectedResponseError(
+                f"Unexpected response to {method} {path}: {response.status_code} with a body "
+                f"that is not JSON ({response.headers.get('content-type', 'no content type')}).",
+                body=response.text[:500],
+            ) from None
+
+    @asynccontextmanager
+    async def stream(
+        self,
+        method: str,
+        path: str,
+        *,
+        kind: RequestKind,
+        json_body: Any = None,
+    ) -> AsyncIterator[httpx.Response]:
+        """Open a streaming request; the 2xx response holds its governor slot until exit."""
+        response = await self._send(
+            method,
+            path,
+            kind=kind,
+            json_body=json_body,
+            params=None,
+            auth=True,
+            deadline=None,
+            stream=True,
+        )
+        try:
+            yield response
+        finally:
+            try:
+                await response.aclose()
+            finally:
+                self.governor.release()
+
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        kind: RequestKind,
+        json_body: Any,
+        params: Mapping[str, str] | None,
+        auth: bool,
+        deadline: float | None,
+        stream: bool,
+    ) -> httpx.Response:
+        self._check_usable()
+        policy = self.retry
+        clock = self.clock
+        budget_end = clock.monotonic() + policy.timeout if policy.timeout is not None else None
+        governor = self.governor
+        debug = log.isEnabledFor(logging.DEBUG)
+        attempt = 0
+        while True:
+            attempt += 1
+            request = self._build(method, path, json_body=json_body, params=params, auth=auth)
+            retry_after: float | None = None
+            await governor.acquire()
+            keep_slot = False
+            try:
+                started = clock.monotonic() if debug else 0.0
+                try:
+                    response = await self.http.send(request, stream=stream)
+                except httpx.HTTPError as exc:
+                    outcome = outcome_of_exception(exc)
+                    verdict = decide(kind, outcome)
+                    cls = APITimeoutError if isinstance(exc, httpx.TimeoutException) else (
+                        APIConnectionError
+                    )
+                    error: NanoBananaError = cls(
+                        f"{method} {path} failed: {_describe(exc)}.",
+                        request=request,
+                        may_have_been_charged=verdict.may_have_been_charged,
+                    )
+                    error.__cause__ = exc
+                    if debug:
+                        log.debug("%s %s -> %s", method, path, type(exc).__name__)
+                else:
+                    status = response.status_code
+                    if debug:
+                        log.debug(
+                            "%s %s -> %d in %.0f ms",
+                            method,
+                            path,
+                            status,
+                            (clock.monotonic() - started) * 1000,
+                        )
+                    header_limit = response.headers.get("x-ratelimit-limit")
+                    if header_limit is not None and header_limit.isdigit():
+                        governor.learn(int(header_limit))
+                    if status < 300:
+                        governor.on_success()
+                        keep_slot = stream
+                        return response
+                    if stream:
+                        await response.aread()
+                        await response.aclose()
+                    outcome = outcome_of_status(status)
+                    verdict = decide(kind, outcome)
+                    retry_after = parse_retry_after(
+                        response.headers.get("retry-after"),
+                        now=clock.time(),
+                        cap=policy.retry_after_max,
+                    )
+                    error = make_status_error(
+                        response,
+                        retry_after=retry_after,
+                        may_have_been_charged=verdict.may_have_been_charged,
+                    )
+                    if outcome is Outcome.RATE_LIMITED:
+                        self._learn_from_429(error)
+            except BaseException:
+                keep_slot = False
+                raise
+            finally:
+                if not keep_slot:
+                    governor.release()
+            if not verdict.retry or attempt >= policy.attempts:
+                raise error
+            if retry_after is not None and outcome in (Outcome.RATE_LIMITED, Outcome.BUSY):
+                wait = retry_after
+            else:
+                wait = policy.backoff(attempt, self.rand)
+            now = clock.monotonic()
+            if deadline is not None and now + wait > deadline:
+                raise OutOfTimeError(error)
+            if budget_end is not None and now + wait > budget_end:
+                raise error
+            if debug:
+                log.debug(
+                    "retrying %s %s in %.2f s after %s (attempt %d of %d)",
+                    method,
+                    path,
+                    wait,
+                    outcome.value,
+                    attempt + 1,
+                    policy.attempts,
+                )
+            await clock.sleep(wait)
+
+    def _learn_from_429(self, error: APIStatusError) -> None:
+        if isinstance(error, RateLimitError) and error.limit is not None:
+            self.governor.learn(error.limit)
+        else:
+            self.governor.on_rate_limited()
+

@@ -1,0 +1,166 @@
+"""When a failed request may be sent again, and after how long.
+
+The whole decision is :func:`decide`, a lookup in one table keyed by the kind of
+request and what happened to it. Credits are taken when ``POST /generate`` is accepted
+and are not refunded when a generation fails (async-mode docs), so a generate request
+is resent only when the server said nothing was charged (429, 503: overview and
+async-mode docs) or when it provably never left this machine (connect error or
+timeout, pool timeout). GETs are always safe to resend.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import random
+import re
+from datetime import timezone
+from email.utils import parsedate_to_datetime
+
+import attrs
+import httpx
+
+__all__ = [
+    "Decision",
+    "Outcome",
+    "RequestKind",
+    "RetryPolicy",
+    "decide",
+    "outcome_of_exception",
+    "outcome_of_status",
+    "parse_retry_after",
+]
+
+
+class RequestKind(enum.Enum):
+    """What a request costs if it is accepted twice."""
+
+    READ = "read"  # GET /models, /credits, /generate?id=: free to repeat.
+    GENERATE = "generate"  # POST /generate: charged on acceptance.
+
+
+class Outcome(enum.Enum):
+    """What happened to one attempt, as far as retrying is concerned."""
+
+    NOT_SENT = "not sent"  # connect error/timeout, pool timeout
+    MAYBE_SENT = "maybe sent"  # read/write error or timeout, dropped connection
+    INVALID = "invalid"  # a request that can never succeed (bad URL, unsupported scheme)
+    RATE_LIMITED = "429"
+    BUSY = "503"
+    SERVER_ERROR = "5xx"
+    CLIENT_ERROR = "4xx"
+
+
+@attrs.frozen
+class Decision:
+    """The verdict for one failed attempt."""
+
+    retry: bool
+    may_have_been_charged: bool = False
+
+
+_RETRY = Decision(retry=True)
+_RAISE = Decision(retry=False)
+_RAISE_CHARGED = Decision(retry=False, may_have_been_charged=True)
+
+_TABLE: dict[tuple[RequestKind, Outcome], Decision] = {
+    (RequestKind.READ, Outcome.NOT_SENT): _RETRY,
+    (RequestKind.READ, Outcome.MAYBE_SENT): _RETRY,
+    (RequestKind.READ, Outcome.INVALID): _RAISE,
+    (RequestKind.READ, Outcome.RATE_LIMITED): _RETRY,
+    (RequestKind.READ, Outcome.BUSY): _RETRY,
+    (RequestKind.READ, Outcome.SERVER_ERROR): _RETRY,
+    (RequestKind.READ, Outcome.CLIENT_ERROR): _RAISE,
+    (RequestKind.GENERATE, Outcome.NOT_SENT): _RETRY,
+    (RequestKind.GENERATE, Outcome.MAYBE_SENT): _RAISE_CHARGED,
+    (RequestKind.GENERATE, Outcome.INVALID): _RAISE,
+    # 429: "nothing was charged" (PROTOCOL.md); 503: "credits are automatically refunded".
+    (RequestKind.GENERATE, Outcome.RATE_LIMITED): _RETRY,
+    (RequestKind.GENERATE, Outcome.BUSY): _RETRY,
+    (RequestKind.GENERATE, Outcome.SERVER_ERROR): _RAISE_CHARGED,
+    (RequestKind.GENERATE, Outcome.CLIENT_ERROR): _RAISE,
+}
+
+
+def decide(kind: RequestKind, outcome: Outcome) -> Decision:
+    """May an attempt of this kind that ended this way be sent again?"""
+    return _TABLE[kind, outcome]
+
+
+def outcome_of_status(status: int) -> Outcome:
+    """Classify an error status."""
+    if status == 429:
+        return Outcome.RATE_LIMITED
+    if status == 503:
+        return Outcome.BUSY
+    if status >= 500:
+        return Outcome.SERVER_ERROR
+    return Outcome.CLIENT_ERROR
+
+
+def outcome_of_exception(exc: httpx.HTTPError) -> Outcome:
+    """Classify a transport failure by whether the request can have left the machine."""
+    if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)):
+        return Outcome.NOT_SENT
+    if isinstance(exc, (httpx.UnsupportedProtocol, httpx.LocalProtocolError, httpx.InvalidURL)):
+        return Outcome.INVALID
+    return Outcome.MAYBE_SENT
+
+
+@attrs.frozen(kw_only=True)
+class RetryPolicy:
+    """How often and how patiently to retry (stamina-style: a value, not code).
+
+    Attributes:
+        attempts: total attempts per call, the first included (``max_retries + 1``).
+        wait_initial: the backoff ceiling of the first retry, in seconds.
+        wait_max: the largest backoff ceiling.
+        wait_exp_base: how fast the ceiling grows per retry.
+        retry_after_max: the longest ``Retry-After`` we obey; larger values are capped.
+        timeout: the budget for all attempts and waits of one call (None: no budget).
+    """
+
+    attempts: int = attrs.field(default=4, validator=attrs.validators.ge(1))
+    wait_initial: float = 0.5
+    wait_max: float = 30.0
+    wait_exp_base: float = 2.0
+    retry_after_max: float = 60.0
+    timeout: float | None = 600.0
+
+    def backoff(self, retry: int, rand: random.Random) -> float:
+        """Full-jitter exponential backoff before retry number ``retry`` (1-based)."""
+        ceiling = min(self.wait_max, self.wait_initial * self.wait_exp_base ** (retry - 1))
+        return rand.uniform(0.0, ceiling)
+
+
+_DELTA = re.compile(r"\d+(?:\.\d+)?")
+
+
+def parse_retry_after(value: str | None, *, now: float, cap: float) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (RFC 9110 section 10.2.3).
+
+    Accepts delta-seconds (and, leniently, a decimal) and HTTP-dates. A date in the
+    past means 0; anything above ``cap`` is capped. Garbage, negative numbers and
+    non-finite values give None (the caller then backs off with jitter).
+    """
+    if value is None:
+        return None
+    text = value.strip()
+    if not text:
+        return None
+    if _DELTA.fullmatch(text):
+        seconds = float(text)
+        return min(cap, seconds) if math.isfinite(seconds) else cap
+    if text[0] in "+-" or text[0].isdigit():
+        return None
+    try:
+        when = parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when.tzinfo is None:  # "-0000" and asctime dates: HTTP-dates are always GMT.
+        when = when.replace(tzinfo=timezone.utc)
+    try:
+        delta = when.timestamp() - now
+    except (OverflowError, OSError, ValueError):
+        return None
+    return min(cap, max(0.0, delta))
