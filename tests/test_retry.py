@@ -1,0 +1,157 @@
+import random
+from email.utils import format_datetime
+from datetime import datetime, timezone
+
+import httpx
+import pytest
+
+from nanobanana._retry import (
+    Outcome,
+    RequestKind,
+    RetryPolicy,
+    decide,
+    outcome_of_exception,
+    outcome_of_status,
+    parse_retry_after,
+)
+
+NOW = 1_700_000_000.0  # 2023-11-14T22:13:20Z
+CAP = 60.0
+
+READ, GEN = RequestKind.READ, RequestKind.GENERATE
+
+
+@pytest.mark.parametrize(
+    ("kind", "outcome", "retry", "charged"),
+    [
+        (READ, Outcome.NOT_SENT, True, False),
+        (READ, Outcome.MAYBE_SENT, True, False),
+        (READ, Outcome.INVALID, False, False),
+        (READ, Outcome.RATE_LIMITED, True, False),
+        (READ, Outcome.BUSY, True, False),
+        (READ, Outcome.SERVER_ERROR, True, False),
+        (READ, Outcome.CLIENT_ERROR, False, False),
+        (GEN, Outcome.NOT_SENT, True, False),
+        (GEN, Outcome.MAYBE_SENT, False, True),
+        (GEN, Outcome.INVALID, False, False),
+        (GEN, Outcome.RATE_LIMITED, True, False),
+        (GEN, Outcome.BUSY, True, False),
+        (GEN, Outcome.SERVER_ERROR, False, True),
+        (GEN, Outcome.CLIENT_ERROR, False, False),
+    ],
+)
+def test_decision_table_resends_generate_only_when_nothing_was_charged(
+    kind, outcome, retry, charged
+):
+    verdict = decide(kind, outcome)
+    assert verdict.retry is retry
+    assert verdict.may_have_been_charged is charged
+
+
+def test_every_kind_and_outcome_has_a_decision():
+    for kind in RequestKind:
+        for outcome in Outcome:
+            decide(kind, outcome)
+
+
+@pytest.mark.parametrize(
+    ("status", "outcome"),
+    [
+        (400, Outcome.CLIENT_ERROR),
+        (401, Outcome.CLIENT_ERROR),
+        (402, Outcome.CLIENT_ERROR),
+        (403, Outcome.CLIENT_ERROR),
+        (404, Outcome.CLIENT_ERROR),
+        (429, Outcome.RATE_LIMITED),
+        (500, Outcome.SERVER_ERROR),
+        (502, Outcome.SERVER_ERROR),
+        (503, Outcome.BUSY),
+        (504, Outcome.SERVER_ERROR),
+    ],
+)
+def test_status_codes_map_to_outcomes(status, outcome):
+    assert outcome_of_status(status) is outcome
+
+
+REQ = httpx.Request("POST", "https://api.example/generate")
+
+
+@pytest.mark.parametrize(
+    ("exc", "outcome"),
+    [
+        (httpx.ConnectError("refused", request=REQ), Outcome.NOT_SENT),
+        (httpx.ConnectTimeout("slow", request=REQ), Outcome.NOT_SENT),
+        (httpx.PoolTimeout("pool", request=REQ), Outcome.NOT_SENT),
+        (httpx.ReadTimeout("read", request=REQ), Outcome.MAYBE_SENT),
+        (httpx.WriteTimeout("write", request=REQ), Outcome.MAYBE_SENT),
+        (httpx.ReadError("reset", request=REQ), Outcome.MAYBE_SENT),
+        (httpx.WriteError("broken pipe", request=REQ), Outcome.MAYBE_SENT),
+        (httpx.RemoteProtocolError("disconnected", request=REQ), Outcome.MAYBE_SENT),
+        (httpx.UnsupportedProtocol("ftp", request=REQ), Outcome.INVALID),
+        (httpx.LocalProtocolError("bad header", request=REQ), Outcome.INVALID),
+    ],
+)
+def test_transport_failures_are_classified_by_whether_the_request_left(exc, outcome):
+    assert outcome_of_exception(exc) is outcome
+
+
+def _http_date(ts: float) -> str:
+    return format_datetime(datetime.fromtimestamp(ts, tz=timezone.utc), usegmt=True)
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        (None, None),
+        ("", None),
+        ("   ", None),
+        ("0", 0.0),
+        ("1", 1.0),
+        ("  7 ", 7.0),
+        ("120", CAP),  # capped
+        ("99999999999999999999999999", CAP),  # huge
+        ("1.5", 1.5),  # lenient decimal
+        ("-1", None),  # negative
+        ("-0.5", None),
+        ("+5", None),
+        ("abc", None),
+        ("1e3", None),
+        ("inf", None),
+        ("nan", None),
+        ("5 seconds", None),
+        ("0x10", None),
+        (_http_date(NOW + 30), 30.0),  # IMF-fixdate in the future
+        (_http_date(NOW - 30), 0.0),  # past date
+        (_http_date(NOW + 3600), CAP),  # far future is capped
+        ("Tue, 14 Nov 2023 22:13:50 GMT", 30.0),
+        ("Tuesday, 14-Nov-23 22:13:50 GMT", 30.0),  # obsolete RFC 850 form
+        ("Tue Nov 14 22:13:50 2023", 30.0),  # asctime form, no zone: GMT
+        ("Tue, 14 Nov 2023 22:13:50 +0000", 30.0),
+        ("Tue, 32 Nov 2023 22:13:50 GMT", None),  # invalid day
+        ("Tue, 14 Nov 2023 25:13:50 GMT", None),  # invalid hour
+        ("Mon, 01 Jan 1900 00:00:00 GMT", 0.0),  # long past
+        ("Fri, 31 Dec 9999 23:59:59 GMT", CAP),  # far future
+        ("yesterday", None),
+    ],
+)
+def test_retry_after_both_forms_capped_and_garbage_rejected(header, expected):
+    result = parse_retry_after(header, now=NOW, cap=CAP)
+    if expected is None:
+        assert result is None
+    else:
+        assert result == pytest.approx(expected)
+
+
+def test_backoff_is_full_jitter_below_a_growing_capped_ceiling():
+    policy = RetryPolicy(wait_initial=0.5, wait_max=4.0, wait_exp_base=2.0)
+    rand = random.Random(7)
+    for retry, ceiling in [(1, 0.5), (2, 1.0), (3, 2.0), (4, 4.0), (5, 4.0), (9, 4.0)]:
+        waits = [policy.backoff(retry, rand) for _ in range(200)]
+        assert all(0.0 <= w <= ceiling for w in waits)
+        assert max(waits) > ceiling * 0.8  # really spread over the range
+        assert min(waits) < ceiling * 0.2
+
+
+def test_retry_policy_rejects_zero_attempts():
+    with pytest.raises(ValueError):
+        RetryPolicy(attempts=0)
