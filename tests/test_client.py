@@ -7,6 +7,7 @@ import pytest
 import respx
 
 import nanobanana
+from conftest import API, KEY
 from nanobanana import (
     APIConnectionError,
     APIStatusError,
@@ -26,8 +27,6 @@ from nanobanana import (
     ServerBusyError,
     UnexpectedResponseError,
 )
-
-from conftest import API, KEY
 
 SYNC_OK = {
     "success": True,
@@ -100,7 +99,10 @@ async def test_a_missing_key_is_a_clear_error_at_the_first_call_that_needs_one(m
 @pytest.mark.parametrize(
     ("env", "expected"),
     [
-        ({"NANOBANANA_API_KEY": "nb_a", "NANO_BANANA_API_KEY": "nb_b", "NB_API_KEY": "nb_c"}, "nb_a"),
+        (
+            {"NANOBANANA_API_KEY": "nb_a", "NANO_BANANA_API_KEY": "nb_b", "NB_API_KEY": "nb_c"},
+            "nb_a",
+        ),
         ({"NANO_BANANA_API_KEY": "nb_b", "NB_API_KEY": "nb_c"}, "nb_b"),
         ({"NB_API_KEY": "nb_c"}, "nb_c"),
     ],
@@ -496,8 +498,12 @@ async def test_governor_keeps_an_account_limit_of_two_with_few_429s():
             rejected += 1
             return httpx.Response(
                 429,
-                json={"error": "Too many", "type": "concurrency_limit", "limit": limit,
-                      "active": in_flight},
+                json={
+                    "error": "Too many",
+                    "type": "concurrency_limit",
+                    "limit": limit,
+                    "active": in_flight,
+                },
                 headers={"Retry-After": "0"},
             )
         in_flight += 1
@@ -521,11 +527,27 @@ async def test_governor_keeps_an_account_limit_of_two_with_few_429s():
 
 def test_public_names_match_the_documented_api():
     documented = {
-        "AsyncNanoBanana", "Generation", "GenerationStatus", "ProgressEvent", "Model", "Job",
-        "NanoBananaError", "APIConnectionError", "APITimeoutError", "APIStatusError",
-        "BadRequestError", "AuthenticationError", "InsufficientCreditsError",
-        "PermissionDeniedError", "NotFoundError", "RateLimitError", "InternalServerError",
-        "ServerBusyError", "GenerationFailedError", "ContentSafetyError", "JobTimeoutError",
+        "AsyncNanoBanana",
+        "Generation",
+        "GenerationStatus",
+        "ProgressEvent",
+        "Model",
+        "Job",
+        "NanoBananaError",
+        "APIConnectionError",
+        "APITimeoutError",
+        "APIStatusError",
+        "BadRequestError",
+        "AuthenticationError",
+        "InsufficientCreditsError",
+        "PermissionDeniedError",
+        "NotFoundError",
+        "RateLimitError",
+        "InternalServerError",
+        "ServerBusyError",
+        "GenerationFailedError",
+        "ContentSafetyError",
+        "JobTimeoutError",
     }
     assert documented <= set(nanobanana.__all__)
     for name in nanobanana.__all__:
@@ -538,10 +560,22 @@ def test_public_names_match_the_documented_api():
 def test_error_tree_matches_the_documented_hierarchy():
     n = nanobanana
     assert issubclass(n.APITimeoutError, n.APIConnectionError)
-    for cls in (n.BadRequestError, n.AuthenticationError, n.InsufficientCreditsError,
-                n.PermissionDeniedError, n.NotFoundError, n.RateLimitError,
-                n.InternalServerError, n.ServerBusyError):
+    for cls in (
+        n.BadRequestError,
+        n.AuthenticationError,
+        n.InsufficientCreditsError,
+        n.PermissionDeniedError,
+        n.NotFoundError,
+        n.RateLimitError,
+        n.InternalServerError,
+        n.ServerBusyError,
+    ):
         assert issubclass(cls, n.APIStatusError)
-    for cls in (n.APIConnectionError, n.APIStatusError, n.GenerationFailedError,
-                n.ContentSafetyError, n.JobTimeoutError):
+    for cls in (
+        n.APIConnectionError,
+        n.APIStatusError,
+        n.GenerationFailedError,
+        n.ContentSafetyError,
+        n.JobTimeoutError,
+    ):
         assert issubclass(cls, n.NanoBananaError)

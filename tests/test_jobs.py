@@ -4,6 +4,7 @@ import httpx
 import pytest
 import respx
 
+from conftest import API, KEY
 from nanobanana import (
     AsyncNanoBanana,
     GenerationFailedError,
@@ -11,8 +12,6 @@ from nanobanana import (
     JobTimeoutError,
     PollPolicy,
 )
-
-from conftest import API, KEY
 
 
 def poll(status, urls=None, error=None):
@@ -32,8 +31,14 @@ def poll(status, urls=None, error=None):
 
 SUBMITTED = httpx.Response(
     200,
-    json={"success": True, "async": True, "generationId": "gen_1", "message": "started",
-          "creditsUsed": 1, "remainingCredits": 9},
+    json={
+        "success": True,
+        "async": True,
+        "generationId": "gen_1",
+        "message": "started",
+        "creditsUsed": 1,
+        "remainingCredits": 9,
+    },
 )
 
 NO_JITTER = PollPolicy(jitter=0.0)
@@ -43,8 +48,11 @@ NO_JITTER = PollPolicy(jitter=0.0)
 async def test_wait_polls_on_the_policy_schedule_until_completed(client, clock):
     respx.post(f"{API}/generate").mock(return_value=SUBMITTED)
     route = respx.get(f"{API}/generate", params={"id": "gen_1"})
-    route.side_effect = [poll("processing"), poll("processing"),
-                         poll("completed", ["https://cdn.test/1.png"])]
+    route.side_effect = [
+        poll("processing"),
+        poll("processing"),
+        poll("completed", ["https://cdn.test/1.png"]),
+    ]
     job = await client.submit("p")
     generation = await job.wait(poll_policy=NO_JITTER)
     assert generation.status is GenerationStatus.COMPLETED
@@ -123,8 +131,9 @@ async def test_wait_times_out_with_the_id_to_resume(client, clock):
 async def test_wait_honours_retry_after_on_429_between_polls(client, clock):
     route = respx.get(f"{API}/generate", params={"id": "gen_1"})
     route.side_effect = [
-        httpx.Response(429, json={"error": "busy", "limit": 1, "active": 1},
-                       headers={"Retry-After": "4"}),
+        httpx.Response(
+            429, json={"error": "busy", "limit": 1, "active": 1}, headers={"Retry-After": "4"}
+        ),
         poll("completed", ["https://cdn.test/1.png"]),
     ]
     generation = await client.job("gen_1").wait(poll_policy=NO_JITTER)

@@ -78,9 +78,6 @@ __all__ = [
 # Public names report this package, not the private module (httpx does the same).
 for _name in __all__:
     _obj = globals()[_name]
-    if hasattr(_obj, "__module__") and not isinstance(_obj, str):
-        try:
-            _obj.__module__ = "nanobanana"
-        except (AttributeError, TypeError):
-            pass
+    if isinstance(_obj, type):
+        _obj.__module__ = "nanobanana"
 del _name, _obj

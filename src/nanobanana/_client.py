@@ -24,6 +24,8 @@ if TYPE_CHECKING:
     from pathlib import Path
     from types import TracebackType
 
+    from typing_extensions import Self
+
     from nanobanana._stream import GenerationStream
 
 __all__ = ["AsyncNanoBanana"]
@@ -164,7 +166,7 @@ class AsyncNanoBanana:
         self.retry_policy = policy
         self.poll_policy = poll_policy or PollPolicy()
         self._clock: Clock = clock or SystemClock()
-        self._rand = rng or random.Random()  # noqa: S311 - jitter, not secrets
+        self._rand = rng or random.Random()
         self._download_concurrency = download_concurrency
 
         if timeout is NOT_GIVEN:
@@ -237,7 +239,7 @@ class AsyncNanoBanana:
         if self._owns_http:
             await self._http.aclose()
 
-    async def __aenter__(self) -> AsyncNanoBanana:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(

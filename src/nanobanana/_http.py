@@ -272,8 +272,10 @@ class Requester:
                 except httpx.HTTPError as exc:
                     outcome = outcome_of_exception(exc)
                     verdict = decide(kind, outcome)
-                    cls = APITimeoutError if isinstance(exc, httpx.TimeoutException) else (
-                        APIConnectionError
+                    cls = (
+                        APITimeoutError
+                        if isinstance(exc, httpx.TimeoutException)
+                        else (APIConnectionError)
                     )
                     error: NanoBananaError = cls(
                         f"{method} {path} failed: {_describe(exc)}.",
@@ -351,4 +353,3 @@ class Requester:
             self.governor.learn(error.limit)
         else:
             self.governor.on_rate_limited()
-
