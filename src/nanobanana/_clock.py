@@ -9,8 +9,8 @@ from __future__ import annotations
 import time
 from typing import Protocol
 
-import anyio
-import anyio.lowlevel
+# anyio is imported where it is used, not at import time: `import nanobanana` must stay
+# cheap (the budget is 50 ms over `import httpx`), and these run only inside a loop.
 
 __all__ = ["Clock", "FakeClock", "SystemClock"]
 
@@ -40,10 +40,14 @@ class SystemClock:
 
     def monotonic(self) -> float:
         """The running event loop's monotonic clock."""
+        import anyio  # noqa: PLC0415
+
         return anyio.current_time()
 
     async def sleep(self, seconds: float) -> None:
         """Sleep for real."""
+        import anyio  # noqa: PLC0415
+
         await anyio.sleep(seconds)
 
 
@@ -80,4 +84,6 @@ class FakeClock:
         """Record the sleep, move time forward and yield to the event loop once."""
         self.sleeps.append(seconds)
         self._now += max(0.0, seconds)
+        import anyio.lowlevel  # noqa: PLC0415
+
         await anyio.lowlevel.checkpoint()

@@ -14,9 +14,12 @@ one 429, which charged nothing and is retried after ``Retry-After``).
 from __future__ import annotations
 
 from collections import deque
+from typing import TYPE_CHECKING
 
-import anyio
 import attrs
+
+if TYPE_CHECKING:
+    import anyio
 
 __all__ = ["Governor", "GovernorStats"]
 
@@ -68,6 +71,8 @@ class Governor:
         if self._active < self._limit and not self._waiters:
             self._take()
             return
+        import anyio  # noqa: PLC0415 - lazily: keeps `import nanobanana` cheap
+
         waiter = anyio.Event()
         self._waiters.append(waiter)
         try:

@@ -7,7 +7,6 @@ asks :func:`nanobanana._retry.decide` what to do after each failure.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import random
@@ -58,7 +57,10 @@ class OutOfTimeError(Exception):
 
 def current_loop_token() -> object:
     """An object that identifies the running event loop (asyncio or trio)."""
+    asyncio = sys.modules.get("asyncio")
     try:
+        if asyncio is None:
+            raise RuntimeError  # noqa: TRY301 - asyncio was never imported: not running
         return asyncio.get_running_loop()
     except RuntimeError:
         trio = sys.modules.get("trio")
@@ -79,6 +81,8 @@ class AutoTransport(httpx.AsyncBaseTransport):
         self._inner: httpx.AsyncBaseTransport | None = None
 
     def _pick(self) -> httpx.AsyncBaseTransport:
+        import asyncio  # noqa: PLC0415 - lazily: keeps `import nanobanana` cheap
+
         try:
             asyncio.get_running_loop()
         except RuntimeError:
