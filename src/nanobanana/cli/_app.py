@@ -1,0 +1,318 @@
+"""The ``nanobanana`` parser and entry point: options, dispatch, errors to exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import traceback
+from typing import TYPE_CHECKING
+
+from nanobanana._config import API_KEY_ENV_VARS, BASE_URL_ENV_VARS
+from nanobanana._errors import JobTimeoutError, NanoBananaError
+from nanobanana._version import __version__
+from nanobanana.cli._exit import EXIT_CODES_HELP, ExitCode, UsageError
+from nanobanana.cli._output import Output, one_line
+from nanobanana.cli._session import DEFAULT_MAX_POLLS, DEFAULT_POLL_INTERVAL, Session
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, Sequence
+
+    from nanobanana._client import AsyncNanoBanana
+
+__all__ = ["build_parser", "main"]
+
+DESCRIPTION = """\
+Generate images with the Nano Banana API: results as JSON on stdout, progress and
+messages on stderr. Try it without a key or credits: nanobanana --simulate generate
+--prompt "a banana" --mode stream --download-dir images"""
+
+ENVIRONMENT_HELP = f"""\
+environment:
+  {", ".join(API_KEY_ENV_VARS)}
+       the API key (first one set wins); --api-key overrides
+  {", ".join(BASE_URL_ENV_VARS)}
+       the API's base URL; --base-url overrides"""
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number: {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
+    return value
+
+
+def _http_url(text: str) -> str:
+    if not text.startswith(("http://", "https://")):
+        raise argparse.ArgumentTypeError(f"must be an http(s) URL: {text!r}")
+    return text
+
+
+def _add_globals(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
+    """The options every command takes, before or after the command's name.
+
+    On subcommands their defaults are suppressed, so ``nanobanana --json models`` and
+    ``nanobanana models --json`` mean the same and neither undoes the other.
+    """
+
+    def default(value: object) -> object:
+        return argparse.SUPPRESS if suppress else value
+
+    group = parser.add_argument_group("global options")
+    group.add_argument(
+        "--api-key",
+        metavar="KEY",
+        default=default(None),
+        help="the nb_... API key (default: $NANOBANANA_API_KEY, $NANO_BANANA_API_KEY, "
+        "$NB_API_KEY); prefer the environment, command lines show up in `ps`",
+    )
+    group.add_argument(
+        "--base-url",
+        metavar="URL",
+        default=default(None),
+        help="the API's base URL (default: $NANOBANANA_BASE_URL, "
+        "https://www.nananobanana.com/api/v1)",
+    )
+    group.add_argument(
+        "--timeout",
+        metavar="S",
+        type=_positive_float,
+        default=default(None),
+        help="seconds each HTTP request may take (default 180: sync generations take 10-60 s)",
+    )
+    group.add_argument(
+        "--json",
+        action="store_true",
+        default=default(False),
+        help="compact JSON on stdout even on a terminal; on failure, an error document too",
+    )
+    group.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        default=default(False),
+        help="no progress or messages on stderr, only the `error: ...` line of a failure",
+    )
+    group.add_argument(
+        "--simulate",
+        action="store_true",
+        default=default(False),
+        help="run against an embedded simulator: no key, no credits, real PNG files",
+    )
+
+
+def _add_generation_options(parser: argparse.ArgumentParser, *, item_defaults: bool) -> None:
+    suffix = " (default for items that do not set it)" if item_defaults else ""
+    parser.add_argument("--model", help=f"a model name from `nanobanana models`{suffix}")
+    parser.add_argument(
+        "--aspect-ratio", metavar="RATIO", help=f"e.g. 1:1, 16:9, 9:16, 4:3{suffix}"
+    )
+    parser.add_argument(
+        "--reference-image-url",
+        dest="reference_image_urls",
+        metavar="URL",
+        action="append",
+        type=_http_url,
+        help=f"an input image for image-to-image; repeat for several{suffix}",
+    )
+    parser.add_argument(
+        "--quantity", metavar="N", type=_positive_int, help=f"images to generate{suffix}"
+    )
+
+
+def _add_poll_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--poll-interval",
+        metavar="S",
+        type=_positive_float,
+        help=f"seconds between polls (default: first poll after 2 s, then every "
+        f"{DEFAULT_POLL_INTERVAL:g} s)",
+    )
+    parser.add_argument(
+        "--max-polls",
+        metavar="N",
+        type=_positive_int,
+        help=f"give up (exit 5) after N polls (default {DEFAULT_MAX_POLLS} with "
+        "--poll-interval, else a 10-minute wait)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line, for ``main`` and for tests of ``--help``."""
+    parser = argparse.ArgumentParser(
+        prog="nanobanana",
+        description=DESCRIPTION,
+        epilog=f"{ENVIRONMENT_HELP}\n\n{EXIT_CODES_HELP}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"nanobanana {__version__}")
+    _add_globals(parser, suppress=False)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(
+            name,
+            help=help_text,
+            description=help_text,
+            epilog=EXIT_CODES_HELP,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        _add_globals(sub, suppress=True)
+        return sub
+
+    command("models", "list the models (no key needed)")
+    command("credits", "show the account's credit balance")
+
+    generate = command("generate", "generate images from a prompt")
+    generate.add_argument("prompt_arg", nargs="?", metavar="PROMPT", help="the prompt")
+    generate.add_argument("-p", "--prompt", help="the prompt (or give it as PROMPT)")
+    generate.add_argument(
+        "--mode",
+        choices=("sync", "stream", "async"),
+        default="sync",
+        help="sync: one request (10-60 s); stream: live progress; async: submit and "
+        "print the id at once (add --wait to wait) (default: sync)",
+    )
+    generate.add_argument(
+        "--wait", action="store_true", help="async mode: wait for the result by polling"
+    )
+    _add_generation_options(generate, item_defaults=False)
+    _add_poll_options(generate)
+    generate.add_argument(
+        "--download-dir", metavar="DIR", help="save the images here (created if missing)"
+    )
+
+    poll = command("poll", "show a generation's state, or wait for it with --wait")
+    poll.add_argument("--id", required=True, help="the generation id")
+    poll.add_argument("--wait", action="store_true", help="poll until it completes or fails")
+    _add_poll_options(poll)
+    poll.add_argument(
+        "--download-dir", metavar="DIR", help="save the images here once it has completed"
+    )
+
+    from nanobanana.cli._batch import add_batch_arguments  # noqa: PLC0415
+
+    add_batch_arguments(
+        command("batch", "generate a file of prompts concurrently, resumably"),
+        add_generation_options=_add_generation_options,
+        add_poll_options=_add_poll_options,
+    )
+
+    simulate = command("simulate", "serve the simulator over HTTP for other programs")
+    simulate.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1")
+    simulate.add_argument("--port", type=int, default=8000, help="default 8000 (0: any)")
+    simulate.add_argument("--credits", type=int, help="the demo account's credits")
+    simulate.add_argument(
+        "--generation-time", metavar="S", type=float, help="seconds each generation takes"
+    )
+    return parser
+
+
+def _check(args: argparse.Namespace) -> None:
+    """Usage rules argparse cannot express."""
+    if args.command == "generate":
+        if args.prompt is not None and args.prompt_arg is not None:
+            raise UsageError("give the prompt once: as PROMPT or with --prompt")
+        args.prompt = args.prompt if args.prompt is not None else args.prompt_arg
+        if args.prompt is None or not args.prompt.strip():
+            raise UsageError("generate needs a non-empty prompt: --prompt TEXT")
+        if args.mode != "async" and args.wait:
+            args.wait = False  # sync and stream wait anyway
+        if args.mode == "async" and args.download_dir and not args.wait:
+            raise UsageError("--download-dir needs the finished images: add --wait to --mode async")
+    if args.command == "poll" and not args.id.strip():
+        raise UsageError("--id must not be empty")
+
+
+async def _dispatch(session: Session) -> int:
+    from nanobanana.cli import _batch, _commands  # noqa: PLC0415
+
+    handlers: dict[str, Callable[[Session, AsyncNanoBanana], Awaitable[int]]] = {
+        "models": _commands.cmd_models,
+        "credits": _commands.cmd_credits,
+        "generate": _commands.cmd_generate,
+        "poll": _commands.cmd_poll,
+        "batch": _batch.cmd_batch,
+    }
+    handler = handlers[session.args.command]
+    if session.args.command == "batch":
+        _batch.prepare(session)  # reads and checks the input before any client exists
+    async with session.client() as client:
+        return await handler(session, client)
+
+
+def _hints(error: BaseException) -> list[str]:
+    if isinstance(error, JobTimeoutError):
+        resume = f"nanobanana poll --id {error.generation_id} --wait"
+        return [f"the generation may still complete; resume with: {resume}"]
+    return []
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``nanobanana`` with ``argv`` (default: ``sys.argv[1:]``) and return the exit code.
+
+    The console script and ``python -m nanobanana`` pass the result to ``sys.exit``.
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)  # exits 2 with usage on stderr on a bad command line
+    output = Output(json_mode=args.json, quiet=args.quiet)
+    if args.api_key:
+        output.secrets.append(args.api_key)
+    output.secrets.extend(os.environ[name] for name in API_KEY_ENV_VARS if os.environ.get(name))
+    session = Session(args=args, output=output)
+    try:
+        _check(args)
+        if args.command == "simulate":
+            from nanobanana.cli._serve import serve  # noqa: PLC0415
+
+            return serve(session)
+        return asyncio.run(_dispatch(session))
+    except UsageError as error:
+        return output.usage_error(str(error))
+    except KeyboardInterrupt:
+        output.stderr.write("interrupted\n")
+        for hint in session.interrupted_hints():
+            output.stderr.write(hint + "\n")
+        output.stderr.flush()
+        return ExitCode.INTERRUPTED
+    except NanoBananaError as error:
+        return output.fail(error, hints=_hints(error))
+    except (ValueError, TypeError) as error:
+        # Raised by the client's own checks before any request (a bad --base-url, ...).
+        if _from_nanobanana(error):
+            return output.usage_error(str(error))
+        raise
+    except OSError as error:
+        # A download dir that cannot be created, an output file that cannot be written.
+        return output.usage_error(one_line(str(error)))
+    except Exception:  # noqa: BLE001 - a bug: show the traceback, exit 1
+        sys.stderr.write(traceback.format_exc())
+        sys.stderr.write("error: unexpected failure; this is a bug, please report it\n")
+        return ExitCode.UNEXPECTED
+
+
+def _from_nanobanana(error: BaseException) -> bool:
+    """Whether ``error`` was raised by nanobanana's own argument checks."""
+    tb = error.__traceback__
+    last = None
+    while tb is not None:
+        last = tb
+        tb = tb.tb_next
+    if last is None:
+        return False
+    filename = last.tb_frame.f_code.co_filename.replace("\\", "/")
+    return "/nanobanana/" in filename

@@ -1,0 +1,205 @@
+"""What the command line writes: JSON documents on stdout, messages on stderr.
+
+stdout carries results only (one JSON document, or JSON lines for ``batch``) so it
+can be piped into ``jq`` or read by an agent; everything meant for a person goes to
+stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import TYPE_CHECKING, Any, TextIO
+
+import attrs
+
+from nanobanana._errors import (
+    ContentSafetyError,
+    DownloadError,
+    GenerationFailedError,
+    JobTimeoutError,
+)
+from nanobanana.cli._exit import ExitCode, exit_code_for
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Sequence
+    from pathlib import Path
+
+    from nanobanana._jobs import Job
+    from nanobanana._models import Generation, Model
+
+__all__ = [
+    "Output",
+    "error_json",
+    "generation_json",
+    "job_json",
+    "model_json",
+    "one_line",
+]
+
+
+def generation_json(generation: Generation, *, files: Sequence[Path] = ()) -> dict[str, Any]:
+    """A generation as the CLI prints it (snake_case, like the Python values)."""
+    return {
+        "id": generation.id,
+        "status": str(generation.status),
+        "image_urls": list(generation.image_urls),
+        "files": [str(path) for path in files],
+        "prompt": generation.prompt,
+        "model": generation.model,
+        "credits_used": generation.credits_used,
+        "remaining_credits": generation.remaining_credits,
+        "created_at": generation.created_at.isoformat() if generation.created_at else None,
+        "error_message": generation.error_message,
+    }
+
+
+def job_json(job: Job, *, prompt: str, model: str | None) -> dict[str, Any]:
+    """A just-submitted async generation, in the same shape as a generation."""
+    return {
+        "id": job.id,
+        "status": "processing",
+        "image_urls": [],
+        "files": [],
+        "prompt": prompt,
+        "model": model,
+        "credits_used": job.credits_used,
+        "remaining_credits": job.remaining_credits,
+        "created_at": None,
+        "error_message": None,
+    }
+
+
+def model_json(model: Model) -> dict[str, Any]:
+    """A catalogue entry as the CLI prints it."""
+    return {
+        "name": model.name,
+        "display_name": model.display_name,
+        "credits_cost": model.credits_cost,
+        "supports_image_input": model.supports_image_input,
+        "supports_aspect_ratio": model.supports_aspect_ratio,
+        "requires_pro": model.requires_pro,
+    }
+
+
+def one_line(text: str) -> str:
+    """Collapse a message to a single line: an error is always one line on stderr."""
+    return " ".join(text.split())
+
+
+def error_json(error: BaseException) -> dict[str, Any]:
+    """An error as data: its type, message, exit code and generation id when known."""
+    generation_id = None
+    if isinstance(error, (GenerationFailedError, ContentSafetyError, JobTimeoutError)):
+        generation_id = error.generation_id
+    document: dict[str, Any] = {
+        "type": type(error).__name__,
+        "message": one_line(str(error)) or type(error).__name__,
+        "exit_code": int(exit_code_for(error)),
+        "generation_id": generation_id,
+    }
+    status_code = getattr(error, "status_code", None)
+    if isinstance(status_code, int) and not isinstance(error, DownloadError):
+        document["status_code"] = status_code
+    return document
+
+
+@attrs.define
+class Output:
+    """The two streams of the CLI, and the user's choices about them.
+
+    Attributes:
+        json_mode: ``--json``: compact JSON even on a terminal, and an error
+            document on stdout when a command fails.
+        quiet: ``--quiet``: nothing on stderr but the final ``error: ...`` line.
+        secrets: strings that must never be printed (the API key).
+    """
+
+    json_mode: bool = False
+    quiet: bool = False
+    secrets: list[str] = attrs.Factory(list)
+    _stdout: TextIO | None = None
+    _stderr: TextIO | None = None
+
+    # Looked up at each write, not kept: while a rich bar is live, sys.stdout and
+    # sys.stderr are rich's proxies, which print above the bar instead of through it.
+    @property
+    def stdout(self) -> TextIO:
+        """Where results go."""
+        return self._stdout or sys.stdout
+
+    @property
+    def stderr(self) -> TextIO:
+        """Where messages and progress go."""
+        return self._stderr or sys.stderr
+
+    @property
+    def stderr_is_terminal(self) -> bool:
+        """Whether a person is watching stderr (live progress bars make sense)."""
+        return _isatty(self.stderr)
+
+    def redact(self, text: str) -> str:
+        """``text`` with every secret replaced; belt and braces, the client never leaks."""
+        for secret in self.secrets:
+            if secret:
+                text = text.replace(secret, "***")
+        return text
+
+    def emit(self, document: Any) -> None:
+        """Write the command's one JSON document to stdout."""
+        pretty = _isatty(self.stdout) and not self.json_mode
+        text = json.dumps(document, indent=2 if pretty else None, ensure_ascii=False)
+        self.stdout.write(self.redact(text) + "\n")
+        self.stdout.flush()
+
+    def emit_line(self, document: Any) -> None:
+        """Write one JSON line to stdout (``batch``)."""
+        self.stdout.write(self.redact(json.dumps(document, ensure_ascii=False)) + "\n")
+        self.stdout.flush()
+
+    def info(self, message: str) -> None:
+        """A message for a person, on stderr, unless ``--quiet``."""
+        if not self.quiet:
+            self.stderr.write(self.redact(message) + "\n")
+            self.stderr.flush()
+
+    def lines(self, messages: Iterable[str]) -> None:
+        """Several messages for a person."""
+        for message in messages:
+            self.info(message)
+
+    def fail(self, error: BaseException, *, hints: Sequence[str] = ()) -> ExitCode:
+        """Report an expected failure in one line (plus hints), and return its exit code."""
+        code = exit_code_for(error)
+        message = one_line(str(error)) or type(error).__name__
+        self.stderr.write(self.redact(f"error: {message}") + "\n")
+        for hint in hints:
+            self.stderr.write(self.redact(hint) + "\n")
+        self.stderr.flush()
+        if self.json_mode:
+            self.emit({"error": error_json(error)})
+        return code
+
+    def usage_error(self, message: str) -> ExitCode:
+        """Report a usage error found after parsing (bad file, bad value)."""
+        self.stderr.write(self.redact(f"error: {one_line(message)}") + "\n")
+        self.stderr.flush()
+        if self.json_mode:
+            self.emit(
+                {
+                    "error": {
+                        "type": "UsageError",
+                        "message": one_line(message),
+                        "exit_code": int(ExitCode.USAGE),
+                        "generation_id": None,
+                    }
+                }
+            )
+        return ExitCode.USAGE
+
+
+def _isatty(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # closed or replaced by something file-like
+        return False

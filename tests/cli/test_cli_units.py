@@ -1,0 +1,144 @@
+"""In-process tests of the CLI's pure parts: exit codes, batch input, journal, polling."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+import nanobanana
+import nanobanana.cli
+from nanobanana.cli import _app
+from nanobanana.cli._exit import EXIT_CODES_HELP, ExitCode, exit_code_for
+from nanobanana.cli._journal import InputError, Journal, parse_items, read_journal
+from nanobanana.cli._session import poll_schedule
+
+
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        (nanobanana.GenerationFailedError("x", generation_id="g"), 4),
+        (
+            nanobanana.ContentSafetyError(
+                "x", generation_id="g", credits_used=1, remaining_credits=0
+            ),
+            4,
+        ),
+        (nanobanana.JobTimeoutError("x", generation_id="g"), 5),
+        (nanobanana.APITimeoutError("x"), 5),
+        (nanobanana.MissingAPIKeyError("x"), 3),
+        (nanobanana.APIConnectionError("x"), 6),
+        (nanobanana.UnexpectedResponseError("x"), 6),
+        (nanobanana.DownloadError("x", url="https://cdn/x"), 6),
+        (KeyboardInterrupt(), 130),
+        (RuntimeError("bug"), 1),
+    ],
+)
+def test_each_kind_of_error_has_its_exit_code(error, code):
+    assert exit_code_for(error) == code
+
+
+def test_exit_codes_are_documented_in_the_module_docstring_and_the_help_epilog():
+    doc = nanobanana.cli.__doc__ or ""
+    help_text = _app.build_parser().format_help()
+    for code in ExitCode:
+        assert f"\n{int(code)} " in doc
+        assert f"\n  {int(code)} " in EXIT_CODES_HELP
+    assert EXIT_CODES_HELP in help_text
+
+
+def test_importing_nanobanana_imports_neither_the_cli_nor_rich():
+    # httpx imports rich itself when its own CLI's extras (click, rich) are installed,
+    # so count only what `import nanobanana` adds on top of `import httpx`.
+    code = (
+        "import sys, httpx; before = set(sys.modules); import nanobanana; "
+        "print(sorted(m for m in set(sys.modules) - before "
+        "if m.startswith(('nanobanana.cli', 'rich'))))"
+    )
+    out = subprocess.run(  # noqa: S603 - our own interpreter
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip() == "[]"
+
+
+def test_batch_input_mixes_plain_prompts_and_json_lines_and_skips_comments():
+    items = parse_items(
+        [
+            "# a comment",
+            "a banana",
+            "",
+            '{"prompt": "a moon", "aspectRatio": "16:9", "key": "moon", "quantity": 2}',
+            '{"prompt": "a cat", "referenceImageUrls": ["https://x/cat.png"]}',
+        ],
+        name="f",
+    )
+    assert [(i.key, i.line, i.prompt) for i in items][1] == ("moon", 4, "a moon")
+    assert items[1].aspect_ratio == "16:9"
+    assert items[1].quantity == 2
+    assert items[2].reference_image_urls == ("https://x/cat.png",)
+    assert items[0].line == 2
+
+
+def test_batch_keys_follow_content_not_line_numbers_and_number_repeats():
+    first = parse_items(["a banana", "a banana", "a cat"], name="f")
+    moved = parse_items(["new first line", "a cat", "a banana", "a banana"], name="f")
+    assert first[0].key != first[1].key
+    assert first[1].key == f"{first[0].key}#2"
+    assert {i.key for i in first} <= {i.key for i in moved}
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ('{"prompt": "x", "colour": "red"}', "unknown field 'colour'"),
+        ('{"prompt": ""}', "'prompt' must be a non-empty string"),
+        ('{"prompt": "x", "quantity": 0}', "'quantity'"),
+        ('{"prompt": "x", "reference_image_urls": ["ftp://x"]}', "http(s) URLs"),
+        ('{"prompt": "x",', "not valid JSON"),
+    ],
+)
+def test_bad_batch_lines_are_usage_errors_naming_the_line(line, message):
+    with pytest.raises(InputError, match="line 2") as info:
+        parse_items(["ok", line], name="prompts.txt")
+    assert message in str(info.value)
+
+
+def test_duplicate_explicit_keys_and_empty_files_are_rejected():
+    with pytest.raises(InputError, match="used twice"):
+        parse_items(['{"prompt": "a", "key": "k"}', '{"prompt": "b", "key": "k"}'], name="f")
+    with pytest.raises(InputError, match="no prompts"):
+        parse_items(["", "# nothing"], name="f")
+
+
+def test_journal_survives_a_line_torn_by_a_crash(tmp_path):
+    path = tmp_path / "out.jsonl"
+    path.write_text('{"key": "a", "status": "completed"}\n{"key": "b", "sta')
+    assert read_journal(str(path)) == {"a": {"key": "a", "status": "completed"}}
+    journal = Journal(str(path))
+    journal.write({"key": "b", "status": "submitted", "generation_id": "g"})
+    journal.close()
+    records = read_journal(str(path))
+    assert records["b"]["generation_id"] == "g"
+    assert all(json.loads(line) for line in path.read_text().splitlines()[2:])
+
+
+def test_the_last_journal_record_of_a_key_wins(tmp_path):
+    path = tmp_path / "out.jsonl"
+    journal = Journal(str(path))
+    journal.write({"key": "a", "status": "submitted", "generation_id": "g"})
+    journal.write({"key": "a", "status": "completed", "generation_id": "g"})
+    journal.close()
+    assert read_journal(str(path))["a"]["status"] == "completed"
+    assert read_journal(str(tmp_path / "missing.jsonl")) == {}
+
+
+def test_poll_interval_and_max_polls_map_onto_a_fixed_schedule():
+    assert poll_schedule(None, None) == (None, None)
+    policy, timeout = poll_schedule(0.5, 4)
+    assert policy is not None
+    assert (policy.first_delay, policy.max_interval, policy.growth) == (0.5, 0.5, 1.0)
+    assert timeout == policy.timeout == 2.0
+    _, timeout = poll_schedule(None, 2)
+    assert timeout == 6.0
