@@ -1,0 +1,410 @@
+"""`GenerationStream`: a stream-mode generation as an async iterator of `ProgressEvent`.
+
+The events come from one ``POST /generate`` with ``mode: "stream"`` (stream-mode docs):
+``status`` events with a progress, then ``complete`` (the result) or ``error``. This
+module turns them into :class:`ProgressEvent` values, keeps progress from going
+backwards, and finishes a cut stream by polling when it can.
+
+Closing is the point of the design. The iteration is an async *generator*, and
+``GenerationStream.__aiter__`` returns that generator itself. A caller who leaves an
+``async for`` with ``break`` (and no ``aclosing``) drops the last reference to it, and
+the event loop's async-generator finalizer (asyncio's and trio's both) then runs its
+``aclose()``: the response is closed and the governor slot given back, so a thousand
+abandoned loops do not exhaust a ``max_concurrency=1`` client. For that to happen at
+once rather than at the next cyclic garbage collection, the generator must not refer
+back to the :class:`GenerationStream` (a reference cycle): it gets its client, body
+and a small state object as arguments instead.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any, cast
+
+import attrs
+import httpx
+
+from nanobanana._errors import (
+    APIConnectionError,
+    GenerationFailedError,
+    UnexpectedResponseError,
+)
+from nanobanana._models import Generation, GenerationStatus, ProgressEvent
+from nanobanana._retry import RequestKind
+from nanobanana._sse import (
+    DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_EVENT_SIZE,
+    DEFAULT_MAX_LINE_SIZE,
+    SSEReader,
+    SSETooLargeError,
+    StreamIdleError,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncGenerator, AsyncIterator
+    from types import TracebackType
+
+    from typing_extensions import Self
+
+    from nanobanana._client import AsyncNanoBanana
+
+__all__ = ["GenerationStream"]
+
+_EVENT_STREAM = "text/event-stream"
+# How much of a wrong (non-SSE) 200 body to read for the error message.
+_PEEK = 4096
+# After `complete`, how much more to read while waiting for the end of the response.
+_DRAIN_BYTES = 64 * 1024
+_DRAIN_SECONDS = 0.5
+
+
+class _CutError(Exception):
+    """Internal: the stream ended before its result in a way polling can finish."""
+
+
+@attrs.define(eq=False)
+class _State:
+    """What one stream has learnt so far; shared by the stream object and its generator."""
+
+    prompt: str | None
+    model: str | None
+    generation_id: str | None = None
+    max_progress: int = 0
+    closed: bool = False
+
+    def note_id(self, event: dict[str, Any], data: Any) -> None:
+        # Any event may carry the id, at the top or in `data` (PROTOCOL.md, mode stream);
+        # once known, a cut stream can be finished with GET /generate?id=.
+        found = event.get("generationId")
+        if isinstance(data, dict):
+            inner = data.get("generationId")
+            if isinstance(inner, str) and inner:
+                found = inner
+        if isinstance(found, str) and found:
+            self.generation_id = found
+
+    def status(self, event: dict[str, Any]) -> ProgressEvent:
+        progress = _progress(event.get("progress"))
+        reported = self.max_progress
+        if progress > reported:
+            self.max_progress = progress
+        message = event.get("message")
+        return ProgressEvent(
+            type="status",
+            message=message if isinstance(message, str) else "",
+            progress=progress,
+            max_progress=self.max_progress,
+            # The 15 s heartbeat is a status with progress 0 "indistinguishable from a
+            # status event except that its progress may be lower" (PROTOCOL.md).
+            is_heartbeat=progress < reported,
+            generation_id=self.generation_id,
+        )
+
+    def complete(self, event: dict[str, Any], data: Any) -> ProgressEvent:
+        if not isinstance(data, dict):
+            data = {}
+        if data.get("success") is False:
+            self.failed(event, data)
+        urls = data.get("imageUrls")
+        if not isinstance(urls, list) or not all(isinstance(u, str) for u in urls):
+            if self.generation_id is not None:
+                raise _CutError("complete event without imageUrls")
+            raise UnexpectedResponseError(
+                "Unexpected complete event: no list 'imageUrls', and no event carried a "
+                "generationId to fetch the result with.",
+                field="imageUrls",
+                body=event,
+            )
+        generation = Generation(
+            # The docs' complete event may omit generationId ("generationId"?); the
+            # images are still the result, so the id is then "" rather than an error.
+            id=self.generation_id or "",
+            status=GenerationStatus.COMPLETED,
+            image_urls=tuple(urls),
+            prompt=self.prompt,
+            model=self.model,
+            credits_used=_opt_int(data.get("creditsUsed")),
+            remaining_credits=_opt_int(data.get("remainingCredits")),
+        )
+        return self.completed(generation, event.get("message"))
+
+    def completed(self, generation: Generation, message: Any) -> ProgressEvent:
+        self.max_progress = 100
+        return ProgressEvent(
+            type="complete",
+            message=message if isinstance(message, str) else "Generation complete",
+            progress=100,
+            max_progress=100,
+            generation_id=generation.id or None,
+            generation=generation,
+        )
+
+    def failed(self, event: dict[str, Any], data: Any) -> None:
+        message = event.get("message")
+        detail = data.get("error") if isinstance(data, dict) else None
+        parts = [p for p in (message, detail) if isinstance(p, str) and p.strip()]
+        if len(parts) == 2 and parts[0] == parts[1]:
+            parts.pop()
+        reason = ": ".join(parts) or "no reason given"
+        who = f"Generation {self.generation_id}" if self.generation_id else "The generation"
+        raise GenerationFailedError(
+            f"{who} failed: {reason} (credits are not refunded).",
+            generation_id=self.generation_id,
+        )
+
+
+def _progress(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return 0
+    if value != value:  # NaN  # noqa: PLR0124
+        return 0
+    return max(0, min(100, int(value)))
+
+
+def _opt_int(value: Any) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return int(value)
+
+
+def _payloads(data: str) -> list[dict[str, Any]]:
+    """The JSON objects in an event's data; junk is skipped, never fatal (PROTOCOL.md)."""
+    try:
+        value = json.loads(data)
+    except ValueError:
+        value = None
+        if "\n" in data:
+            # Several data lines in one event are joined with \n (SSE spec). When the
+            # join is not JSON, read them one by one, as the docs' own clients do.
+            found: list[dict[str, Any]] = []
+            for line in data.split("\n"):
+                found.extend(_payloads(line))
+            return found
+    return [value] if isinstance(value, dict) else []
+
+
+async def _check_content_type(response: httpx.Response) -> None:
+    content_type = response.headers.get("content-type", "")
+    if content_type.partition(";")[0].strip().lower() == _EVENT_STREAM:
+        return
+    head = b""
+    async for chunk in response.aiter_bytes():
+        head += chunk
+        if len(head) >= _PEEK:
+            break
+    text = head[:_PEEK].decode("utf-8", "replace")
+    raise UnexpectedResponseError(
+        f"Unexpected response to POST /generate (stream): {response.status_code} with "
+        f"content type {content_type or 'none'!r}, expected {_EVENT_STREAM}. The "
+        "generation may have been charged.",
+        field="content-type",
+        body=text,
+    )
+
+
+async def _run(
+    client: AsyncNanoBanana,
+    body: dict[str, Any],
+    state: _State,
+    reader_options: dict[str, Any],
+    *,
+    announce: bool,
+) -> AsyncGenerator[ProgressEvent | None, None]:
+    """The stream's events; with ``announce``, first a ``None`` once the response is open."""
+    final: ProgressEvent | None = None
+    cut: BaseException | None = None
+    requester = client._requester
+    async with requester.stream(
+        "POST", "/generate", kind=RequestKind.GENERATE, json_body=body
+    ) as response:
+        await _check_content_type(response)
+        if announce:
+            yield None
+        reader = SSEReader(response.aiter_bytes(), **reader_options)
+        loads = _payloads
+        try:
+            while final is None:
+                batch = await reader.read()
+                if not batch:
+                    cut = _CutError("the stream ended before a complete or error event")
+                    break
+                for sse in batch:
+                    if not sse.data:
+                        continue
+                    for event in loads(sse.data):
+                        data = event.get("data")
+                        state.note_id(event, data)
+                        kind = event.get("type")
+                        if kind == "status":
+                            yield state.status(event)
+                        elif kind == "complete":
+                            final = state.complete(event, data)
+                            break
+                        elif kind == "error":
+                            state.failed(event, data)
+                        # Other types are newer than this client: skipped.
+                    if final is not None:
+                        break
+            if final is not None:
+                # "After generation completes (complete) or fails (error), the server
+                # automatically closes the SSE connection" (stream-mode docs): the end
+                # is right behind, and reading it keeps the connection reusable.
+                await reader.drain(max_bytes=_DRAIN_BYTES, max_seconds=_DRAIN_SECONDS)
+        except (httpx.TransportError, StreamIdleError, _CutError) as exc:
+            cut = exc
+        except SSETooLargeError as exc:
+            if state.generation_id is None:
+                raise
+            raise SSETooLargeError(
+                f"{exc.message} Generation {state.generation_id} goes on: fetch it with "
+                f"client.job({state.generation_id!r}).wait().",
+                field=exc.field,
+                body=exc.body,
+            ) from None
+        finally:
+            await reader.aclose()
+    # The response is closed and the governor slot released before the result is
+    # handed over: whatever the caller does next (a download, a poll) can use them.
+    if final is not None:
+        yield final
+        return
+    generation_id = state.generation_id
+    if generation_id is None:
+        raise APIConnectionError(
+            "The event stream was cut before the generation finished, and no event "
+            "carried its generationId: the generation may still be running.",
+            may_have_been_charged=True,
+        ) from cut
+    # The generation goes on when the client disconnects and "can be retrieved via
+    # GET /api/v1/generate?id=" (stream-mode docs): finish by polling.
+    generation = await client.job(generation_id).wait()
+    yield state.completed(generation, "Generation complete (fetched after the stream was cut)")
+
+
+async def _nothing() -> AsyncGenerator[ProgressEvent | None, None]:
+    return
+    yield  # pragma: no cover - makes this an async generator
+
+
+class GenerationStream:
+    """A stream-mode generation: an async iterator of :class:`ProgressEvent`.
+
+    Get one from ``client.stream(...)``. Iterate it directly, or use it as an async
+    context manager to close it at a point of your choosing::
+
+        async with client.stream("a banana in space") as events:
+            async for event in events:
+                print(f"{event.max_progress:3d}% {event.message}")
+                if event.type == "complete":
+                    print(event.generation.image_urls)
+
+    The request is sent when iteration starts, or on ``async with`` (so errors such
+    as 401 or 402 raise there). Events:
+
+    - ``status``: ``progress`` is what the server said; ``max_progress`` never goes
+      backwards (show that); ``is_heartbeat`` marks a status below what was reported.
+    - ``complete`` (last): ``generation`` is the full :class:`Generation`.
+
+    Raises (from the iteration):
+        GenerationFailedError: the server sent an ``error`` event (credits are spent).
+        APIConnectionError: the stream was cut before any event carried the
+            generation's id; it may still be running, and may have been charged. A
+            stream cut after an id was seen is finished by polling instead.
+        SSETooLargeError: an event exceeded ``max_event_size`` (or a line
+            ``max_line_size``).
+        UnexpectedResponseError: a 200 that is not ``text/event-stream``.
+
+    The response is closed and the concurrency slot released on every way out: the
+    end, ``break``, an exception, cancellation, or garbage collection.
+
+    Args:
+        client: the client that sends the request and, after a cut, polls.
+        body: the ``POST /generate`` body (``mode`` ``"stream"``).
+        idle_timeout: seconds without a byte (not even a heartbeat) after which the
+            stream counts as cut; None waits forever. Default 30 s, two heartbeats.
+        max_event_size: the largest event accepted, in characters.
+        max_line_size: the longest line accepted, in bytes.
+    """
+
+    def __init__(
+        self,
+        client: AsyncNanoBanana,
+        body: dict[str, Any],
+        *,
+        idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT,
+        max_event_size: int = DEFAULT_MAX_EVENT_SIZE,
+        max_line_size: int = DEFAULT_MAX_LINE_SIZE,
+    ) -> None:
+        if idle_timeout is not None and not idle_timeout > 0:
+            raise ValueError("idle_timeout must be a positive number of seconds or None")
+        if max_event_size < 1 or max_line_size < 1:
+            raise ValueError("max_event_size and max_line_size must be positive")
+        self._client = client
+        self._body = body
+        model = body.get("selectedModel")
+        self._state = _State(
+            prompt=body.get("prompt"), model=model if isinstance(model, str) else None
+        )
+        self._options: dict[str, Any] = {
+            "idle_timeout": idle_timeout,
+            "max_event_size": max_event_size,
+            "max_line_size": max_line_size,
+        }
+        self._gen: AsyncGenerator[ProgressEvent | None, None] | None = None
+
+    @property
+    def generation_id(self) -> str | None:
+        """The generation's id once an event has carried it (to resume with ``client.job``)."""
+        return self._state.generation_id
+
+    @property
+    def max_progress(self) -> int:
+        """The highest progress reported so far (0-100)."""
+        return self._state.max_progress
+
+    def __repr__(self) -> str:
+        return (
+            f"<GenerationStream generation_id={self._state.generation_id!r} "
+            f"max_progress={self._state.max_progress}>"
+        )
+
+    def _start(self, *, announce: bool) -> AsyncGenerator[ProgressEvent | None, None]:
+        if self._state.closed:
+            self._gen = _nothing()
+        else:
+            self._gen = _run(
+                self._client, self._body, self._state, self._options, announce=announce
+            )
+        return self._gen
+
+    def __aiter__(self) -> AsyncIterator[ProgressEvent]:
+        # The generator itself, not a wrapper: see the module docstring.
+        gen = self._gen if self._gen is not None else self._start(announce=False)
+        return cast("AsyncIterator[ProgressEvent]", gen)
+
+    async def __anext__(self) -> ProgressEvent:
+        gen = self._gen if self._gen is not None else self._start(announce=False)
+        event = await gen.__anext__()
+        return cast("ProgressEvent", event)
+
+    async def __aenter__(self) -> Self:
+        if self._gen is not None:
+            raise RuntimeError("This stream has already started; use `async with` first.")
+        # Send the request now and stop at the open response, so that an error
+        # status raises from `async with`, as httpx's client.stream() does.
+        await self._start(announce=True).__anext__()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the response (if open) and release its slot; harmless to repeat."""
+        self._state.closed = True
+        if self._gen is not None:
+            await self._gen.aclose()
