@@ -1,0 +1,435 @@
+import os
+import random
+import re
+import stat
+
+import anyio
+import httpx
+import pytest
+import respx
+
+from nanobanana import (
+    AsyncNanoBanana,
+    DownloadError,
+    FakeClock,
+    Generation,
+    GenerationStatus,
+    NanoBananaError,
+    RetryPolicy,
+)
+from nanobanana._download import image_extension, safe_stem
+
+API = "https://api.test/api/v1"
+KEY = "nb_download_test_secret_key"
+PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 100 + b"png-body"
+JPEG = b"\xff\xd8\xff\xe0" + b"\x01" * 100 + b"jpeg-body"
+WEBP = b"RIFF\x10\x00\x00\x00WEBPVP8 " + b"\x02" * 50
+GIF = b"GIF89a" + b"\x03" * 50
+HTML = b"<!DOCTYPE html><html><body>Access denied</body></html>"
+SIGNED = "?X-Amz-Signature=s3cr3tsig&Expires=99"
+
+
+def gen(gid, *urls, status=GenerationStatus.COMPLETED):
+    return Generation(id=gid, status=status, image_urls=tuple(urls))
+
+
+class Chunks(httpx.AsyncByteStream):
+    def __init__(self, parts, *, gate=None, started=None, log=None):
+        self.parts = parts
+        self.gate = gate
+        self.started = started
+        self.log = log if log is not None else []
+
+    async def __aiter__(self):
+        for index, part in enumerate(self.parts):
+            if index == 1 and self.started is not None:
+                self.started.set()
+            if index == 1 and self.gate is not None:
+                await self.gate.wait()
+            if isinstance(part, Exception):
+                raise part
+            self.log.append(len(part))
+            yield part
+
+
+@pytest.fixture
+def router():
+    return respx.Router(assert_all_called=False)
+
+
+@pytest.fixture
+async def make_client(router):
+    made = []
+
+    async def make(**kwargs):
+        http = kwargs.pop("http", None) or httpx.AsyncClient(
+            transport=httpx.MockTransport(router.async_handler)
+        )
+        kwargs.setdefault("clock", FakeClock())
+        client = AsyncNanoBanana(
+            api_key=KEY, base_url=API, http_client=http, rng=random.Random(5), **kwargs
+        )
+        made.append((client, http))
+        return client
+
+    yield make
+    for client, http in made:
+        await client.aclose()
+        await http.aclose()
+
+
+def listing(folder):
+    return sorted(p.name for p in folder.iterdir())
+
+
+async def test_a_generations_images_are_written_with_our_names_and_no_api_key(
+    make_client, router, tmp_path
+):
+    a = router.get("https://cdn.test/img/a.png").respond(200, content=PNG)
+    b = router.get("https://cdn.test/img/b.png").respond(200, content=JPEG)
+    client = await make_client()
+    dest = tmp_path / "out" / "nested"
+    paths = await client.download(
+        gen("gen_abc", "https://cdn.test/img/a.png" + SIGNED, "https://cdn.test/img/b.png"), dest
+    )
+    assert [p.name for p in paths] == ["gen_abc-0.png", "gen_abc-1.jpg"]
+    assert paths[0].read_bytes() == PNG
+    assert paths[1].read_bytes() == JPEG
+    assert listing(dest) == ["gen_abc-0.png", "gen_abc-1.jpg"]
+    for route in (a, b):
+        request = route.calls.last.request
+        assert "authorization" not in request.headers
+        assert request.headers["user-agent"] == client.user_agent
+    assert a.calls.last.request.url.params["X-Amz-Signature"] == "s3cr3tsig"
+    # Downloads go to the CDN: they do not take the API's concurrency slots.
+    assert client.governor_stats().max_active == 0
+
+
+async def test_files_get_the_permissions_of_the_umask_not_a_private_temp_mode(
+    make_client, router, tmp_path
+):
+    router.get("https://cdn.test/a").respond(200, content=PNG)
+    client = await make_client()
+    (path,) = await client.download(gen("g", "https://cdn.test/a"), tmp_path)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
+
+
+@pytest.mark.parametrize(
+    "hostile",
+    ["../../x", "/etc/passwd", "a\x00b", "..", ".", ".hidden", "C:\\Windows\\x", "é/ü", "x" * 500],
+)
+async def test_hostile_generation_ids_never_leave_the_folder(
+    make_client, router, tmp_path, hostile
+):
+    router.get("https://cdn.test/a").respond(200, content=PNG)
+    client = await make_client()
+    dest = tmp_path / "dest"
+    (path,) = await client.download(gen(hostile, "https://cdn.test/a"), dest)
+    assert path.parent == dest.resolve()
+    assert re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9._-]*-0\.png", path.name)
+    assert len(path.name) < 120
+    assert listing(tmp_path) == ["dest"]
+
+
+def test_safe_stem_keeps_clean_ids_and_separates_ids_that_sanitise_alike():
+    assert safe_stem("clx9Abc_12-3.x") == "clx9Abc_12-3.x"
+    assert safe_stem("a/b") != safe_stem("a_b")
+    assert safe_stem("") != safe_stem(" ")
+    assert "/" not in safe_stem("../../etc/passwd")
+    assert not safe_stem("...").startswith(".")
+
+
+@pytest.mark.parametrize(
+    ("body", "ext"),
+    [(PNG, "png"), (JPEG, "jpg"), (WEBP, "webp"), (GIF, "gif")],
+)
+async def test_the_extension_follows_the_bytes_not_the_url(
+    make_client, router, tmp_path, body, ext
+):
+    router.get("https://cdn.test/picture.png").respond(
+        200, content=body, headers={"content-type": "image/png"}
+    )
+    client = await make_client()
+    (path,) = await client.download(gen("g", "https://cdn.test/picture.png"), tmp_path)
+    assert path.name == f"g-0.{ext}"
+    assert path.read_bytes() == body
+
+
+def test_image_extension_recognises_avif_and_rejects_text():
+    assert image_extension(b"\x00\x00\x00\x1cftypavif\x00\x00") == "avif"
+    assert image_extension(b"<html>") is None
+    assert image_extension(b"") is None
+
+
+async def test_an_html_error_page_is_not_saved_as_an_image(make_client, router, tmp_path):
+    router.get("https://cdn.test/a.png").respond(
+        200, content=HTML, headers={"content-type": "text/html"}
+    )
+    client = await make_client()
+    with pytest.raises(DownloadError, match="text/html") as info:
+        await client.download(gen("g", "https://cdn.test/a.png" + SIGNED), tmp_path)
+    assert info.value.url == "https://cdn.test/a.png"
+    assert "s3cr3tsig" not in str(info.value)
+    assert listing(tmp_path) == []
+
+
+async def test_an_empty_body_is_not_an_image(make_client, router, tmp_path):
+    router.get("https://cdn.test/a").respond(200, content=b"")
+    client = await make_client()
+    with pytest.raises(DownloadError, match="empty body"):
+        await client.download("https://cdn.test/a", tmp_path)
+    assert listing(tmp_path) == []
+
+
+async def test_a_declared_size_over_the_limit_is_refused_before_reading(
+    make_client, router, tmp_path
+):
+    log = []
+    router.get("https://cdn.test/big").respond(
+        200,
+        headers={"content-length": str(10_000)},
+        stream=Chunks([PNG, b"\x00" * (10_000 - len(PNG))], log=log),
+    )
+    client = await make_client()
+    with pytest.raises(DownloadError, match="max_size"):
+        await client.download(gen("g", "https://cdn.test/big"), tmp_path, max_size=1000)
+    assert log == []
+    assert listing(tmp_path) == []
+
+
+async def test_a_body_growing_past_the_limit_stops_the_read(make_client, router, tmp_path):
+    log = []
+    router.get("https://cdn.test/big").respond(
+        200, stream=Chunks([PNG] + [b"\x00" * 400] * 100, log=log)
+    )
+    client = await make_client()
+    with pytest.raises(DownloadError, match="larger than 1000 bytes"):
+        await client.download(gen("g", "https://cdn.test/big"), tmp_path, max_size=1000)
+    assert len(log) < 10
+    assert listing(tmp_path) == []
+
+
+@pytest.mark.parametrize("code", [403, 404, 410])
+async def test_an_expired_or_missing_image_names_the_url_without_its_query(
+    make_client, router, tmp_path, code
+):
+    route = router.get("https://cdn.test/old.png").respond(code, text="gone")
+    client = await make_client()
+    with pytest.raises(DownloadError, match="15 days") as info:
+        await client.download(gen("g", "https://cdn.test/old.png" + SIGNED), tmp_path)
+    assert info.value.status_code == code
+    assert info.value.url == "https://cdn.test/old.png"
+    assert "s3cr3tsig" not in str(info.value)
+    assert "Expires" not in repr(info.value)
+    assert route.call_count == 1
+
+
+async def test_server_errors_are_retried_with_the_clients_backoff(make_client, router, tmp_path):
+    clock = FakeClock()
+    route = router.get("https://cdn.test/a")
+    route.side_effect = [
+        httpx.Response(502),
+        httpx.Response(503, headers={"Retry-After": "4"}),
+        httpx.Response(200, content=PNG),
+    ]
+    client = await make_client(clock=clock)
+    (path,) = await client.download(gen("g", "https://cdn.test/a"), tmp_path)
+    assert path.read_bytes() == PNG
+    assert route.call_count == 3
+    assert len(clock.sleeps) == 2
+    assert 0 <= clock.sleeps[0] <= client.retry_policy.wait_initial
+    assert clock.sleeps[1] == 4.0
+
+
+async def test_a_connection_dropped_mid_body_is_retried_from_the_start(
+    make_client, router, tmp_path
+):
+    route = router.get("https://cdn.test/a")
+    route.side_effect = [
+        httpx.Response(200, stream=Chunks([PNG[:20], httpx.ReadError("reset")])),
+        httpx.ConnectError("refused"),
+        httpx.Response(200, content=PNG),
+    ]
+    client = await make_client()
+    (path,) = await client.download(gen("g", "https://cdn.test/a"), tmp_path)
+    assert path.read_bytes() == PNG
+    assert listing(tmp_path) == ["g-0.png"]
+
+
+async def test_retries_give_up_after_the_policys_attempts(make_client, router, tmp_path):
+    route = router.get("https://cdn.test/a" + SIGNED).respond(500)
+    client = await make_client(retry_policy=RetryPolicy(attempts=3))
+    with pytest.raises(DownloadError, match="500") as info:
+        await client.download(gen("g", "https://cdn.test/a" + SIGNED), tmp_path)
+    assert route.call_count == 3
+    assert info.value.status_code == 500
+    assert "s3cr3tsig" not in str(info.value)
+
+
+async def test_transport_errors_are_download_errors_chained_to_the_cause(
+    make_client, router, tmp_path
+):
+    router.get("https://cdn.test/a").mock(side_effect=httpx.ConnectError("refused"))
+    client = await make_client(retry_policy=RetryPolicy(attempts=2))
+    with pytest.raises(DownloadError, match="ConnectError") as info:
+        await client.download("https://cdn.test/a", tmp_path)
+    assert isinstance(info.value.__cause__, httpx.ConnectError)
+
+
+async def test_a_redirect_to_another_host_is_followed_without_the_key(
+    make_client, router, tmp_path
+):
+    first = router.get("https://cdn.test/a.png").respond(
+        302, headers={"location": "https://other-cdn.test/real.png" + SIGNED}
+    )
+    second = router.get("https://other-cdn.test/real.png").respond(200, content=PNG)
+    client = await make_client()
+    (path,) = await client.download(gen("g", "https://cdn.test/a.png"), tmp_path)
+    assert path.read_bytes() == PNG
+    for route in (first, second):
+        assert "authorization" not in route.calls.last.request.headers
+        assert route.calls.last.request.headers["user-agent"] == client.user_agent
+
+
+async def test_a_redirect_to_the_api_host_still_carries_no_key(make_client, router, tmp_path):
+    router.get("https://cdn.test/a").respond(301, headers={"location": f"{API}/img.png"})
+    api = router.get(f"{API}/img.png").respond(200, content=PNG)
+    client = await make_client()
+    await client.download(gen("g", "https://cdn.test/a"), tmp_path)
+    assert "authorization" not in api.calls.last.request.headers
+
+
+async def test_a_borrowed_client_with_default_auth_headers_does_not_leak_them(
+    router, tmp_path, monkeypatch
+):
+    route = router.get("https://cdn.test/a").respond(200, content=PNG)
+    async with (
+        httpx.AsyncClient(
+            transport=httpx.MockTransport(router.async_handler),
+            headers={"Authorization": f"Bearer {KEY}"},
+            auth=("user", "pass"),
+        ) as http,
+        AsyncNanoBanana(api_key=KEY, base_url=API, http_client=http) as client,
+    ):
+        await client.download(gen("g", "https://cdn.test/a"), tmp_path)
+    assert "authorization" not in route.calls.last.request.headers
+
+
+async def test_redirect_loops_and_non_http_targets_are_refused(make_client, router, tmp_path):
+    router.get("https://cdn.test/loop").respond(302, headers={"location": "/loop"})
+    router.get("https://cdn.test/ftp").respond(302, headers={"location": "ftp://x.test/a"})
+    client = await make_client()
+    with pytest.raises(DownloadError, match="redirects"):
+        await client.download("https://cdn.test/loop", tmp_path)
+    with pytest.raises(DownloadError, match="non-http"):
+        await client.download("https://cdn.test/ftp", tmp_path)
+    with pytest.raises(DownloadError, match="http"):
+        await client.download("file:///etc/passwd", tmp_path)
+    assert listing(tmp_path) == []
+
+
+async def test_bare_urls_are_named_from_a_hash_and_each_gets_its_own_file(
+    make_client, router, tmp_path
+):
+    router.get("https://cdn.test/x.png").respond(200, content=PNG)
+    router.get("https://cdn.test/y").respond(200, content=GIF)
+    client = await make_client()
+    paths = await client.download(
+        ["https://cdn.test/x.png", "https://cdn.test/y", "https://cdn.test/x.png"], tmp_path
+    )
+    names = [p.name for p in paths]
+    assert len(set(names)) == 3
+    assert all(re.fullmatch(r"image-[0-9a-f]{16}-\d\.(png|gif)", n) for n in names)
+    (single,) = await client.download("https://cdn.test/y", tmp_path)
+    assert single.name.endswith("-0.gif")
+
+
+async def test_one_failed_image_raises_after_the_others_are_written(make_client, router, tmp_path):
+    router.get("https://cdn.test/ok").respond(200, content=PNG)
+    router.get("https://cdn.test/gone").respond(404)
+    client = await make_client()
+    with pytest.raises(DownloadError, match="404"):
+        await client.download(
+            gen("g", "https://cdn.test/ok", "https://cdn.test/gone", "https://cdn.test/ok"),
+            tmp_path,
+        )
+    assert listing(tmp_path) == ["g-0.png", "g-2.png"]
+
+
+async def test_cancellation_mid_body_leaves_no_partial_file(make_client, router, tmp_path):
+    started = anyio.Event()
+    router.get("https://cdn.test/slow").respond(
+        200, stream=Chunks([PNG, b"rest"], gate=anyio.Event(), started=started)
+    )
+    client = await make_client()
+    async with anyio.create_task_group() as group:
+        group.start_soon(client.download, gen("g", "https://cdn.test/slow"), tmp_path)
+        await started.wait()
+        assert any(name.endswith(".part") for name in listing(tmp_path))
+        group.cancel_scope.cancel()
+    assert listing(tmp_path) == []
+
+
+async def test_downloads_run_at_most_download_concurrency_at_once(make_client, router, tmp_path):
+    gate = anyio.Event()
+    active = 0
+    peak = 0
+    two_running = anyio.Event()
+
+    def respond(request):
+        nonlocal active, peak
+        active += 1
+        peak = max(peak, active)
+        if active == 2:
+            two_running.set()
+
+        class Counted(Chunks):
+            async def aclose(self):
+                nonlocal active
+                active -= 1
+
+        return httpx.Response(200, stream=Counted([PNG, b"tail"], gate=gate))
+
+    router.route(host="cdn.test").mock(side_effect=respond)
+    client = await make_client(download_concurrency=2)
+    urls = [f"https://cdn.test/{i}" for i in range(6)]
+    result = []
+
+    async def run():
+        result.extend(await client.download(gen("g", *urls), tmp_path))
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(run)
+        await two_running.wait()
+        for _ in range(20):
+            await anyio.lowlevel.checkpoint()
+        assert peak == 2
+        gate.set()
+    assert peak == 2
+    assert [p.name for p in result] == [f"g-{i}.png" for i in range(6)]
+
+
+async def test_a_generation_still_processing_is_refused_with_advice(make_client, tmp_path):
+    client = await make_client()
+    with pytest.raises(ValueError, match="wait"):
+        await client.download(gen("g", status=GenerationStatus.PROCESSING), tmp_path)
+    assert await client.download(gen("g"), tmp_path) == []
+
+
+async def test_bad_arguments_are_type_errors(make_client, tmp_path):
+    client = await make_client()
+    with pytest.raises(TypeError):
+        await client.download(42, tmp_path)
+    with pytest.raises(TypeError):
+        await client.download([b"https://cdn.test/a"], tmp_path)
+    with pytest.raises(ValueError):
+        await client.download("https://cdn.test/a", tmp_path, max_size=0)
+
+
+async def test_a_closed_client_refuses_to_download(make_client, tmp_path):
+    client = await make_client()
+    await client.aclose()
+    with pytest.raises(NanoBananaError, match="closed"):
+        await client.download("https://cdn.test/a", tmp_path)
