@@ -340,11 +340,32 @@ class AsyncNanoBanana:
         reference_image_urls: Sequence[str] | None = None,
         aspect_ratio: str | None = None,
         quantity: int | None = None,
+        idle_timeout: float | None = 30.0,
+        max_event_size: int = 1024 * 1024,
     ) -> GenerationStream:
         """Generate with live progress (stream mode): an async iterator of ProgressEvent.
 
         Use ``async for event in client.stream(...)`` or, to close it early
-        deterministically, ``async with client.stream(...) as events:``.
+        deterministically, ``async with client.stream(...) as events:``. Show
+        ``event.max_progress``: it never goes backwards (heartbeats report 0). The
+        last event has ``type == "complete"`` and the result in ``event.generation``.
+
+        A stream cut after an event carried the generation's id is finished by polling
+        ``GET /generate?id=``; cut before that, it raises :class:`APIConnectionError`
+        (the generation may still be running, and may have been charged).
+
+        Args:
+            prompt: what to draw.
+            model: a model name from :meth:`models`.
+            reference_image_urls: images for image-to-image.
+            aspect_ratio: e.g. ``"16:9"``.
+            quantity: images to make (streaming models force 1).
+            idle_timeout: seconds without a byte (not even the 15 s heartbeat) after
+                which the stream counts as cut; None waits forever.
+            max_event_size: the largest event accepted, in characters.
+
+        Raises:
+            GenerationFailedError: the server sent an ``error`` event.
         """
         from nanobanana._stream import GenerationStream  # noqa: PLC0415
 
@@ -356,7 +377,9 @@ class AsyncNanoBanana:
             aspect_ratio=aspect_ratio,
             quantity=quantity,
         )
-        return GenerationStream(self, body)
+        return GenerationStream(
+            self, body, idle_timeout=idle_timeout, max_event_size=max_event_size
+        )
 
     async def submit(
         self,
@@ -418,16 +441,34 @@ class AsyncNanoBanana:
         self,
         generation_or_url: Generation | str | Sequence[str],
         dest: str | os.PathLike[str],
+        *,
+        max_size: int = 50 * 1024 * 1024,
     ) -> list[Path]:
         """Download a generation's images (or the given URLs) into the folder ``dest``.
 
         Files are written whole or not at all and named from the generation id and
-        the image's index, never from the server; the extension follows the bytes.
-        Image URLs expire after 15 days: download promptly.
+        the image's index (``<id>-<index>.<ext>``), never from the server; the
+        extension follows the bytes (PNG, JPEG, WebP, GIF, AVIF). Image URLs expire
+        after 15 days: download promptly. Downloads share this client's connection
+        pool but not its API concurrency limit (they go to the CDN), run
+        ``download_concurrency`` at a time, never carry the API key, and retry
+        transient failures (5xx, dropped connections) like API reads.
+
+        Args:
+            generation_or_url: a :class:`Generation`, one image URL, or a list of them.
+            dest: the folder to write to; created if missing.
+            max_size: the largest image accepted, in bytes.
+
+        Returns:
+            The paths written, in the order of the URLs.
+
+        Raises:
+            DownloadError: an image is expired or missing (403/404/410), is not an
+                image, is larger than ``max_size``, or could not be fetched.
         """
         from nanobanana._download import download  # noqa: PLC0415
 
-        return await download(self, generation_or_url, dest)
+        return await download(self, generation_or_url, dest, max_size=max_size)
 
 
 def _opt_int(value: Any) -> int | None:
