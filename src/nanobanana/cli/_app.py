@@ -95,6 +95,14 @@ def _add_globals(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
         help="seconds each HTTP request may take (default 180: sync generations take 10-60 s)",
     )
     group.add_argument(
+        "--max-retries",
+        metavar="N",
+        type=int,
+        default=default(None),
+        help="retries of a request that is safe to retry (default 3; a generation that "
+        "may have been charged is never resent)",
+    )
+    group.add_argument(
         "--json",
         action="store_true",
         default=default(False),
@@ -214,11 +222,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     simulate = command("simulate", "serve the simulator over HTTP for other programs")
     simulate.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1")
-    simulate.add_argument("--port", type=int, default=8000, help="default 8000 (0: any)")
-    simulate.add_argument("--credits", type=int, help="the demo account's credits")
+    simulate.add_argument("--port", type=int, default=8000, help="the API port (default 8000)")
+    simulate.add_argument(
+        "--cdn-port", type=int, default=0, help="the image CDN's port (default: any free one)"
+    )
+    simulate.add_argument("--credits", type=int, help="the account's credits (default 100)")
     simulate.add_argument(
         "--generation-time", metavar="S", type=float, help="seconds each generation takes"
     )
+    simulate.add_argument(
+        "--concurrency-limit",
+        metavar="N",
+        type=_positive_int,
+        help="the account's limit on requests in flight (default 1, as documented)",
+    )
+    simulate.add_argument("--seed", type=int, help="reproducible ids and image URLs")
     return parser
 
 
@@ -234,6 +252,8 @@ def _check(args: argparse.Namespace) -> None:
             args.wait = False  # sync and stream wait anyway
         if args.mode == "async" and args.download_dir and not args.wait:
             raise UsageError("--download-dir needs the finished images: add --wait to --mode async")
+    if args.max_retries is not None and args.max_retries < 0:
+        raise UsageError("--max-retries must be 0 or more")
     if args.command == "poll" and not args.id.strip():
         raise UsageError("--id must not be empty")
 

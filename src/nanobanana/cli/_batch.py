@@ -40,7 +40,7 @@ from nanobanana.cli._journal import (
     read_journal,
 )
 from nanobanana.cli._output import error_json
-from nanobanana.cli._progress import Reporter, finish, reporter
+from nanobanana.cli._progress import Reporter, RichReporter, finish, reporter
 
 if TYPE_CHECKING:
     import argparse
@@ -183,6 +183,8 @@ class _Batch:
         """An item's outcome: on disk (unless it came from there), on stdout, on the bar."""
         if not earlier:
             self.journal.write(record)
+        if record.get("generation_id"):
+            self.session.untrack(record["generation_id"])  # settled, whatever happened
         self.session.output.emit_line(record)
         self.done += 1
         status = record["status"]
@@ -192,11 +194,12 @@ class _Batch:
             self.codes.append(error["exit_code"])
         bad = sum(n for s, n in self.counts.items() if s != COMPLETED)
         message = f"{record['key']}: {status}"
-        if error and not earlier:
+        if earlier:
+            message = f"{message} (in an earlier run)"
+        elif error:
             message = f"{message}: {error.get('message')}"
-            self.progress.note(
-                f"{record['key']} (line {record['line']}): {status}: {error.get('message')}"
-            )
+            if isinstance(self.progress, RichReporter):  # plain lines already say it
+                self.progress.note(f"line {record['line']}: {message}")
         self.progress.update(
             self.done, message=message, detail=f"{bad} not completed" if bad else ""
         )
@@ -237,11 +240,8 @@ class _Batch:
         mode = self.session.args.mode
         options = self.options(item)
         if mode == "sync":
-            self.session.anonymous_in_flight += 1
-            try:
+            with self.session.anonymous():
                 generation = await self.client.generate(item.prompt, **options)
-            finally:
-                self.session.anonymous_in_flight -= 1
             attempt.generation_id = generation.id
             return generation
         if mode == "async":
@@ -249,18 +249,15 @@ class _Batch:
             self.submitted(attempt, job.id)
             return await self.wait(attempt, job)
         generation_or_none: Generation | None = None
-        self.session.anonymous_in_flight += 1
-        try:
+        with self.session.anonymous():
             async with self.client.stream(item.prompt, **options) as events:
                 async for event in events:
                     if event.generation_id and attempt.generation_id is None:
                         self.submitted(attempt, event.generation_id)
                     if event.type == "complete":
                         generation_or_none = event.generation
-        finally:
-            self.session.anonymous_in_flight -= 1
-            if attempt.generation_id is not None:
-                self.session.untrack(attempt.generation_id)
+        if attempt.generation_id is not None:
+            self.session.untrack(attempt.generation_id)
         if generation_or_none is None:
             raise UnexpectedResponseError("The stream ended without a result.")
         attempt.generation_id = generation_or_none.id

@@ -117,13 +117,9 @@ async def run_sync(
 ) -> Generation:
     """A sync generation (10-60 s), with a spinner and the elapsed time on a terminal."""
     progress = reporter(session.output, "wait", title="generating (sync mode)")
-    session.anonymous_in_flight += 1
-    try:
-        with progress:
-            generation = await client.generate(prompt, **options)
-            finish(progress, f"generated {generation.id}")
-    finally:
-        session.anonymous_in_flight -= 1
+    with session.anonymous(), progress:
+        generation = await client.generate(prompt, **options)
+        finish(progress, f"generated {generation.id}")
     return generation
 
 
@@ -134,9 +130,8 @@ async def run_stream(
     progress = reporter(session.output, "percent", title="generating (stream mode)")
     generation: Generation | None = None
     known_id: str | None = None
-    session.anonymous_in_flight += 1
     try:
-        with progress:
+        with session.anonymous(), progress:
             async with client.stream(prompt, **options) as events:
                 async for event in events:
                     if event.generation_id and known_id is None:
@@ -154,8 +149,6 @@ async def run_stream(
         if known_id is not None:
             session.untrack(known_id)
         raise
-    finally:
-        session.anonymous_in_flight -= 1
     if generation is None:
         raise UnexpectedResponseError("The stream ended without a result.")
     session.untrack(known_id or generation.id)

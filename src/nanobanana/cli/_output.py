@@ -33,6 +33,7 @@ __all__ = [
     "error_json",
     "generation_json",
     "job_json",
+    "message_for",
     "model_json",
     "one_line",
 ]
@@ -87,6 +88,20 @@ def one_line(text: str) -> str:
     return " ".join(text.split())
 
 
+def message_for(error: BaseException) -> str:
+    """The one-line message the CLI shows for an error.
+
+    The library's messages speak Python (``client.job(...).wait()``); where they do,
+    the CLI says it in its own words and gives the command instead.
+    """
+    if isinstance(error, JobTimeoutError):
+        return (
+            f"generation {error.generation_id} did not finish within the wait; "
+            "it may still complete"
+        )
+    return one_line(str(error)) or type(error).__name__
+
+
 def error_json(error: BaseException) -> dict[str, Any]:
     """An error as data: its type, message, exit code and generation id when known."""
     generation_id = None
@@ -94,7 +109,7 @@ def error_json(error: BaseException) -> dict[str, Any]:
         generation_id = error.generation_id
     document: dict[str, Any] = {
         "type": type(error).__name__,
-        "message": one_line(str(error)) or type(error).__name__,
+        "message": message_for(error),
         "exit_code": int(exit_code_for(error)),
         "generation_id": generation_id,
     }
@@ -171,7 +186,7 @@ class Output:
     def fail(self, error: BaseException, *, hints: Sequence[str] = ()) -> ExitCode:
         """Report an expected failure in one line (plus hints), and return its exit code."""
         code = exit_code_for(error)
-        message = one_line(str(error)) or type(error).__name__
+        message = message_for(error)
         self.stderr.write(self.redact(f"error: {message}") + "\n")
         for hint in hints:
             self.stderr.write(self.redact(hint) + "\n")

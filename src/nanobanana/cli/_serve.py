@@ -17,13 +17,13 @@ def serve(session: Session) -> int:
     from nanobanana.testing import serve as serve_simulator  # noqa: PLC0415
 
     args = session.args
-    options: dict[str, Any] = {}
-    if args.api_key:
+    options: dict[str, Any] = {"cdn_port": args.cdn_port}
+    if args.api_key:  # the key the simulator accepts (default: its demo key)
         options["api_key"] = args.api_key
-    if args.credits is not None:
-        options["credits"] = args.credits
-    if args.generation_time is not None:
-        options["generation_time"] = args.generation_time
+    for name in ("credits", "generation_time", "concurrency_limit", "seed"):
+        value = getattr(args, name)
+        if value is not None:
+            options[name] = value
     try:
         serve_simulator(host=args.host, port=args.port, **options)
     except KeyboardInterrupt:

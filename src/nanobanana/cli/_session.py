@@ -6,7 +6,7 @@ say how to pick them up again instead of losing what was paid for.
 
 from __future__ import annotations
 
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -16,7 +16,7 @@ from nanobanana._jobs import PollPolicy
 
 if TYPE_CHECKING:
     import argparse
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Iterator
 
     from nanobanana.cli._output import Output
 
@@ -80,6 +80,21 @@ class Session:
         """Forget a generation: it finished, or its failure was already reported."""
         self.pending.pop(generation_id, None)
 
+    @contextmanager
+    def anonymous(self) -> Iterator[None]:
+        """Count a generation request whose id is not known yet while it is in flight.
+
+        Only cancellation (Ctrl-C) leaves it counted, so the interrupt can warn that a
+        generation may have been charged.
+        """
+        self.anonymous_in_flight += 1
+        try:
+            yield
+        except Exception:
+            self.anonymous_in_flight -= 1
+            raise
+        self.anonymous_in_flight -= 1
+
     def poll_schedule(self) -> tuple[PollPolicy | None, float | None]:
         """This command's polling policy and wait timeout (see :func:`poll_schedule`)."""
         return poll_schedule(
@@ -113,6 +128,9 @@ class Session:
         timeout = getattr(self.args, "timeout", None)
         if timeout is not None:
             options["timeout"] = timeout
+        max_retries = getattr(self.args, "max_retries", None)
+        if max_retries is not None:
+            options["max_retries"] = max_retries
         if not self.simulated:
             client = AsyncNanoBanana(
                 api_key=getattr(self.args, "api_key", None),
