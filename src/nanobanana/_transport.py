@@ -1,0 +1,521 @@
+"""An httpx transport with a lean HTTP/1.1 keep-alive pool on raw asyncio.
+
+Why it exists: with 2,000 requests fanned out by `asyncio.gather`, httpx's default
+transport (httpcore's pool under anyio) times out or manages about an eighth of what
+aiohttp does against the same server, while the httpx client layer above it is fast.
+This transport keeps the httpx interface (users still pass an `httpx.AsyncClient`)
+and replaces only what is below it.
+
+How the pool stays cheap:
+
+- Connections are counted, not scanned. `_open` is the number of connections open or
+  being opened; it never exceeds `max_connections`.
+- Idle connections wait in one deque per origin. Requests reuse the newest (LIFO, the
+  one least likely to have been closed by the server); the keep-alive sweep closes
+  the oldest from the other end.
+- Requests that find no connection and no free slot queue FIFO as futures. Whoever
+  frees a connection or a slot hands it straight to the first live waiter. A waiter
+  that gives up (timeout, cancellation) is not searched for: its future is done, and
+  it is skipped when it reaches the head of the queue.
+- Every wait is a future with a timer; no task is ever created per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import sys
+from typing import TYPE_CHECKING, Any, Final, TypeVar
+
+import attrs
+import httpx
+
+from nanobanana._h1 import H1Connection, Origin, ResponseStream, encode_head
+
+if TYPE_CHECKING:
+    import ssl
+    from collections.abc import Coroutine
+
+__all__ = ["AsyncioTransport", "TransportStats"]
+
+_T = TypeVar("_T")
+# What a queued request's future resolves to, besides a connection handed over.
+_GRANTED: Final = 1  # A slot: open a new connection.
+_TIMED_OUT: Final = 2  # The pool timeout passed first.
+_CLOSED: Final = 3  # The transport was closed.
+_SMALL_BODY: Final = 64 * 1024  # Bodies up to this size go out in the head's write.
+
+DEFAULT_LIMITS: Final = httpx.Limits(
+    max_connections=100, max_keepalive_connections=100, keepalive_expiry=5.0
+)
+
+if sys.version_info >= (3, 11):
+
+    async def _with_timeout(coro: Coroutine[Any, Any, _T], timeout: float | None) -> _T:
+        # Runs in the calling task, so a cancellation cannot land between the
+        # connection being made and us holding it.
+        async with asyncio.timeout(timeout):
+            return await coro
+
+else:  # pragma: no cover - exercised on 3.10 only
+
+    async def _with_timeout(coro: Coroutine[Any, Any, _T], timeout: float | None) -> _T:
+        return await asyncio.wait_for(coro, timeout)
+
+
+@attrs.frozen(kw_only=True)
+class TransportStats:
+    """A snapshot of an `AsyncioTransport`'s pool.
+
+    Attributes:
+        open: Connections open or being opened.
+        idle: Open connections waiting in the pool for a request.
+        active: Open connections carrying a request (`open - idle`).
+        waiting: Requests queued for a connection.
+    """
+
+    open: int
+    idle: int
+    active: int
+    waiting: int
+
+
+class AsyncioTransport(httpx.AsyncBaseTransport):
+    """An HTTP/1.1 transport for `httpx.AsyncClient`, built on asyncio protocols.
+
+    It runs only under asyncio. When respx's default (httpcore) mocker is active, it
+    sends through a plain `httpx.AsyncHTTPTransport` so that the mocks see the request.
+
+    Example:
+        ```python
+        async with httpx.AsyncClient(transport=AsyncioTransport()) as client:
+            response = await client.get("http://127.0.0.1:8000/")
+        ```
+
+    Args:
+        limits: `max_connections` caps open connections across all origins (None: no
+            cap); `max_keepalive_connections` caps idle ones; `keepalive_expiry` is how
+            long, in seconds, an idle connection may be reused (None: forever).
+        ssl_context: For https URLs; `httpx.create_ssl_context()` is made on first use
+            when None.
+    """
+
+    def __init__(
+        self,
+        *,
+        limits: httpx.Limits = DEFAULT_LIMITS,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self._limits = limits
+        self._max_open = sys.maxsize if limits.max_connections is None else limits.max_connections
+        self._max_idle = (
+            sys.maxsize
+            if limits.max_keepalive_connections is None
+            else limits.max_keepalive_connections
+        )
+        self._expiry = limits.keepalive_expiry
+        self._ssl_context = ssl_context
+        self._reset()
+
+    def _reset(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._idle: dict[Origin, collections.deque[H1Connection]] = {}
+        self._n_idle = 0
+        self._open = 0
+        self._conns: set[H1Connection] = set()
+        self._waiters: collections.deque[tuple[asyncio.Future[H1Connection | int], Origin]] = (
+            collections.deque()
+        )
+        self._n_waiting = 0
+        self._sweep_handle: asyncio.TimerHandle | None = None
+        self._fallback: httpx.AsyncHTTPTransport | None = None
+
+    def stats(self) -> TransportStats:
+        """Count the pool's connections and queued requests."""
+        return TransportStats(
+            open=self._open,
+            idle=self._n_idle,
+            active=self._open - self._n_idle,
+            waiting=self._n_waiting,
+        )
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        """Send one request and return its response, with the body still streaming.
+
+        Raises:
+            httpx.TimeoutException: The pool, connect, write or read timeout passed.
+            httpx.NetworkError: The connection could not be made or broke.
+            httpx.ProtocolError: A side broke HTTP/1.1.
+            RuntimeError: Not running under asyncio, or the transport was closed while
+                the request waited for a connection.
+        """
+        mocks = sys.modules.get("respx.mocks")
+        if mocks is not None and mocks.HTTPCoreMocker._patches:
+            # respx's default mocker patches httpcore's pools, which we bypass.
+            return await self._respx_transport().handle_async_request(request)
+        loop = self._bind_loop()
+        url = request.url
+        scheme = url.raw_scheme
+        if scheme == b"https":
+            default_port = 443
+        elif scheme == b"http":
+            default_port = 80
+        else:
+            raise httpx.UnsupportedProtocol(
+                f"Request URL has an unsupported protocol '{url.scheme}://'.", request=request
+            )
+        timeouts = request.extensions.get("timeout") or {}
+        read_timeout: float | None = timeouts.get("read")
+        write_timeout: float | None = timeouts.get("write")
+        # Encode before taking a connection, so that a bad header costs none.
+        head, chunked, length, close = encode_head(request)
+        conn = await self._acquire(
+            loop, (scheme, url.raw_host, url.port or default_port), request, timeouts
+        )
+        try:
+            conn.start(request, close=close)
+            await self._send(
+                conn, request, head, chunked=chunked, length=length, timeout=write_timeout
+            )
+            await conn.receive_head(read_timeout)
+        except BaseException:
+            self._release(conn, False)
+            raise
+        status = conn.status
+        headers = conn.headers
+        extensions = {"http_version": conn.http_version, "reason_phrase": conn.reason}
+        stream: httpx.AsyncByteStream
+        if conn.response_complete:
+            # The whole response came with its head (the common case for small JSON
+            # bodies): give the connection back now and skip the streaming machinery.
+            stream = httpx.ByteStream(conn.take_body())
+            conn.finish()
+            self._release(conn, True)
+        else:
+            stream = ResponseStream(conn, self._release, read_timeout)
+        return httpx.Response(status, headers=headers, stream=stream, extensions=extensions)
+
+    async def aclose(self) -> None:
+        """Close every connection, and fail the requests waiting for one."""
+        if self._sweep_handle is not None:
+            self._sweep_handle.cancel()
+            self._sweep_handle = None
+        self._open -= self._n_idle
+        self._n_idle = 0
+        self._idle.clear()
+        conns = list(self._conns)
+        for conn in conns:
+            conn.in_pool = False
+            conn.close()
+        while self._waiters:
+            future, _ = self._waiters.popleft()
+            if not future.done():
+                future.set_result(_CLOSED)
+        self._n_waiting = 0
+        if conns:
+            # Let the loop run the transports' connection_lost callbacks, so that no
+            # socket outlives the close.
+            await asyncio.sleep(0)
+        if self._fallback is not None:
+            await self._fallback.aclose()
+
+    # -- the pool -------------------------------------------------------------------
+
+    def _bind_loop(self) -> asyncio.AbstractEventLoop:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            raise RuntimeError(
+                "AsyncioTransport needs a running asyncio event loop; "
+                "under trio, use httpx.AsyncHTTPTransport."
+            ) from None
+        if loop is not self._loop:
+            old = self._loop
+            if old is not None and self._open and not old.is_closed():
+                raise RuntimeError(
+                    "AsyncioTransport was used on another event loop that is still open; "
+                    "create one transport per event loop."
+                )
+            # Whatever the old, closed loop held is dead: start afresh.
+            self._reset()
+            self._loop = loop
+        return loop
+
+    async def _acquire(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        origin: Origin,
+        request: httpx.Request,
+        timeouts: dict[str, float | None],
+    ) -> H1Connection:
+        idle = self._idle.get(origin)
+        if idle:
+            conn = self._take_idle(loop, idle)
+            if conn is not None:
+                return conn
+        if not self._n_waiting:
+            if self._open < self._max_open:
+                self._open += 1
+                return await self._connect(loop, origin, request, timeouts.get("connect"))
+            if self._n_idle:
+                # Full, but with idle connections to other origins: close the oldest
+                # one and use its slot.
+                self._evict_one()
+                return await self._connect(loop, origin, request, timeouts.get("connect"))
+        got = await self._queue(loop, origin, request, timeouts.get("pool"))
+        if isinstance(got, H1Connection):
+            return got
+        return await self._connect(loop, origin, request, timeouts.get("connect"))
+
+    def _take_idle(
+        self, loop: asyncio.AbstractEventLoop, idle: collections.deque[H1Connection]
+    ) -> H1Connection | None:
+        expiry = self._expiry
+        now = 0.0 if expiry is None else loop.time()
+        while idle:
+            conn = idle.pop()
+            self._n_idle -= 1
+            conn.in_pool = False
+            if conn.reusable and (expiry is None or now - conn.idle_since < expiry):
+                return conn
+            self._discard(conn)
+        return None
+
+    def _evict_one(self) -> None:
+        for idle in self._idle.values():
+            if idle:
+                conn = idle.popleft()
+                self._n_idle -= 1
+                conn.in_pool = False
+                conn.close()
+                return
+
+    async def _queue(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        origin: Origin,
+        request: httpx.Request,
+        timeout: float | None,
+    ) -> H1Connection | int:
+        future: asyncio.Future[H1Connection | int] = loop.create_future()
+        self._waiters.append((future, origin))
+        self._n_waiting += 1
+        handle = None if timeout is None else loop.call_later(timeout, self._expire, future)
+        try:
+            got = await future
+        except BaseException:
+            if future.done() and not future.cancelled():
+                # Served in the same loop step as we were cancelled: what we were
+                # given must go back, or a slot leaks (httpcore issue 1093).
+                self._give_back(future.result())
+            else:
+                future.cancel()
+                self._n_waiting -= 1
+            raise
+        finally:
+            if handle is not None:
+                handle.cancel()
+        if got == _TIMED_OUT:
+            raise httpx.PoolTimeout("Timed out waiting for a connection.", request=request)
+        if got == _CLOSED:
+            raise RuntimeError("The transport was closed while the request waited.")
+        return got
+
+    def _expire(self, future: asyncio.Future[H1Connection | int]) -> None:
+        if not future.done():
+            future.set_result(_TIMED_OUT)
+            self._n_waiting -= 1
+
+    def _give_back(self, got: H1Connection | int) -> None:
+        if isinstance(got, H1Connection):
+            self._release(got, True)
+        elif got == _GRANTED:
+            self._open -= 1
+            self._grant_slot()
+
+    def _next_waiter(self) -> tuple[asyncio.Future[H1Connection | int], Origin]:
+        # Only called while _n_waiting > 0, so a live waiter is in the queue.
+        waiters = self._waiters
+        while True:
+            future, origin = waiters.popleft()
+            if not future.done():
+                self._n_waiting -= 1
+                return future, origin
+
+    def _grant_slot(self) -> None:
+        if self._n_waiting and self._open < self._max_open:
+            future, _ = self._next_waiter()
+            self._open += 1
+            future.set_result(_GRANTED)
+
+    def _release(self, conn: H1Connection, reuse: bool) -> None:
+        if not (reuse and conn.reusable):
+            self._discard(conn)
+            return
+        if self._n_waiting:
+            future, origin = self._next_waiter()
+            if origin == conn.origin:
+                future.set_result(conn)
+            else:
+                conn.close()
+                future.set_result(_GRANTED)
+            return
+        if self._n_idle >= self._max_idle:
+            self._discard(conn)
+            return
+        loop = conn.loop
+        conn.idle_since = loop.time()
+        conn.in_pool = True
+        idle = self._idle.get(conn.origin)
+        if idle is None:
+            idle = self._idle[conn.origin] = collections.deque()
+        idle.append(conn)
+        self._n_idle += 1
+        if self._sweep_handle is None and self._expiry is not None:
+            self._sweep_handle = loop.call_later(self._expiry, self._sweep, loop, self._expiry)
+
+    def _discard(self, conn: H1Connection) -> None:
+        conn.close()
+        self._open -= 1
+        self._grant_slot()
+
+    def _sweep(self, loop: asyncio.AbstractEventLoop, expiry: float) -> None:
+        # Close idle connections past keepalive_expiry, oldest first, then come back
+        # when the next oldest expires: one timer for the whole pool.
+        self._sweep_handle = None
+        now = loop.time()
+        oldest = None
+        for origin, idle in list(self._idle.items()):
+            while idle and now - idle[0].idle_since >= expiry:
+                conn = idle.popleft()
+                self._n_idle -= 1
+                conn.in_pool = False
+                self._discard(conn)
+            if idle:
+                since = idle[0].idle_since
+                oldest = since if oldest is None else min(oldest, since)
+            else:
+                del self._idle[origin]
+        if oldest is not None:
+            self._sweep_handle = loop.call_at(oldest + expiry, self._sweep, loop, expiry)
+
+    def _on_lost(self, conn: H1Connection) -> None:
+        # Called by the connection when its socket is gone, whoever closed it.
+        self._conns.discard(conn)
+        if conn.in_pool:
+            # The server closed an idle connection: free its slot now rather than
+            # when a request would have found it dead.
+            conn.in_pool = False
+            self._idle[conn.origin].remove(conn)
+            self._n_idle -= 1
+            self._open -= 1
+            self._grant_slot()
+
+    async def _connect(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        origin: Origin,
+        request: httpx.Request,
+        timeout: float | None,
+    ) -> H1Connection:
+        # The caller holds a slot for this connection; it is given back on failure.
+        scheme, raw_host, port = origin
+        conn = H1Connection(loop, origin, self._on_lost)
+        # Tracked from now on, so that aclose() also stops connections being opened.
+        self._conns.add(conn)
+        try:
+            host = raw_host.decode("ascii")
+            ssl_context = self._get_ssl_context() if scheme == b"https" else None
+            await _with_timeout(
+                loop.create_connection(
+                    lambda: conn,
+                    host,
+                    port,
+                    ssl=ssl_context,
+                    server_hostname=host if ssl_context is not None else None,
+                ),
+                timeout,
+            )
+        except BaseException as exc:
+            conn.abort()
+            self._conns.discard(conn)
+            self._open -= 1
+            self._grant_slot()
+            if isinstance(exc, TimeoutError):
+                raise httpx.ConnectTimeout("Timed out connecting.", request=request) from exc
+            if isinstance(exc, OSError):
+                raise httpx.ConnectError(str(exc) or repr(exc), request=request) from exc
+            raise
+        return conn
+
+    def _get_ssl_context(self) -> ssl.SSLContext:
+        if self._ssl_context is None:
+            self._ssl_context = httpx.create_ssl_context()
+        return self._ssl_context
+
+    def _respx_transport(self) -> httpx.AsyncHTTPTransport:
+        if self._fallback is None:
+            self._fallback = httpx.AsyncHTTPTransport(
+                limits=self._limits, verify=self._ssl_context or True
+            )
+        return self._fallback
+
+    # -- sending ----------------------------------------------------------------------
+
+    async def _send(
+        self,
+        conn: H1Connection,
+        request: httpx.Request,
+        head: bytes,
+        *,
+        chunked: bool,
+        length: int,
+        timeout: float | None,
+    ) -> None:
+        stream = request.stream
+        if isinstance(stream, httpx.ByteStream):
+            body = b"".join(stream)
+            if chunked:
+                body = b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body) if body else b"0\r\n\r\n"
+            elif length == -1:
+                if body:
+                    # No framing header: add one rather than send an unframed body.
+                    head = head[:-2] + b"Content-Length: %d\r\n\r\n" % len(body)
+            elif length != len(body):
+                raise httpx.LocalProtocolError(
+                    "Request body does not match its Content-Length.", request=request
+                )
+            if len(body) <= _SMALL_BODY:
+                conn.write(head + body)
+            else:
+                conn.write(head)
+                conn.write(body)
+            await conn.drain(timeout)
+            return
+        if not isinstance(stream, httpx.AsyncByteStream):
+            raise TypeError("Attempted to send a sync request body with an async transport.")
+        if not chunked and length == -1:
+            head = head[:-2] + b"Transfer-Encoding: chunked\r\n\r\n"
+            chunked = True
+        conn.write(head)
+        sent = 0
+        async for chunk in stream:
+            if not chunk:
+                continue  # An empty chunk would end a chunked body early.
+            if chunked:
+                conn.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            else:
+                sent += len(chunk)
+                if sent > length:
+                    raise httpx.LocalProtocolError(
+                        "Request body is longer than its Content-Length.", request=request
+                    )
+                conn.write(chunk)
+            await conn.drain(timeout)
+        if chunked:
+            conn.write(b"0\r\n\r\n")
+        elif sent != length:
+            raise httpx.LocalProtocolError(
+                "Request body is shorter than its Content-Length.", request=request
+            )
+        await conn.drain(timeout)

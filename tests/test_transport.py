@@ -1,0 +1,690 @@
+"""AsyncioTransport against real asyncio servers on 127.0.0.1, plus its parser fed directly."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import httpx
+import pytest
+import respx
+import trio
+
+from nanobanana._h1 import MAX_HEAD, H1Connection
+from nanobanana._transport import AsyncioTransport, TransportStats
+from transport_servers import ScriptedServer, ServerConn, keep_alive_ok
+
+IDLE_POOL = TransportStats(open=0, idle=0, active=0, waiting=0)
+
+
+def one_idle(n: int = 1) -> TransportStats:
+    return TransportStats(open=n, idle=n, active=0, waiting=0)
+
+
+@pytest.fixture
+async def transport():
+    transport = AsyncioTransport()
+    yield transport
+    await transport.aclose()
+
+
+@pytest.fixture
+async def client(transport):
+    async with httpx.AsyncClient(transport=transport) as client:
+        yield client
+
+
+async def until(predicate) -> None:
+    # Let the loop run callbacks (connection_lost, a handler's next step) until the
+    # condition holds; the per-test timeout bounds it.
+    while not predicate():
+        await asyncio.sleep(0)
+
+
+# -- response framing -------------------------------------------------------------------
+
+
+async def test_content_length_body_status_reason_and_http_version(client, transport):
+    async def handler(conn: ServerConn) -> None:
+        await conn.read_request()
+        await conn.respond(b"hello", status=b"201 Created", headers=(b"X-Thing: a b",))
+
+    async with ScriptedServer(handler) as server:
+        response = await client.get(server.url + "/path?q=1")
+        assert transport.stats() == one_idle()
+    assert response.status_code == 201
+    assert response.content == b"hello"
+    assert response.headers["x-thing"] == "a b"
+    assert response.reason_phrase == "Created"
+    assert response.http_version == "HTTP/1.1"
+
+
+async def test_request_head_carries_method_target_and_headers(client):
+    seen = []
+
+    async def handler(conn: ServerConn) -> None:
+        seen.append(await conn.read_request())
+        await conn.respond()
+
+    async with ScriptedServer(handler) as server:
+        await client.get(server.url + "/a/b?x=%20y", headers={"X-Custom": "v"})
+    (request,) = seen
+    assert request.method == b"GET"
+    assert request.target == b"/a/b?x=%20y"
+    assert request.headers[b"host"] == f"127.0.0.1:{server.port}".encode()
+    assert request.headers[b"x-custom"] == b"v"
+
+
+async def test_chunked_body_with_extensions_and_trailers(client, transport):
+    async def handler(conn: ServerConn) -> None:
+        await conn.read_request()
+        await conn.send(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"5;name=value\r\nhello\r\n1\r\n \r\nA\r\nworld12345\r\n0\r\nX-Trailer: t\r\n\r\n"
+        )
+        await keep_alive_ok(conn)
+
+    async with ScriptedServer(handler) as server:
+        response = await client.get(server.url)
+        assert response.content == b"hello world12345"
+        assert (await client.get(server.url)).content == b"ok"
+    assert server.connections == 1
+
+
+async def test_close_delimited_body_is_read_to_the_end_and_not_reused(client, transport):
+    async def handler(conn: ServerConn) -> None:
+        await conn.read_request()
+        await conn.send(b"HTTP/1.1 200 OK\r\n\r\npart one, ")
+        await conn.send(b"part two")
+        conn.close()
+
+    async with ScriptedServer(handler) as server:
+        response = await client.get(server.url)
+    assert response.content == b"part one, part two"
+    assert transport.stats() == IDLE_POOL
+
+
+async def test_informational_responses_are_skipped(client):
+    async def handler(conn: ServerConn) -> None:
+        await conn.read_request()
+        await conn.send(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: x\r\n\r\n")
+        await conn.respond(b"final")
+
+    async with ScriptedServer(handler) as server:
+        response = await client.get(server.url)
+    assert response.status_code == 200
+    assert response.content == b"final"
+
+
+@pytest.mark.parametrize("status", [b"204 No Content", b"304 Not Modified"])
+async def test_no_body_statuses_ignore_content_length_and_keep_the_connection(client, status):
+    async def handler(conn: ServerConn) -> None:
+        await conn.read_request()
+        await conn.send(b"HTTP/1.1 " + status + b"\r\nContent-Length: 10\r\n\r\n")
+        await keep_alive_ok(conn)
+
+    async with ScriptedServer(handler) as server:
+        first = await client.get(server.url)
+        second = await client.get(server.url)
+    assert first.content == b""
+    assert second.content == b"ok"
+    assert server.connections == 1
+
+
+async def test_head_response_has_no_body_and_keeps_the_connection(client):
+    async def handler(conn: ServerConn) -> None:
+        request = await conn.read_request()
+        assert request is not None
+        assert request.method == b"HEAD"
+        await conn.send(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")
+        await keep_alive_ok(conn)
+
+    async with ScriptedServer(handler) as server:
+        head = await client.head(server.url)
+        after = await client.get(server.url)
+    assert head.headers["content-length"] == "1000"
+    assert head.content == b""
+    assert after.content == b"ok"
+    assert server.connections == 1
+
+
+async def test_http_1_0_response_without_keep_alive_is_not_reused(client, transport):
+    async def handler(conn: ServerConn) -> None:
+        await conn.read_request()
+        await conn.send(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await conn.read_request()
+
+    async with ScriptedServer(handler) as server:
+        response = await client.get(server.url)
+        assert response.http_version == "HTTP/1.0"
+        await until(lambda: transport.stats().open == 0)
+    assert response.content == b"ok"
+
+
+async def test_oversize_head_is_a_protocol_error(client, transport):
+    async def handler(conn: ServerConn) -> None:
+        await conn.read_request()
+        await conn.send(b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * (MAX_HEAD + 10) + b"\r\n\r\n")
+
+    async with ScriptedServer(handler) as server:
+        with pytest.raises(httpx.RemoteProtocolError, match="exceeds"):
+            await client.get(server.url)
+    assert transport.stats() == IDLE_POOL
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        b"HTTP/2 200 OK\r\n\r\n",
+        b"HTTP/1.1 2000 OK\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nno colon\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+    ],
+)
+async def test_malformed_responses_are_protocol_errors(client, transport, garbage):
+    async def handler(conn: ServerConn) -> None:
+        await conn.read_request()
+        await conn.send(garbage)
+        await conn.reader.read()
+
+    async with ScriptedServer(handler) as server:
+        with pytest.raises(httpx.RemoteProtocolError) as info:
+            await client.get(server.url)
+    assert info.value.request.url.port == server.port
+    assert transport.stats() == IDLE_POOL
+
+
+async def test_server_closing_before_any_response_byte(client, transport):
+    async def handler(conn: ServerConn) -> None:
+        await conn.read_request()
+        conn.close()
+
+    async with ScriptedServer(handler) as server:
+        with pytest.raises(
+            httpx.RemoteProtocolError, match=r"Server disconnected without sending a response\."
+        ):
+            await client.get(server.url)
+    assert transport.stats() == IDLE_POOL
+
+
+async def test_server_closing_mid_body_is_a_protocol_error(client, transport):
+    async def handler(conn: ServerConn) -> None:
+        await conn.read_request()
+        await conn.send(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
+        conn.close()
+
+    async with ScriptedServer(handler) as server:
+        with pytest.raises(httpx.RemoteProtocolError, match="body was complete"):
+            await client.get(server.url)
+    assert transport.stats() == IDLE_POOL
+
+
+# -- keep-alive --------------------------------------------------------------------------
+
+
+async def test_sequential_requests_reuse_one_connection(client, transport):
+    async with ScriptedServer(keep_alive_ok) as server:
+        bodies = [(await client.get(server.url)).content for _ in range(5)]
+    assert bodies == [b"ok"] * 5
+    assert server.connections == 1
+
+
+async def test_server_closing_an_idle_connection_means_a_new_one_next_time(client, transport):
+    async def handler(conn: ServerConn) -> None:
+        await conn.read_request()
+        await conn.respond(b"conn %d" % conn.index)
+        conn.close()
+
+    async with ScriptedServer(handler) as server:
+        first = await client.get(server.url)
+        # The pool notices the close by itself and frees the slot.
+        await until(lambda: transport.stats().open == 0)
+        second = await client.get(server.url)
+    assert (first.content, second.content) == (b"conn 1", b"conn 2")
+    assert server.connections == 2
+
+
+@pytest.mark.parametrize("side", ["request", "response"])
+async def test_connection_close_is_honoured_both_ways(client, transport, side):
+    seen = []
+
+    async def handler(conn: ServerConn) -> None:
+        while (request := await conn.read_request()) is not None:
+            seen.append(request.headers.get(b"connection"))
+            await conn.respond(headers=(b"Connection: close",) if side == "response" else ())
+
+    headers = {"Connection": "close"} if side == "request" else {}
+    async with ScriptedServer(handler) as server:
+        await client.get(server.url, headers=headers)
+        assert transport.stats() == IDLE_POOL
+        await client.get(server.url, headers=headers)
+    assert server.connections == 2
+
+
+async def test_expired_idle_connections_are_not_reused():
+    transport = AsyncioTransport(limits=httpx.Limits(keepalive_expiry=0))
+    async with (
+        ScriptedServer(keep_alive_ok) as server,
+        httpx.AsyncClient(transport=transport) as client,
+    ):
+        await client.get(server.url)
+        await client.get(server.url)
+    assert server.connections == 2
+
+
+async def test_concurrent_requests_never_exceed_max_connections():
+    transport = AsyncioTransport(limits=httpx.Limits(max_connections=3))
+    async with (
+        ScriptedServer(keep_alive_ok) as server,
+        httpx.AsyncClient(transport=transport) as client,
+    ):
+        responses = await asyncio.gather(*(client.get(server.url) for _ in range(50)))
+        assert transport.stats() == one_idle(3)
+    assert all(r.content == b"ok" for r in responses)
+    assert server.connections == 3
+
+
+async def test_full_pool_evicts_an_idle_connection_to_another_origin():
+    transport = AsyncioTransport(limits=httpx.Limits(max_connections=1))
+    async with (
+        ScriptedServer(keep_alive_ok) as a,
+        ScriptedServer(keep_alive_ok) as b,
+        httpx.AsyncClient(transport=transport) as client,
+    ):
+        await client.get(a.url)
+        await client.get(b.url)
+        assert transport.stats() == one_idle(1)
+        await client.get(a.url)
+    assert (a.connections, b.connections) == (2, 1)
+
+
+# -- streaming ---------------------------------------------------------------------------
+
+
+async def test_body_is_delivered_as_it_arrives(client, transport):
+    got_first = asyncio.Event()
+
+    async def handler(conn: ServerConn) -> None:
+        await conn.read_request()
+        await conn.send(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n6\r\nfirst \r\n")
+        await got_first.wait()
+        await conn.send(b"6\r\nsecond\r\n0\r\n\r\n")
+
+    async with ScriptedServer(handler) as server:
+        async with client.stream("GET", server.url) as response:
+            chunks = response.aiter_raw()
+            assert await anext(chunks) == b"first "
+            got_first.set()
+            assert [chunk async for chunk in chunks] == [b"second"]
+        assert transport.stats() == one_idle()
+
+
+async def test_closing_a_response_early_discards_its_connection(client, transport):
+    async def handler(conn: ServerConn) -> None:
+        await conn.read_request()
+        await conn.send(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nabc")
+        assert await conn.reader.read() == b""  # The client closed the connection.
+
+    async with ScriptedServer(handler) as server:
+        async with client.stream("GET", server.url) as response:
+            assert await anext(response.aiter_raw()) == b"abc"
+            assert transport.stats().active == 1
+        assert transport.stats() == IDLE_POOL
+
+
+async def test_large_body_arrives_whole_through_backpressure(client):
+    payload = bytes(range(256)) * 8192  # 2 MiB
+
+    async def handler(conn: ServerConn) -> None:
+        await conn.read_request()
+        await conn.respond(payload)
+
+    async with ScriptedServer(handler) as server:
+        response = await client.get(server.url)
+    assert response.content == payload
+
+
+# -- request bodies ----------------------------------------------------------------------
+
+
+async def echo(conn: ServerConn) -> None:
+    while (request := await conn.read_request()) is not None:
+        framing = b"chunked" if b"transfer-encoding" in request.headers else b"length"
+        await conn.respond(request.body, headers=(b"X-Framing: " + framing,))
+
+
+async def test_post_bytes_body_is_sent_with_content_length(client):
+    async with ScriptedServer(echo) as server:
+        response = await client.post(server.url, content=b"payload")
+    assert response.content == b"payload"
+    assert response.headers["x-framing"] == "length"
+
+
+async def test_post_large_bytes_body_waits_for_the_socket(client):
+    payload = b"x" * (8 * 1024 * 1024)
+    async with ScriptedServer(echo) as server:
+        response = await client.post(server.url, content=payload)
+    assert len(response.content) == len(payload)
+
+
+async def test_post_async_iterable_body_is_sent_chunked(client):
+    async def parts():
+        yield b"one,"
+        yield b""
+        yield b"two"
+
+    async with ScriptedServer(echo) as server:
+        response = await client.post(server.url, content=parts())
+        again = await client.post(server.url, json={"a": 1})
+    assert response.content == b"one,two"
+    assert response.headers["x-framing"] == "chunked"
+    assert again.content == b'{"a":1}'
+    assert server.connections == 1
+
+
+async def test_header_with_a_line_break_is_refused_before_sending(client, transport):
+    async with ScriptedServer(echo) as server:
+        with pytest.raises(httpx.LocalProtocolError):
+            await client.get(server.url, headers={"X-Evil": "a\r\nX-Injected: 1"})
+    assert server.connections == 0
+
+
+# -- errors and timeouts -----------------------------------------------------------------
+
+
+async def test_connect_error_on_a_closed_port(client, transport):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with pytest.raises(httpx.ConnectError) as info:
+        await client.get(f"http://127.0.0.1:{port}/")
+    assert info.value.request.url.port == port
+    assert transport.stats() == IDLE_POOL
+
+
+async def test_read_timeout_when_the_server_never_answers(client, transport):
+    async def handler(conn: ServerConn) -> None:
+        await conn.read_request()
+        await conn.reader.read()
+
+    async with ScriptedServer(handler) as server:
+        with pytest.raises(httpx.ReadTimeout):
+            await client.get(server.url, timeout=httpx.Timeout(5, read=0.05))
+    assert transport.stats() == IDLE_POOL
+
+
+async def test_pool_timeout_leaves_nothing_queued(transport):
+    release = asyncio.Event()
+
+    async def handler(conn: ServerConn) -> None:
+        await conn.read_request()
+        await release.wait()
+        await conn.respond()
+
+    transport = AsyncioTransport(limits=httpx.Limits(max_connections=1))
+    async with ScriptedServer(handler) as server, httpx.AsyncClient(transport=transport) as client:
+        holder = asyncio.create_task(client.get(server.url))
+        await until(lambda: transport.stats().active == 1)
+        with pytest.raises(httpx.PoolTimeout):
+            await client.get(server.url, timeout=httpx.Timeout(5, pool=0.05))
+        assert transport.stats().waiting == 0
+        release.set()
+        await holder
+        assert transport.stats() == one_idle()
+
+
+async def test_unsupported_scheme(client):
+    with pytest.raises(httpx.UnsupportedProtocol):
+        await AsyncioTransport().handle_async_request(httpx.Request("GET", "ftp://example.com/"))
+
+
+def test_outside_asyncio_is_a_clear_runtime_error():
+    async def main():
+        request = httpx.Request("GET", "http://127.0.0.1:1/")
+        await AsyncioTransport().handle_async_request(request)
+
+    with pytest.raises(RuntimeError, match="asyncio event loop"):
+        trio.run(main)
+
+
+# -- cancellation ------------------------------------------------------------------------
+
+
+async def test_cancelled_while_queued_for_the_pool(transport):
+    release = asyncio.Event()
+
+    async def handler(conn: ServerConn) -> None:
+        while await conn.read_request() is not None:
+            await release.wait()
+            await conn.respond()
+
+    transport = AsyncioTransport(limits=httpx.Limits(max_connections=1))
+    async with ScriptedServer(handler) as server, httpx.AsyncClient(transport=transport) as client:
+        holder = asyncio.create_task(client.get(server.url))
+        await until(lambda: transport.stats().active == 1)
+        queued = asyncio.create_task(client.get(server.url))
+        await until(lambda: transport.stats().waiting == 1)
+        queued.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await queued
+        assert transport.stats().waiting == 0
+        release.set()
+        await holder
+        assert transport.stats() == one_idle()
+        assert (await client.get(server.url)).status_code == 200
+
+
+async def test_waiter_cancelled_as_it_is_handed_a_connection_gives_it_back():
+    # httpcore issue 1093: the connection is handed over and the waiter cancelled in
+    # the same loop step; the slot must not leak.
+    finish = asyncio.Event()
+
+    async def handler(conn: ServerConn) -> None:
+        await conn.read_request()
+        await conn.send(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nab")
+        await finish.wait()
+        await conn.send(b"cd")
+        await keep_alive_ok(conn)
+
+    transport = AsyncioTransport(limits=httpx.Limits(max_connections=1))
+    async with ScriptedServer(handler) as server, httpx.AsyncClient(transport=transport) as client:
+        held = await client.send(client.build_request("GET", server.url), stream=True)
+        queued = asyncio.create_task(client.get(server.url))
+        await until(lambda: transport.stats().waiting == 1)
+        finish.set()
+        assert await held.aread() == b"abcd"  # Hands the connection to `queued`...
+        assert transport.stats() == TransportStats(open=1, idle=0, active=1, waiting=0)
+        queued.cancel()  # ...which is cancelled before it runs.
+        with pytest.raises(asyncio.CancelledError):
+            await queued
+        assert transport.stats() == one_idle()
+        assert (await client.get(server.url)).content == b"ok"
+    assert server.connections == 1
+
+
+async def test_cancelled_while_waiting_for_the_response_head(client, transport):
+    got_request = asyncio.Event()
+
+    async def handler(conn: ServerConn) -> None:
+        await conn.read_request()
+        got_request.set()
+        assert await conn.reader.read() == b""
+
+    async with ScriptedServer(handler) as server:
+        task = asyncio.create_task(client.get(server.url))
+        await got_request.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert transport.stats() == IDLE_POOL
+
+
+async def test_cancelled_while_reading_the_body(client, transport):
+    async def handler(conn: ServerConn) -> None:
+        await conn.read_request()
+        await conn.send(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
+        assert await conn.reader.read() == b""
+
+    async def read_all(first_chunk: asyncio.Event) -> None:
+        async with client.stream("GET", server.url) as response:
+            async for _ in response.aiter_raw():
+                first_chunk.set()
+
+    async with ScriptedServer(handler) as server:
+        first_chunk = asyncio.Event()
+        task = asyncio.create_task(read_all(first_chunk))
+        await first_chunk.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert transport.stats() == IDLE_POOL
+
+
+async def test_cancelled_while_connecting(client, transport):
+    # A listening socket whose backlog is never accepted: connect() may complete in
+    # the kernel, so cancel as soon as the request is on its way instead.
+    async with ScriptedServer(keep_alive_ok) as server:
+        task = asyncio.create_task(client.get(server.url))
+        await until(lambda: transport.stats().open == 1)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert transport.stats() == IDLE_POOL
+
+
+async def test_aclose_fails_queued_requests_and_closes_connections():
+    got_request = asyncio.Event()
+
+    async def handler(conn: ServerConn) -> None:
+        await conn.read_request()
+        got_request.set()
+        assert await conn.reader.read() == b""
+
+    transport = AsyncioTransport(limits=httpx.Limits(max_connections=1))
+    async with ScriptedServer(handler) as server:
+        client = httpx.AsyncClient(transport=transport)
+        holder = asyncio.create_task(client.get(server.url))
+        await got_request.wait()
+        queued = asyncio.create_task(client.get(server.url))
+        await until(lambda: transport.stats().waiting == 1)
+        await client.aclose()
+        with pytest.raises(RuntimeError, match="closed"):
+            await queued
+        with pytest.raises(httpx.RemoteProtocolError):
+            await holder
+        assert transport.stats() == IDLE_POOL
+
+
+async def test_aclose_while_connecting_closes_the_new_connection(client, transport):
+    async with ScriptedServer(keep_alive_ok) as server:
+        task = asyncio.create_task(client.get(server.url))
+        await until(lambda: transport.stats().open == 1)
+        await transport.aclose()
+        with pytest.raises(httpx.WriteError):
+            await task
+    assert transport.stats() == IDLE_POOL
+
+
+# -- respx ---------------------------------------------------------------------------------
+
+
+async def test_respx_mock_intercepts_requests(client, transport):
+    with respx.mock:
+        route = respx.get("http://nowhere.invalid/x").respond(json={"mocked": True})
+        response = await client.get("http://nowhere.invalid/x")
+    assert route.called
+    assert response.json() == {"mocked": True}
+    assert transport.stats() == IDLE_POOL
+
+
+# -- the parser, fed directly --------------------------------------------------------------
+
+
+class FakeTransport(asyncio.Transport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.written = bytearray()
+        self.paused = False
+        self.closed = False
+
+    def write(self, data) -> None:
+        self.written += data
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.closed = True
+
+    def pause_reading(self) -> None:
+        self.paused = True
+
+    def resume_reading(self) -> None:
+        self.paused = False
+
+
+def fed_connection(method: str = "GET") -> tuple[H1Connection, FakeTransport]:
+    conn = H1Connection(asyncio.get_running_loop(), (b"http", b"x", 80), lambda conn: None)
+    fake = FakeTransport()
+    conn.connection_made(fake)
+    conn.start(httpx.Request(method, "http://x/"), close=False)
+    return conn, fake
+
+
+async def read_body(conn: H1Connection) -> bytes:
+    parts = []
+    while (chunk := await conn.receive_body(1)) is not None:
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+CHUNKED_RESPONSE = (
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\nX-A: 1\r\n\r\n"
+    b"3;ext=1\r\nabc\r\n10\r\n0123456789abcdef\r\n0\r\nTrailer: x\r\n\r\n"
+)
+
+
+@pytest.mark.parametrize("cut", range(1, len(CHUNKED_RESPONSE)))
+async def test_chunked_response_split_at_every_byte_boundary(cut):
+    conn, _ = fed_connection()
+    conn.data_received(CHUNKED_RESPONSE[:cut])
+    conn.data_received(CHUNKED_RESPONSE[cut:])
+    await conn.receive_head(1)
+    assert conn.headers[1] == (b"X-A", b"1")
+    assert await read_body(conn) == b"abc0123456789abcdef"
+    assert conn.response_complete
+
+
+async def test_chunked_response_one_byte_at_a_time():
+    conn, _ = fed_connection()
+    for i in range(len(CHUNKED_RESPONSE)):
+        conn.data_received(CHUNKED_RESPONSE[i : i + 1])
+    await conn.receive_head(1)
+    assert await read_body(conn) == b"abc0123456789abcdef"
+    conn.finish()
+    assert conn.reusable
+
+
+async def test_reading_pauses_above_the_high_water_mark_and_resumes_when_drained():
+    conn, fake = fed_connection()
+    size = 1024 * 1024
+    conn.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size)
+    await conn.receive_head(1)
+    conn.data_received(b"a" * (size // 2))
+    assert fake.paused
+    assert len(await conn.receive_body(1)) == size // 2
+    assert not fake.paused
+
+
+async def test_bytes_after_a_complete_response_make_the_connection_unusable():
+    conn, _ = fed_connection()
+    conn.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokEXTRA")
+    await conn.receive_head(1)
+    assert await read_body(conn) == b"ok"
+    conn.finish()
+    assert not conn.reusable
