@@ -10,7 +10,6 @@ the connection or answers 500, which is the closest it can do.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 from collections.abc import Awaitable, Callable, Coroutine, MutableMapping
 from typing import Any
@@ -107,8 +106,8 @@ class Exchange:
         """Stop watching for a disconnect (the handler is done)."""
         if self._watcher is not None:
             self._watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._watcher
+            # gather, not a bare await: a cancellation of this task must go on.
+            await asyncio.gather(self._watcher, return_exceptions=True)
 
     def header(self, name: str) -> str | None:
         """A request header, by case-insensitive name."""

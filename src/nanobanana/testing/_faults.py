@@ -223,7 +223,7 @@ PRESETS: dict[str, Fault] = {
     "reset_after": Fault(kind="reset", after_charge=True),
     "delay": Fault(kind="delay", seconds=0.05),
     "wrong_content_type": Fault(kind="content_type", content_type="text/html; charset=utf-8"),
-    "sse_cut": Fault(kind="sse_cut", after_events=1, with_id=True),
+    "sse_cut": Fault(kind="sse_cut"),
     "sse_split": Fault(kind="sse_split"),
     "sse_junk": Fault(kind="sse_junk"),
     "sse_heartbeats": Fault(kind="sse_heartbeats"),

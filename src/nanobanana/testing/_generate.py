@@ -19,7 +19,7 @@ from typing import Any
 
 import attrs
 
-from nanobanana.testing._asgi import ResetConnection
+from nanobanana.testing._asgi import ClientGone, ResetConnection
 from nanobanana.testing._call import Call, busy_body
 from nanobanana.testing._catalogue import SimModel
 from nanobanana.testing._sse import stream_generation
@@ -232,7 +232,8 @@ async def handle_generate(call: Call, account: Account, body: bytes) -> None:
 async def _sync(call: Call, generation: Generation, balance: int) -> None:
     ex = call.ex
     if not await ex.race(generation.wait()):
-        return  # The client left; the generation goes on and stays pollable.
+        raise ClientGone  # the generation goes on and stays pollable
+
     if generation.outcome == "success":
         await ex.json(
             200,

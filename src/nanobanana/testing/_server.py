@@ -59,6 +59,8 @@ class _Connection:
             await self._bad_request()
         except OSError:
             pass
+        except Exception:
+            _logger.exception("the simulator's connection handler failed")
         finally:
             await self._close()
 
@@ -161,8 +163,8 @@ class _Connection:
         finally:
             if watcher is not None:
                 watcher.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await watcher
+                # gather, not a bare await: a cancellation of this task must go on.
+                await asyncio.gather(watcher, return_exceptions=True)
         if not complete:
             if not started and not disconnected.is_set():
                 await self._plain(500, b"The app sent no response")
