@@ -574,3 +574,13 @@ def test_a_stream_read_to_its_end_under_trio_leaves_nothing_for_the_finalizer():
         gc.collect()
     assert events[-1].type == "complete"
     assert [str(w.message) for w in caught] == []
+
+
+async def test_many_distinct_status_events_each_keep_their_own_values(make_client):
+    api = FakeAPI([b"".join(status(i % 101, f"step {i}") for i in range(600)) + complete()])
+    client = await make_client(api)
+    events = await collect(client.stream("p"))
+    assert [e.message for e in events[:-1]] == [f"step {i}" for i in range(600)]
+    assert [e.progress for e in events[:-1]] == [i % 101 for i in range(600)]
+    assert events[200].max_progress == 100
+    assert events[200].is_heartbeat

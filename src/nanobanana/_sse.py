@@ -78,8 +78,8 @@ class SSEParser:
 
     Args:
         max_line_size: the longest line, in bytes, before :class:`SSETooLargeError`.
-        max_event_size: the most characters of fields one event may gather (comment
-            lines do not count) before :class:`SSETooLargeError`.
+        max_event_size: the most characters the lines of one event (up to its blank
+            line, comments included) may add up to before :class:`SSETooLargeError`.
     """
 
     __slots__ = (
@@ -182,9 +182,7 @@ class SSEParser:
         size = self._event_size
         events: list[ServerSentEvent] = []
         for line in lines:
-            if not line:
-                size = 0
-            elif line[0] != ":":
+            if line:
                 size += len(line)
                 if size > limit:
                     self._event_size = 0
@@ -192,6 +190,8 @@ class SSEParser:
                         f"An event of the stream is larger than {limit} characters; "
                         "stopped reading it (max_event_size)."
                     )
+            else:
+                size = 0
             event = decode(line)
             # The SSE spec dispatches no event whose data is empty; httpx-sse's decoder
             # does (on every blank line once an `id:` was seen), so drop those here.

@@ -56,6 +56,8 @@ _PEEK = 4096
 # After `complete`, how much more to read while waiting for the end of the response.
 _DRAIN_BYTES = 64 * 1024
 _DRAIN_SECONDS = 0.5
+# At most this many distinct status events are kept for reuse.
+_SEEN_MAX = 256
 
 
 class _CutError(Exception):
@@ -71,34 +73,50 @@ class _State:
     generation_id: str | None = None
     max_progress: int = 0
     closed: bool = False
+    # Status events repeat (heartbeats, the same step again): ProgressEvent is frozen,
+    # so equal ones are shared instead of built anew, which is most of a stream's cost.
+    _seen: dict[tuple[str, int, int, str | None], ProgressEvent] = attrs.field(
+        factory=dict, init=False, repr=False
+    )
 
     def note_id(self, event: dict[str, Any], data: Any) -> None:
         # Any event may carry the id, at the top or in `data` (PROTOCOL.md, mode stream);
         # once known, a cut stream can be finished with GET /generate?id=.
         found = event.get("generationId")
-        if isinstance(data, dict):
+        if type(data) is dict:
             inner = data.get("generationId")
-            if isinstance(inner, str) and inner:
+            if type(inner) is str and inner:
                 found = inner
-        if isinstance(found, str) and found:
+        if type(found) is str and found:
             self.generation_id = found
 
     def status(self, event: dict[str, Any]) -> ProgressEvent:
-        progress = _progress(event.get("progress"))
-        reported = self.max_progress
-        if progress > reported:
-            self.max_progress = progress
+        # The hot path of a stream: exact type checks first, the general ones after.
+        progress = event.get("progress")
+        if type(progress) is not int or not 0 <= progress <= 100:
+            progress = _progress(progress)
         message = event.get("message")
-        return ProgressEvent(
-            type="status",
-            message=message if isinstance(message, str) else "",
-            progress=progress,
-            max_progress=self.max_progress,
-            # The 15 s heartbeat is a status with progress 0 "indistinguishable from a
-            # status event except that its progress may be lower" (PROTOCOL.md).
-            is_heartbeat=progress < reported,
-            generation_id=self.generation_id,
-        )
+        if type(message) is not str:
+            message = ""
+        top = self.max_progress
+        if progress > top:
+            self.max_progress = top = progress
+        key = (message, progress, top, self.generation_id)
+        reused = self._seen.get(key)
+        if reused is None:
+            if len(self._seen) >= _SEEN_MAX:
+                self._seen.clear()
+            reused = self._seen[key] = ProgressEvent(
+                type="status",
+                message=message,
+                progress=progress,
+                max_progress=top,
+                # The 15 s heartbeat is a status with progress 0 "indistinguishable from
+                # a status event except that its progress may be lower" (PROTOCOL.md).
+                is_heartbeat=progress < top,
+                generation_id=self.generation_id,
+            )
+        return reused
 
     def complete(self, event: dict[str, Any], data: Any) -> ProgressEvent:
         if not isinstance(data, dict):
@@ -221,7 +239,7 @@ async def _run(
         if announce:
             yield None
         reader = SSEReader(response.aiter_bytes(), **reader_options)
-        loads = _payloads
+        loads = json.loads
         try:
             while final is None:
                 batch = await reader.read()
@@ -229,9 +247,12 @@ async def _run(
                     cut = _CutError("the stream ended before a complete or error event")
                     break
                 for sse in batch:
-                    if not sse.data:
-                        continue
-                    for event in loads(sse.data):
+                    text = sse.data
+                    try:
+                        found = loads(text)
+                    except ValueError:
+                        found = None
+                    for event in (found,) if type(found) is dict else _payloads(text):
                         data = event.get("data")
                         state.note_id(event, data)
                         kind = event.get("type")
