@@ -433,3 +433,23 @@ async def test_a_closed_client_refuses_to_download(make_client, tmp_path):
     await client.aclose()
     with pytest.raises(NanoBananaError, match="closed"):
         await client.download("https://cdn.test/a", tmp_path)
+
+
+def test_downloads_work_under_trio(tmp_path):
+    trio = pytest.importorskip("trio")
+    router = respx.Router()
+    router.get("https://cdn.test/a").respond(200, content=PNG)
+    router.get("https://cdn.test/b").respond(200, content=JPEG)
+
+    async def main():
+        http = httpx.AsyncClient(transport=httpx.MockTransport(router.async_handler))
+        async with AsyncNanoBanana(api_key=KEY, base_url=API, http_client=http) as client:
+            paths = await client.download(
+                gen("g", "https://cdn.test/a", "https://cdn.test/b"), tmp_path
+            )
+        await http.aclose()
+        return paths
+
+    paths = trio.run(main)
+    assert [p.name for p in paths] == ["g-0.png", "g-1.jpg"]
+    assert paths[1].read_bytes() == JPEG

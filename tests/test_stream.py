@@ -19,7 +19,7 @@ from nanobanana import (
     ProgressEvent,
     UnexpectedResponseError,
 )
-from nanobanana._sse import SSETooLargeError
+from nanobanana._sse import SSETooLargeError, StreamIdleError
 
 API = "https://api.test/api/v1"
 KEY = "nb_stream_test_secret_key"
@@ -362,6 +362,17 @@ async def test_a_silent_stream_is_treated_as_cut_after_the_idle_timeout(make_cli
     events = await collect(client.stream("p", idle_timeout=0.05))
     assert api.stalled.is_set()
     assert events[-1].generation.id == "gen_idle"
+    assert api.closed == 1
+
+
+async def test_a_silent_stream_without_an_id_raises_connection_error_from_the_idle_cut(
+    make_client,
+):
+    api = FakeAPI([status(10), STALL])
+    client = await make_client(api)
+    with pytest.raises(APIConnectionError, match="may still be running") as info:
+        await collect(client.stream("p", idle_timeout=0.05))
+    assert isinstance(info.value.__cause__, StreamIdleError)
     assert api.closed == 1
 
 

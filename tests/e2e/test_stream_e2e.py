@@ -8,6 +8,7 @@ from nanobanana import (
     GenerationFailedError,
     GenerationStatus,
     PollPolicy,
+    UnexpectedResponseError,
 )
 from nanobanana._sse import SSETooLargeError
 from nanobanana.testing import Simulator
@@ -144,8 +145,6 @@ async def test_a_429_before_the_stream_is_retried_like_any_429(sim, client):
 
 
 async def test_a_wrong_content_type_is_an_unexpected_response(sim, client):
-    from nanobanana import UnexpectedResponseError  # noqa: PLC0415
-
     sim.inject("wrong_content_type", path="/generate")
     with pytest.raises(UnexpectedResponseError, match="text/event-stream"):
         async with client.stream("p"):
