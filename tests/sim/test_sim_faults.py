@@ -9,7 +9,7 @@ import ssl
 import httpx
 import pytest
 
-from nanobanana.testing import FAULT_KINDS, Fault, Simulator
+from nanobanana.testing import FAULT_KINDS, Fault, Simulator, fingerprint
 
 TLS = ssl.create_default_context()
 HEARTBEAT = {"type": "status", "message": "Processing...", "progress": 0}
@@ -180,6 +180,7 @@ async def test_reset_before_processing_charges_nothing(api, nanobanana_sim):
     assert nanobanana_sim.generations == ()
     record = nanobanana_sim.requests[0]
     assert (record.outcome, record.status) == ("reset", None)
+    assert record.key_fingerprint == fingerprint(nanobanana_sim.api_key)
     assert nanobanana_sim.in_flight() == 0
     assert (await generate(api)).status_code == 200
 

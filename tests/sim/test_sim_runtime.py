@@ -127,6 +127,35 @@ def test_malformed_request_gets_400():
         assert reply.startswith(b"HTTP/1.1 400")
 
 
+def test_expect_100_continue_is_answered():
+    with Simulator() as sim:
+        port = int(sim.api_origin.rsplit(":", 1)[1])
+        body = b'{"prompt": "a"}'
+        head = (
+            "POST /api/v1/generate HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+            f"Authorization: Bearer {sim.api_key}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nExpect: 100-continue\r\n\r\n"
+        )
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.sendall(head.encode())
+            assert sock.recv(4096).startswith(b"HTTP/1.1 100 ")
+            sock.sendall(body)
+            reply = b""
+            while chunk := sock.recv(4096):
+                reply += chunk
+        assert reply.startswith(b"HTTP/1.1 200 ")
+        assert b'"success":true' in reply.replace(b" ", b"")
+
+
+async def test_oversized_body_is_413(nanobanana_sim):
+    headers = {"Authorization": f"Bearer {nanobanana_sim.api_key}"}
+    async with httpx.AsyncClient(base_url=nanobanana_sim.base_url, verify=TLS) as client:
+        body = {"prompt": "x" * (2 * 1024 * 1024)}
+        response = await client.post("/generate", json=body, headers=headers)
+    assert response.status_code == 413
+    assert nanobanana_sim.ledger == ()
+
+
 def test_wait_for_times_out():
     with Simulator() as sim:
         with pytest.raises(TimeoutError):

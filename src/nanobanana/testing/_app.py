@@ -79,6 +79,7 @@ class SimApp:
     async def _logged(self, call: Call, endpoint: str) -> None:
         """Handle ``call``, then log it whatever happened to the connection."""
         call.ex.on_finish(call.log)
+        call.key_fingerprint = call.presented_key_fingerprint()
         try:
             await self._handle(call, endpoint)
         except ResetConnection:
@@ -99,6 +100,9 @@ class SimApp:
     async def _handle(self, call: Call, endpoint: str) -> None:
         ex, state = call.ex, self.state
         body = await ex.read_body()
+        if ex.body_too_large:
+            await ex.error(413, "Request body too large")
+            return
         if call.origin == "api" and ex.method == "POST" and endpoint == "/generate":
             with contextlib.suppress(ValueError, UnicodeDecodeError):
                 call.mode = parse_mode(json.loads(body))

@@ -66,6 +66,7 @@ class Exchange:
         self.status: int | None = None
         self.complete = False
         self.content_type_override: str | None = None
+        self.body_too_large = False
         self.disconnected = asyncio.Event()
         self._watcher: asyncio.Task[None] | None = None
         self._finishers: list[Callable[[], None]] = []
@@ -74,6 +75,8 @@ class Exchange:
 
     async def read_body(self) -> bytes:
         """Read the whole request body, then start watching for a disconnect.
+
+        Bodies beyond 1 MiB are read but not kept (``body_too_large`` says so).
 
         Raises:
             ClientGone: If the client went away before the body ended.
@@ -89,6 +92,8 @@ class Exchange:
             size += len(chunk)
             if size <= _MAX_BODY:
                 chunks.append(chunk)
+            else:
+                self.body_too_large = True
             if not message.get("more_body", False):
                 break
         self._watcher = asyncio.create_task(self._watch())

@@ -103,18 +103,28 @@ class Call:
         host = self.ex.header("host") or "127.0.0.1"
         return f"{self.ex.scope.get('scheme', 'http')}://{host}"
 
-    async def authenticate(self) -> Account | None:
-        """Check the Bearer key; answer 401 or 403 and return ``None`` if it does not pass."""
+    def _bearer_token(self) -> str | None:
         header = self.ex.header("authorization")
         if header is None:
-            await self.ex.error(401, "Missing API key. Use the Authorization: Bearer header.")
             return None
         scheme, _, token = header.strip().partition(" ")
         token = token.strip()
-        if scheme.lower() != "bearer" or not token:
+        return token if scheme.lower() == "bearer" and token else None
+
+    def presented_key_fingerprint(self) -> str | None:
+        """The `fingerprint` of the Bearer token sent, valid or not (for the log)."""
+        token = self._bearer_token()
+        return None if token is None else fingerprint(token)
+
+    async def authenticate(self) -> Account | None:
+        """Check the Bearer key; answer 401 or 403 and return ``None`` if it does not pass."""
+        if self.ex.header("authorization") is None:
+            await self.ex.error(401, "Missing API key. Use the Authorization: Bearer header.")
+            return None
+        token = self._bearer_token()
+        if token is None:
             await self.ex.error(401, "Invalid Authorization header. Expected: Bearer <api key>")
             return None
-        self.key_fingerprint = fingerprint(token)
         account = self.state.account(token)
         if account is None:
             await self.ex.error(401, "Invalid API key")

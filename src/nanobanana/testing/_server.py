@@ -112,6 +112,9 @@ class _Connection:
         async def receive() -> Message:
             nonlocal body_done, watcher
             if not body_done:
+                if self._h11.they_are_waiting_for_100_continue:
+                    # curl sends "Expect: 100-continue" with larger bodies.
+                    await self._send(h11.InformationalResponse(status_code=100, headers=[]))
                 try:
                     event = await self._next_event()
                 except OSError:
