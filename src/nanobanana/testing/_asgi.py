@@ -64,7 +64,6 @@ class Exchange:
             for name, value in scope.get("headers", [])
         }
         self.status: int | None = None
-        self.complete = False
         self.content_type_override: str | None = None
         self.body_too_large = False
         self.disconnected = asyncio.Event()
@@ -173,8 +172,6 @@ class Exchange:
         if not more:
             self.finish()
         await self._send_or_gone({"type": "http.response.body", "body": data, "more_body": more})
-        if not more:
-            self.complete = True
 
     async def _send_or_gone(self, message: Message) -> None:
         if self.disconnected.is_set():

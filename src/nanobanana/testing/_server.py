@@ -14,6 +14,7 @@ import contextlib
 import logging
 import socket
 import struct
+import sys
 from typing import Any
 from urllib.parse import unquote
 
@@ -25,6 +26,8 @@ __all__ = ["ClientDisconnected", "HttpServer"]
 
 _logger = logging.getLogger("nanobanana.testing")
 _READ_SIZE = 65536
+# struct linger is two ints on POSIX, two unsigned shorts on Windows.
+_LINGER = "HH" if sys.platform == "win32" else "ii"
 _App = Any  # an ASGI 3 callable
 
 
@@ -210,7 +213,7 @@ class _Connection:
         sock = self._writer.get_extra_info("socket")
         if sock is not None:
             with contextlib.suppress(OSError):
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack(_LINGER, 1, 0))
         self._abort()
 
     def _abort(self) -> None:
