@@ -10,7 +10,7 @@ from __future__ import annotations
 import signal
 
 import pytest
-from clitools import assert_png, run, start
+from clitools import assert_png, clean_env, run, start
 
 from nanobanana.testing import Simulator
 
@@ -134,6 +134,12 @@ def test_a_failed_or_refused_generation_exits_4(sim, mode, prompt):
     assert result.stdout == ""
 
 
+def test_the_service_clis_environment_variables_configure_the_key_and_url(sim):
+    env = clean_env(NB_API_KEY=sim.api_key, NANO_BANANA_BASE_URL=sim.base_url)
+    result = run("credits", env=env)
+    assert (result.code, result.json()) == (0, {"credits": 100})
+
+
 def test_json_mode_puts_an_error_document_on_stdout(sim):
     result = run(
         "--json", "generate", "--prompt", "x [fail]", "--mode", "async", "--wait", *FAST, sim=sim
@@ -143,6 +149,12 @@ def test_json_mode_puts_an_error_document_on_stdout(sim):
     assert error["type"] == "GenerationFailedError"
     assert error["exit_code"] == 4
     assert error["generation_id"]
+
+    # Asked about later, the failed generation is reported, and still exits 4.
+    later = run("--json", "poll", "--id", error["generation_id"], sim=sim)
+    assert later.code == 4
+    assert later.json()["status"] == "failed"
+    assert later.json()["error_message"]
 
 
 def test_a_wait_that_runs_out_exits_5_and_says_how_to_resume(sim):

@@ -106,7 +106,7 @@ async def cmd_poll(session: Session, client: AsyncNanoBanana) -> int:
         error = GenerationFailedError(
             f"generation {generation.id} failed: {reason}", generation_id=generation.id
         )
-        return session.output.fail(error)
+        return session.output.fail(error, document=False)
     files = await download(session, client, generation)
     session.output.emit(generation_json(generation, files=files))
     return ExitCode.OK

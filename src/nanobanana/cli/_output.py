@@ -183,15 +183,21 @@ class Output:
         for message in messages:
             self.info(message)
 
-    def fail(self, error: BaseException, *, hints: Sequence[str] = ()) -> ExitCode:
-        """Report an expected failure in one line (plus hints), and return its exit code."""
+    def fail(
+        self, error: BaseException, *, hints: Sequence[str] = (), document: bool = True
+    ) -> ExitCode:
+        """Report an expected failure in one line (plus hints), and return its exit code.
+
+        With ``--json`` an error document goes to stdout too, unless ``document`` is
+        false because the command already printed its one document.
+        """
         code = exit_code_for(error)
         message = message_for(error)
         self.stderr.write(self.redact(f"error: {message}") + "\n")
         for hint in hints:
             self.stderr.write(self.redact(hint) + "\n")
         self.stderr.flush()
-        if self.json_mode:
+        if self.json_mode and document:
             self.emit({"error": error_json(error)})
         return code
 

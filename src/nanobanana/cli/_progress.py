@@ -10,6 +10,7 @@ so callers pass ``ProgressEvent.max_progress`` and the bar keeps the highest val
 
 from __future__ import annotations
 
+import sys
 import time
 from typing import TYPE_CHECKING, Literal
 
@@ -152,6 +153,10 @@ class RichReporter(Reporter):
             console=console,
             transient=False,
             refresh_per_second=10,
+            # Results printed while the bar is live go above it when stdout is the same
+            # terminal; redirected to a file, they must stay out of the terminal.
+            redirect_stdout=_isatty(sys.stdout),
+            redirect_stderr=True,
         )
         total = 100 if self.kind == "percent" else self.total
         self._task = self._progress.add_task(self.title, total=total, detail="")
@@ -194,6 +199,13 @@ class RichReporter(Reporter):
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
+
+
+def _isatty(stream: object) -> bool:
+    try:
+        return bool(stream.isatty())  # type: ignore[attr-defined]
+    except (AttributeError, ValueError):
+        return False
 
 
 def reporter(output: Output, kind: Kind, *, title: str = "", total: int | None = None) -> Reporter:

@@ -1,0 +1,76 @@
+"""The progress bar as a person sees it: the real command in a real terminal (tmux).
+
+Skipped where tmux is not installed (``apt-get install tmux``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+from clitools import clean_env
+
+TMUX = shutil.which("tmux")
+
+pytestmark = pytest.mark.skipif(TMUX is None, reason="tmux is not installed")
+
+
+def tmux(socket: str, *args: str) -> str:
+    done = subprocess.run(  # noqa: S603 - tmux, found on PATH
+        [TMUX or "tmux", "-L", socket, "-f", os.devnull, *args],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=10,
+    )
+    return done.stdout
+
+
+def test_the_stream_progress_bar_fills_up_in_place_and_never_goes_back(tmp_path):
+    socket = f"nanobanana-test-{uuid.uuid4().hex[:8]}"
+    cli = shlex.join(
+        [sys.executable, "-m", "nanobanana", "--simulate", "generate", "--prompt",
+         "a banana [slow=1]", "--mode", "stream"]
+    )  # fmt: skip
+    # `exec cat` keeps the pane open after the command, so its last frame can be read.
+    script = f"{cli}; echo EXIT=$?; exec cat"
+    env = clean_env(TERM="xterm-256color")
+    subprocess.run(  # noqa: S603
+        [TMUX or "tmux", "-L", socket, "-f", os.devnull, "new-session", "-d", "-x", "100",
+         "-y", "30", "sh", "-c", script],
+        env=env, check=True, timeout=10, cwd=tmp_path,
+    )  # fmt: skip
+    frames: list[str] = []
+    try:
+        deadline = time.monotonic() + 40
+        while time.monotonic() < deadline:
+            frame = tmux(socket, "capture-pane", "-p", "-S", "-", "-t", "0")
+            frames.append(frame)
+            if "EXIT=" in frame:
+                break
+    finally:
+        subprocess.run(  # noqa: S603
+            [TMUX or "tmux", "-L", socket, "kill-server"], check=False, timeout=10
+        )
+    last = frames[-1]
+    assert "EXIT=0" in last, last
+    bar_lines = [line for line in last.splitlines() if "━" in line]
+    assert len(bar_lines) == 1, last  # redrawn in place, not one line per update
+    assert "100%" in bar_lines[0]
+    assert "✓" in bar_lines[0]
+    assert '"status": "completed"' in last  # the result, pretty-printed on a terminal
+    seen = [
+        int(match.group(1))
+        for frame in frames
+        for line in frame.splitlines()
+        if "━" in line and (match := re.search(r"(\d+)%", line))
+    ]
+    assert seen == sorted(seen), seen
+    assert any(value < 100 for value in seen), "the bar was never seen before it was full"
