@@ -80,6 +80,18 @@ async def test_500_after_charge_charges_and_the_generation_runs(api, nanobanana_
     assert nanobanana_sim.requests[0].generation_id == generation.id
 
 
+async def test_after_charge_fault_waits_for_a_request_that_gets_charged(api, nanobanana_sim):
+    nanobanana_sim.inject("500_after_charge")
+    assert (await generate(api, prompt="")).status_code == 400
+    nanobanana_sim.add_account(nanobanana_sim.api_key, credits=0)
+    assert (await generate(api)).status_code == 402
+    nanobanana_sim.add_account(nanobanana_sim.api_key, credits=5)
+    assert (await generate(api)).status_code == 500
+    assert (await generate(api)).status_code == 200
+    assert [r.faults for r in nanobanana_sim.requests] == [(), (), ("status",), ()]
+    assert nanobanana_sim.faults == []
+
+
 async def test_429_fault_has_the_documented_body_and_headers(api, nanobanana_sim):
     nanobanana_sim.inject("429")
     response = await generate(api)

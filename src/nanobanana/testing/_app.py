@@ -109,11 +109,13 @@ class SimApp:
         info = RequestInfo(origin=call.origin, method=ex.method, endpoint=endpoint, mode=call.mode)
         with state.lock:
             call.faults = state.faults.take(info)
+        # Not used up (nor logged) unless the request gets as far as the charge.
+        call.after_charge = call.faults.pop("after_charge", None)
         delay = call.fault("delay")
         if delay is not None and not await ex.sleep(delay.seconds):
             raise ClientGone
         fault = call.fault("response")
-        if fault is not None and not fault.after_charge:
+        if fault is not None:
             if fault.kind == "reset":
                 # Read but not processed: nothing is charged.
                 raise ResetConnection

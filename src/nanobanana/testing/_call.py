@@ -65,6 +65,7 @@ class Call:
     origin: str
     started: float = attrs.Factory(time.monotonic)
     faults: dict[Category, Fault] = attrs.Factory(dict)
+    after_charge: Fault | None = None
     mode: str | None = None
     key_fingerprint: str | None = None
     generation_id: str | None = None

@@ -2,7 +2,7 @@
 
 A `Fault` is a frozen description: its ``kind`` says what happens, the match fields
 (``origin``, ``method``, ``path``, ``mode``) say which requests it hits, and ``times``
-how many of them. Faults fall into four categories, and one request takes at most one
+how many of them. Faults fall into five categories, and one request takes at most one
 fault of each (the first armed match, in injection order), so a delay, a cut stream
 and a failing generation can hit the same request:
 
@@ -10,8 +10,13 @@ and a failing generation can hit the same request:
 |---|---|
 | delay | ``delay`` |
 | response | ``status``, ``reset``, ``content_type``, ``cdn_html``, ``cdn_huge``, ``cdn_redirect`` |
+| after_charge | ``status`` and ``reset`` with ``after_charge=True`` |
 | stream | ``sse_cut``, ``sse_split``, ``sse_junk``, ``sse_heartbeats``, ``sse_oversize`` |
 | generation | ``outcome`` |
+
+An ``after_charge`` fault is used up only when a request gets as far as the charge (a
+request refused with 400 or 402 leaves it armed for the next one); the others are used
+up when they match.
 
 Random faults draw from named presets (`PRESETS`) with a seeded generator.
 """
@@ -33,7 +38,7 @@ __all__ = [
     "RequestInfo",
 ]
 
-Category = Literal["delay", "response", "stream", "generation"]
+Category = Literal["delay", "response", "after_charge", "stream", "generation"]
 
 _CATEGORIES: dict[str, Category] = {
     "delay": "delay",
@@ -179,14 +184,14 @@ class Fault:
 
     @property
     def category(self) -> Category:
-        """Which of the four categories the fault belongs to."""
-        return _CATEGORIES[self.kind]
+        """Which of the five categories the fault belongs to."""
+        return "after_charge" if self.after_charge else _CATEGORIES[self.kind]
 
     def applies_to(self, request: RequestInfo) -> bool:
         """Whether this fault can act on ``request`` at all (regardless of the filters)."""
         if request.origin != self.origin:
             return False
-        if self.category in ("stream", "generation") or self.after_charge:
+        if self.category in ("stream", "generation", "after_charge"):
             if not request.is_generate:
                 return False
             return self.category != "stream" or request.mode == "stream"
@@ -305,12 +310,25 @@ class FaultPlan:
             if fault.category in chosen or not fault.matches(request):
                 continue
             chosen[fault.category] = fault
-            if armed.remaining is not None:
+            if armed.remaining is not None and fault.category != "after_charge":
                 armed.remaining -= 1
         self._armed = [a for a in self._armed if a.remaining is None or a.remaining > 0]
         if self._random is not None:
             self._draw_random(self._random, request, chosen)
         return chosen
+
+    def consume(self, fault: Fault) -> bool:
+        """Use up one hit of an ``after_charge`` fault; ``False`` if none is left."""
+        if fault.id == 0:  # a random preset, not an armed fault
+            return True
+        for armed in self._armed:
+            if armed.fault.id == fault.id:
+                if armed.remaining is not None:
+                    armed.remaining -= 1
+                    if armed.remaining == 0:
+                        self._armed.remove(armed)
+                return True
+        return False  # another request used it up meanwhile
 
     @staticmethod
     def _draw_random(r: _RandomFaults, request: RequestInfo, chosen: dict[Category, Fault]) -> None:

@@ -204,9 +204,12 @@ async def handle_generate(call: Call, account: Account, body: bytes) -> None:
         headers = [("retry-after", r)] if (r := state.config.busy_retry_after) else []
         await ex.json(503, busy_body(state), headers=headers)
         return
-    fault = call.fault("response")
-    if fault is not None and fault.after_charge:
+    fault = call.after_charge
+    with state.lock:
+        applies = fault is not None and state.faults.consume(fault)
+    if fault is not None and applies:
         # The account is charged and the generation runs, but the answer is lost.
+        call.faults["after_charge"] = fault
         if fault.kind == "reset":
             raise ResetConnection
         await call.send_fault(fault, account)
