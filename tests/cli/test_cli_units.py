@@ -10,7 +10,7 @@ import pytest
 
 import nanobanana
 import nanobanana.cli
-from nanobanana.cli import _app
+from nanobanana.cli import _app, main
 from nanobanana.cli._exit import EXIT_CODES_HELP, ExitCode, exit_code_for
 from nanobanana.cli._journal import InputError, Journal, parse_items, read_journal
 from nanobanana.cli._session import poll_schedule
@@ -142,3 +142,26 @@ def test_poll_interval_and_max_polls_map_onto_a_fixed_schedule():
     assert timeout == policy.timeout == 2.0
     _, timeout = poll_schedule(None, 2)
     assert timeout == 6.0
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--base-url", "ftp://example.test", "credits"], "base_url"),
+        (["generate", "a", "--prompt", "b"], "give the prompt once"),
+        (["generate", "a", "--mode", "async", "--download-dir", "d"], "add --wait"),
+        (["credits", "--max-retries", "-1"], "--max-retries"),
+    ],
+)
+def test_usage_mistakes_found_after_parsing_exit_2_in_one_line(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ")
+    assert err.count("\n") == 1
+    assert message in err
+
+
+def test_main_uses_the_json_error_document_on_request(capsys):
+    assert main(["--json", "generate", ""]) == 2
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["error"]["exit_code"] == 2

@@ -287,13 +287,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     The console script and ``python -m nanobanana`` pass the result to ``sys.exit``.
     """
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)  # exits 2 with usage on stderr on a bad command line
     output = Output(json_mode=args.json, quiet=args.quiet)
     if args.api_key:
         output.secrets.append(args.api_key)
     output.secrets.extend(os.environ[name] for name in API_KEY_ENV_VARS if os.environ.get(name))
-    session = Session(args=args, output=output)
+    session = Session(args=args, output=output, argv=argv)
     try:
         _check(args)
         if args.command == "simulate":
@@ -311,11 +312,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return ExitCode.INTERRUPTED
     except NanoBananaError as error:
         return output.fail(error, hints=_hints(error))
-    except (ValueError, TypeError) as error:
-        # Raised by the client's own checks before any request (a bad --base-url, ...).
-        if _from_nanobanana(error):
-            return output.usage_error(str(error))
-        raise
     except OSError as error:
         # A download dir that cannot be created, an output file that cannot be written.
         return output.usage_error(one_line(str(error)))
@@ -323,16 +319,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write(traceback.format_exc())
         sys.stderr.write("error: unexpected failure; this is a bug, please report it\n")
         return ExitCode.UNEXPECTED
-
-
-def _from_nanobanana(error: BaseException) -> bool:
-    """Whether ``error`` was raised by nanobanana's own argument checks."""
-    tb = error.__traceback__
-    last = None
-    while tb is not None:
-        last = tb
-        tb = tb.tb_next
-    if last is None:
-        return False
-    filename = last.tb_frame.f_code.co_filename.replace("\\", "/")
-    return "/nanobanana/" in filename

@@ -104,7 +104,7 @@ def add_batch_arguments(
     )
 
 
-def prepare(session: Session, argv: list[str] | None = None) -> None:
+def prepare(session: Session) -> None:
     """Read and check the input before any request: a bad file costs nothing."""
     args = session.args
     if args.concurrency < 1:
@@ -118,8 +118,7 @@ def prepare(session: Session, argv: list[str] | None = None) -> None:
             raise InputError(f"cannot read {args.file}: {exc.strerror or exc}") from None
         args.batch_items = parse_items(text.splitlines(), name=args.file)
     if args.output is not None:
-        words = ["nanobanana", *(sys.argv[1:] if argv is None else argv)]
-        session.resume_command = shlex.join(words)
+        session.resume_command = shlex.join(["nanobanana", *session.argv])
 
 
 @attrs.define
@@ -334,17 +333,10 @@ async def cmd_batch(session: Session, client: AsyncNanoBanana) -> int:
                 if _is_done(record, retry_failed=args.retry_failed, download_dir=args.download_dir):
                     assert record is not None  # noqa: S101 - _is_done said so
                     batch.finished(record, earlier=True)
-                elif record is not None and record.get("status") in (COMPLETED, FAILED):
-                    todo.append(
-                        (
-                            item,
-                            {**record, "generation_id": None}
-                            if record.get("status") == FAILED
-                            else record,
-                        )
-                    )
+                elif record is not None and record.get("status") == FAILED:
+                    todo.append((item, None))  # --retry-failed: a new generation
                 else:
-                    todo.append((item, record))
+                    todo.append((item, record))  # with a generation id: resume polling
             limiter = anyio.Semaphore(args.concurrency)
             async with anyio.create_task_group() as group:
                 for item, record in todo:

@@ -113,6 +113,8 @@ def error_json(error: BaseException) -> dict[str, Any]:
         "exit_code": int(exit_code_for(error)),
         "generation_id": generation_id,
     }
+    if getattr(error, "may_have_been_charged", False):
+        document["may_have_been_charged"] = True  # a re-run may pay for it again
     status_code = getattr(error, "status_code", None)
     if isinstance(status_code, int) and not isinstance(error, DownloadError):
         document["status_code"] = status_code

@@ -13,6 +13,7 @@ import attrs
 
 from nanobanana._client import AsyncNanoBanana
 from nanobanana._jobs import PollPolicy
+from nanobanana.cli._exit import UsageError
 
 if TYPE_CHECKING:
     import argparse
@@ -63,6 +64,7 @@ class Session:
 
     args: argparse.Namespace
     output: Output
+    argv: list[str] = attrs.Factory(list)  # as given, for the command that resumes a batch
     pending: dict[str, None] = attrs.Factory(dict)  # generation ids still running
     anonymous_in_flight: int = 0  # generations sent whose id is not known yet
     resume_command: str | None = None  # batch: the command that picks up where it stopped
@@ -132,11 +134,14 @@ class Session:
         if max_retries is not None:
             options["max_retries"] = max_retries
         if not self.simulated:
-            client = AsyncNanoBanana(
-                api_key=getattr(self.args, "api_key", None),
-                base_url=getattr(self.args, "base_url", None),
-                **options,
-            )
+            try:
+                client = AsyncNanoBanana(
+                    api_key=getattr(self.args, "api_key", None),
+                    base_url=getattr(self.args, "base_url", None),
+                    **options,
+                )
+            except ValueError as error:  # a --base-url or key the client cannot use
+                raise UsageError(str(error)) from None
             async with client:
                 yield client
             return
