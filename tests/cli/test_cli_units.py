@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
@@ -13,6 +14,8 @@ import nanobanana.cli
 from nanobanana.cli import _app, main
 from nanobanana.cli._exit import EXIT_CODES_HELP, ExitCode, exit_code_for
 from nanobanana.cli._journal import InputError, Journal, parse_items, read_journal
+from nanobanana.cli._output import Output
+from nanobanana.cli._progress import PlainReporter, Reporter, reporter
 from nanobanana.cli._session import poll_schedule
 
 
@@ -165,3 +168,27 @@ def test_main_uses_the_json_error_document_on_request(capsys):
     assert main(["--json", "generate", ""]) == 2
     captured = capsys.readouterr()
     assert json.loads(captured.out)["error"]["exit_code"] == 2
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_without_rich_a_terminal_gets_plain_lines_and_quiet_gets_nothing(monkeypatch):
+    monkeypatch.setitem(sys.modules, "rich.progress", None)  # as if the extra is missing
+    err = _Terminal()
+    output = Output(stderr=err)
+    progress = reporter(output, "percent", title="generating")
+    assert isinstance(progress, PlainReporter)
+    with progress:
+        progress.update(50, message="Processing...")
+        progress.update(0, message="Processing...")  # a heartbeat: nothing new to say
+        progress.update(75, message="Finishing...")
+    assert err.getvalue().splitlines() == [
+        "generating",
+        "[ 50%] Processing...",
+        "[ 75%] Finishing...",
+    ]
+    quiet = reporter(Output(quiet=True, stderr=err), "percent")
+    assert type(quiet) is Reporter
