@@ -201,6 +201,7 @@ def test_simulate_needs_no_key_and_writes_pngs(tmp_path):
     )  # fmt: skip
     assert result.code == 0, result.stderr
     assert_png(result.json()["files"][0])
+    assert "Traceback" not in result.stderr  # the embedded simulator stops quietly too
 
 
 def test_ctrl_c_during_a_wait_exits_130_and_names_the_generation(sim, tmp_path):

@@ -66,6 +66,7 @@ def test_the_stream_progress_bar_fills_up_in_place_and_never_goes_back(tmp_path)
     assert "100%" in bar_lines[0]
     assert "✓" in bar_lines[0]
     assert '"status": "completed"' in last  # the result, pretty-printed on a terminal
+    assert "Traceback" not in last
     seen = [
         int(match.group(1))
         for frame in frames
