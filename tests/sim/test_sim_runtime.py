@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import logging
 import socket
 import ssl
 import threading
@@ -47,6 +48,15 @@ def test_start_stop_and_restart():
     with sim:
         assert httpx.get(sim.base_url + "/models", verify=TLS).status_code == 200
     assert "nb_test_key" not in repr(sim)
+
+
+def test_stopping_with_idle_keep_alive_connections_logs_nothing(caplog):
+    # Python 3.11's start_server logged "Exception in callback" for cancelled handlers.
+    with httpx.Client(verify=TLS) as client:
+        with Simulator() as sim:
+            for _ in range(3):
+                assert client.get(sim.base_url + "/models").status_code == 200
+        assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
 
 
 def test_state_outlives_a_restart():

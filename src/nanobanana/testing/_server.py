@@ -238,21 +238,22 @@ class HttpServer:
         """Start accepting connections."""
         self._server = await asyncio.start_server(self._on_client, sock=self._sock)
 
-    async def _on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def _on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         sock = writer.get_extra_info("socket")
         if sock is not None:
             # Small writes (SSE pieces) must leave at once, not wait for Nagle.
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         connection = _Connection(self._app, reader, writer)
-        task = asyncio.current_task()
-        if task is not None:  # always, as start_server runs each client in a task
-            self._connections[task] = connection
-        try:
-            await connection.serve()
-        finally:
-            if task is not None:
-                self._connections.pop(task, None)
+        # Our own task rather than the one start_server would make of a coroutine:
+        # close() cancels it, and Python 3.11's start_server logs a spurious
+        # "Exception in callback" for a cancelled client task.
+        task = asyncio.get_running_loop().create_task(connection.serve())
+        self._connections[task] = connection
+        task.add_done_callback(self._forget)
+
+    def _forget(self, task: asyncio.Task[Any]) -> None:
+        self._connections.pop(task, None)
 
     async def close(self) -> None:
         """Stop listening, drop every connection, and wait for their handlers to end."""
