@@ -3,9 +3,7 @@ import random
 import pytest
 
 from nanobanana import AsyncNanoBanana, FakeClock
-
-API = "https://api.test/api/v1"
-KEY = "nb_unit_test_secret_key_123"
+from support import API, KEY
 
 
 @pytest.fixture

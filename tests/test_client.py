@@ -7,7 +7,6 @@ import pytest
 import respx
 
 import nanobanana
-from conftest import API, KEY
 from nanobanana import (
     APIConnectionError,
     APIStatusError,
@@ -27,6 +26,7 @@ from nanobanana import (
     ServerBusyError,
     UnexpectedResponseError,
 )
+from support import API, KEY
 
 SYNC_OK = {
     "success": True,

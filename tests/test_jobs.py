@@ -4,7 +4,6 @@ import httpx
 import pytest
 import respx
 
-from conftest import API, KEY
 from nanobanana import (
     AsyncNanoBanana,
     GenerationFailedError,
@@ -12,6 +11,7 @@ from nanobanana import (
     JobTimeoutError,
     PollPolicy,
 )
+from support import API, KEY
 
 
 def poll(status, urls=None, error=None):

@@ -13,6 +13,8 @@ Example::
     asyncio.run(main())
 """
 
+from typing import TYPE_CHECKING, Any
+
 from nanobanana._client import AsyncNanoBanana
 from nanobanana._clock import Clock, FakeClock, SystemClock
 from nanobanana._errors import (
@@ -33,6 +35,8 @@ from nanobanana._errors import (
     PermissionDeniedError,
     RateLimitError,
     ServerBusyError,
+    SSETooLargeError,
+    StreamIdleError,
     UnexpectedResponseError,
 )
 from nanobanana._governor import GovernorStats
@@ -40,6 +44,9 @@ from nanobanana._jobs import Job, PollPolicy
 from nanobanana._models import Generation, GenerationStatus, Model, ProgressEvent
 from nanobanana._retry import RetryPolicy
 from nanobanana._version import __version__
+
+if TYPE_CHECKING:
+    from nanobanana._stream import GenerationStream
 
 __all__ = [
     "APIConnectionError",
@@ -55,6 +62,7 @@ __all__ = [
     "Generation",
     "GenerationFailedError",
     "GenerationStatus",
+    "GenerationStream",
     "GovernorStats",
     "InsufficientCreditsError",
     "InternalServerError",
@@ -69,15 +77,29 @@ __all__ = [
     "ProgressEvent",
     "RateLimitError",
     "RetryPolicy",
+    "SSETooLargeError",
     "ServerBusyError",
+    "StreamIdleError",
     "SystemClock",
     "UnexpectedResponseError",
     "__version__",
 ]
 
+
+def __getattr__(name: str) -> Any:
+    # The stream machinery (anyio, httpx-sse) loads on first use: `import nanobanana`
+    # stays within 50 ms of `import httpx`.
+    if name == "GenerationStream":
+        from nanobanana._stream import GenerationStream  # noqa: PLC0415
+
+        GenerationStream.__module__ = "nanobanana"
+        return GenerationStream
+    raise AttributeError(f"module 'nanobanana' has no attribute {name!r}")
+
+
 # Public names report this package, not the private module (httpx does the same).
 for _name in __all__:
-    _obj = globals()[_name]
+    _obj = globals().get(_name)
     if isinstance(_obj, type):
         _obj.__module__ = "nanobanana"
 del _name, _obj

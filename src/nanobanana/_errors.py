@@ -5,8 +5,10 @@ Every error the library raises on purpose is a :class:`NanoBananaError`::
     NanoBananaError
     ├── MissingAPIKeyError            a call that needs a key found none
     ├── UnexpectedResponseError       a 2xx body we cannot read (not JSON, field missing)
+    │   └── SSETooLargeError          an event-stream line or event over the size limit
     ├── APIConnectionError            network failure, nothing usable came back
     │   └── APITimeoutError
+    │       └── StreamIdleError       an event stream went silent (no heartbeat either)
     ├── APIStatusError                .status_code, .body, .response, .message
     │   ├── BadRequestError           400
     │   ├── AuthenticationError       401
@@ -54,7 +56,9 @@ __all__ = [
     "NotFoundError",
     "PermissionDeniedError",
     "RateLimitError",
+    "SSETooLargeError",
     "ServerBusyError",
+    "StreamIdleError",
     "UnexpectedResponseError",
 ]
 
@@ -106,6 +110,14 @@ class APIConnectionError(NanoBananaError):
 
 class APITimeoutError(APIConnectionError):
     """Raised when a request timed out (connect, read, write or pool)."""
+
+
+class SSETooLargeError(UnexpectedResponseError):
+    """Raised when a line or an event of an event stream is larger than the set maximum."""
+
+
+class StreamIdleError(APITimeoutError):
+    """Raised when an event stream sent nothing, not even a heartbeat, for too long."""
 
 
 class APIStatusError(NanoBananaError):

@@ -163,8 +163,11 @@ class Requester:
         json_body: Any,
         params: Mapping[str, str] | None,
         auth: bool,
+        accept: str | None = None,
     ) -> httpx.Request:
         headers = self.headers
+        if accept is not None:
+            headers = {**headers, "Accept": accept, "Cache-Control": "no-store"}
         if auth:
             if self.api_key is None:
                 raise MissingAPIKeyError(
@@ -235,6 +238,7 @@ class Requester:
             auth=True,
             deadline=None,
             stream=True,
+            accept="text/event-stream",
         )
         try:
             yield response
@@ -255,6 +259,7 @@ class Requester:
         auth: bool,
         deadline: float | None,
         stream: bool,
+        accept: str | None = None,
     ) -> httpx.Response:
         self._check_usable()
         policy = self.retry
@@ -265,7 +270,9 @@ class Requester:
         attempt = 0
         while True:
             attempt += 1
-            request = self._build(method, path, json_body=json_body, params=params, auth=auth)
+            request = self._build(
+                method, path, json_body=json_body, params=params, auth=auth, accept=accept
+            )
             retry_after: float | None = None
             await governor.acquire()
             keep_slot = False

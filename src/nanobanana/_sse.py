@@ -30,7 +30,7 @@ import httpx
 from httpx_sse import ServerSentEvent
 from httpx_sse._decoders import SSEDecoder
 
-from nanobanana._errors import APITimeoutError, UnexpectedResponseError
+from nanobanana._errors import SSETooLargeError, StreamIdleError
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterable, AsyncIterator
@@ -55,14 +55,6 @@ DEFAULT_MAX_EVENT_SIZE = 1024 * 1024
 
 _LF = 10
 _CR = 13
-
-
-class SSETooLargeError(UnexpectedResponseError):
-    """Raised when a line or an event of an event stream is larger than the set maximum."""
-
-
-class StreamIdleError(APITimeoutError):
-    """Raised when an event stream sent nothing, not even a heartbeat, for too long."""
 
 
 class SSEParser:
