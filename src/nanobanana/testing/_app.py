@@ -12,8 +12,7 @@ runs under any asyncio ASGI server; ``origin="both"`` serves everything on one p
 
 from __future__ import annotations
 
-import contextlib
-import json
+from typing import Any
 
 from nanobanana.testing._admin import handle_admin
 from nanobanana.testing._asgi import (
@@ -28,7 +27,7 @@ from nanobanana.testing._asgi import (
 from nanobanana.testing._call import Call
 from nanobanana.testing._cdn import handle_image
 from nanobanana.testing._faults import RequestInfo
-from nanobanana.testing._generate import handle_generate, handle_poll, parse_mode
+from nanobanana.testing._generate import handle_generate, handle_poll, parse_mode, read_payload
 from nanobanana.testing._state import State
 
 __all__ = ["API_PREFIX", "SimApp"]
@@ -103,9 +102,10 @@ class SimApp:
         if ex.body_too_large:
             await ex.error(413, "Request body too large")
             return
+        payload = None
         if call.origin == "api" and ex.method == "POST" and endpoint == "/generate":
-            with contextlib.suppress(ValueError, UnicodeDecodeError):
-                call.mode = parse_mode(json.loads(body))
+            payload = read_payload(body)
+            call.mode = parse_mode(payload)
         info = RequestInfo(origin=call.origin, method=ex.method, endpoint=endpoint, mode=call.mode)
         with state.lock:
             call.faults = state.faults.take(info)
@@ -127,9 +127,9 @@ class SimApp:
         if call.origin == "cdn":
             await handle_image(call)
         else:
-            await self._api(call, endpoint, body)
+            await self._api(call, endpoint, payload)
 
-    async def _api(self, call: Call, endpoint: str, body: bytes) -> None:
+    async def _api(self, call: Call, endpoint: str, payload: Any) -> None:
         ex = call.ex
         allowed = {"/models": ("GET",), "/credits": ("GET",), "/generate": ("GET", "POST")}
         methods = allowed.get(endpoint)
@@ -152,7 +152,7 @@ class SimApp:
                 balance = account.credits
             await ex.json(200, {"data": {"credits": balance}})
         elif ex.method == "POST":
-            await handle_generate(call, account, body)
+            await handle_generate(call, account, payload)
         else:
             await handle_poll(call, account)
 

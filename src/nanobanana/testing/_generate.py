@@ -25,7 +25,15 @@ from nanobanana.testing._catalogue import SimModel
 from nanobanana.testing._sse import stream_generation
 from nanobanana.testing._state import Account, Generation
 
-__all__ = ["FAILURE_MESSAGE", "SAFETY_MESSAGE", "handle_generate", "handle_poll", "parse_mode"]
+__all__ = [
+    "BAD_JSON",
+    "FAILURE_MESSAGE",
+    "SAFETY_MESSAGE",
+    "handle_generate",
+    "handle_poll",
+    "parse_mode",
+    "read_payload",
+]
 
 MODES = ("sync", "stream", "async")
 FAILURE_MESSAGE = "Generation failed due to server error"  # async-mode docs, "Failed"
@@ -35,6 +43,9 @@ _ASYNC_MESSAGE = (
 )
 _MARKER = re.compile(r"\[(fail|unsafe|slow=(\d+(?:\.\d+)?))\]", re.IGNORECASE)
 _ASPECT = re.compile(r"^\d{1,2}:\d{1,2}$")
+
+
+BAD_JSON: Any = object()
 
 
 class _Invalid(Exception):  # noqa: N818 - control flow for a 400
@@ -138,12 +149,18 @@ def _outcome(call: Call, order: _Order) -> tuple[str, float, str | None, str | N
     return outcome, duration, error, forced_id
 
 
-async def handle_generate(call: Call, account: Account, body: bytes) -> None:
-    """Serve an authenticated, in-flight ``POST /generate``."""
-    state, ex = call.state, call.ex
+def read_payload(body: bytes) -> Any:
+    """The request's JSON, or `BAD_JSON` if it is not JSON."""
     try:
-        payload: Any = json.loads(body)
+        return json.loads(body)
     except (UnicodeDecodeError, ValueError):
+        return BAD_JSON
+
+
+async def handle_generate(call: Call, account: Account, payload: Any) -> None:
+    """Serve an authenticated, in-flight ``POST /generate`` (``payload``: `read_payload`)."""
+    state, ex = call.state, call.ex
+    if payload is BAD_JSON:
         await ex.error(400, "Invalid JSON body")
         return
     try:
