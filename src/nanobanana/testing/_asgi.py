@@ -119,12 +119,12 @@ class Exchange:
 
     # -- waiting -----------------------------------------------------------------
 
-    async def race(self, work: Coroutine[Any, Any, None], timeout: float | None = None) -> bool:
-        """Run ``work`` until it ends; return ``False`` if the client left (or time ran out)."""
+    async def race(self, work: Coroutine[Any, Any, None]) -> bool:
+        """Run ``work`` until it ends; return ``False`` if the client left first."""
         task = asyncio.ensure_future(work)
         gone = asyncio.ensure_future(self.disconnected.wait())
         try:
-            await asyncio.wait({task, gone}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
             return task.done() and not task.cancelled()
         finally:
             for pending in (task, gone):
