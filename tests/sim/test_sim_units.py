@@ -8,7 +8,8 @@ import threading
 
 import pytest
 
-from nanobanana.testing import Hold, SimClock, SimModel, Simulator
+from nanobanana import testing
+from nanobanana.testing import Hold, SimClock, SimModel, Simulator, pytest_plugin
 from nanobanana.testing._clock import iso8601
 from nanobanana.testing._png import encode_png
 
@@ -88,3 +89,15 @@ def test_seed_makes_ids_reproducible():
     assert first_id(1) != first_id(2)
     assert first_id(1).startswith("cl")
     assert len(first_id(1)) == 25
+
+
+def test_public_names_are_exported_and_documented():
+    for name in testing.__all__:
+        obj = getattr(testing, name)
+        if callable(obj):
+            assert obj.__doc__, name
+    for name in ("Simulator", "serve", "Fault", "Hold", "SimClock", "fingerprint"):
+        assert name in testing.__all__
+    assert pytest_plugin.__doc__
+    assert "nanobanana_sim" in pytest_plugin.__doc__
+    assert "nanobanana_client" in pytest_plugin.__doc__
