@@ -117,8 +117,9 @@ class Job:
         raise self._timeout_error(limit)
 
     def _timeout_error(self, limit: float | None) -> JobTimeoutError:
+        waited = "the time allowed" if limit is None else f"{limit:g} s"
         return JobTimeoutError(
-            f"Generation {self.id} did not finish within {limit} s; it may still complete. "
+            f"Generation {self.id} did not finish within {waited}; it may still complete. "
             f"Resume with client.job({self.id!r}).wait().",
             generation_id=self.id,
         )
