@@ -242,9 +242,12 @@ def test_console_example(block: Block, tmp_path: Path) -> None:
 def test_error_tree_is_the_one_in_the_code() -> None:
     import nanobanana._errors  # noqa: PLC0415
 
-    docstring = nanobanana._errors.__doc__ or ""
-    tree = textwrap.dedent(docstring.split("::", 1)[1].split("\n\n", 2)[1]).strip()
-    assert tree.startswith("NanoBananaError")
+    # The tree: from the line that starts with the root class to the next blank line
+    # (whether the docstring shows it as an RST literal block or a fenced one).
+    lines = (nanobanana._errors.__doc__ or "").splitlines()
+    start = next(i for i, line in enumerate(lines) if line.strip() == "NanoBananaError")
+    end = next((i for i in range(start, len(lines)) if not lines[i].strip()), len(lines))
+    tree = textwrap.dedent("\n".join(lines[start:end])).strip().removesuffix("```").strip()
     page = (DOCS / "errors.md").read_text(encoding="utf-8")
     assert tree in page, "docs/errors.md must show the tree of _errors.py's docstring"
 
