@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 import warnings
 from collections.abc import Sequence
@@ -279,14 +280,14 @@ class AsyncNanoBanana:
         """The account's credit balance (``GET /credits``)."""
         body = await self._requester.call("GET", "/credits", kind=RequestKind.READ)
         data = _data(body, "GET /credits")
-        value = data.get("credits") if isinstance(data, dict) else None
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        value = _opt_int(data.get("credits") if isinstance(data, dict) else None)
+        if value is None:
             raise UnexpectedResponseError(
                 "Unexpected response to GET /credits: no numeric field 'credits'.",
                 field="credits",
                 body=body,
             )
-        return int(value)
+        return value
 
     async def generate(
         self,
@@ -330,7 +331,13 @@ class AsyncNanoBanana:
                     remaining_credits=_opt_int(answer.get("remainingCredits")),
                 )
             raise GenerationFailedError(str(message), generation_id=generation_id)
-        return Generation.from_sync_json(answer, prompt=prompt, model=model)
+        try:
+            return Generation.from_sync_json(answer, prompt=prompt, model=model)
+        except UnexpectedResponseError as exc:
+            # A 2xx: accepted, and so charged. Say so, as for a 500.
+            raise UnexpectedResponseError(
+                exc.message, field=exc.field, body=exc.body, may_have_been_charged=True
+            ) from None
 
     def stream(
         self,
@@ -408,6 +415,7 @@ class AsyncNanoBanana:
                 "Unexpected response to POST /generate (async): no field 'generationId'.",
                 field="generationId",
                 body=answer,
+                may_have_been_charged=True,
             )
         return Job(
             generation_id,
@@ -474,7 +482,8 @@ class AsyncNanoBanana:
 def _opt_int(value: Any) -> int | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
-    return int(value)
+    # json.loads reads 1e400 as inf and accepts NaN, which int() refuses.
+    return int(value) if math.isfinite(value) else None
 
 
 def _check_id(generation_id: str) -> None:

@@ -83,12 +83,26 @@ class MissingAPIKeyError(NanoBananaError):
 
 
 class UnexpectedResponseError(NanoBananaError):
-    """Raised when a successful response cannot be read: not JSON, or a field is missing."""
+    """Raised when a successful response cannot be read: not JSON, or a field is missing.
 
-    def __init__(self, message: str, *, field: str | None = None, body: Any = None) -> None:
+    A 2xx to ``POST /generate`` means the generation was accepted and charged, so an
+    unreadable one carries ``may_have_been_charged = True``, like a 500 would.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        field: str | None = None,
+        body: Any = None,
+        may_have_been_charged: bool = False,
+    ) -> None:
+        if may_have_been_charged:
+            message = f"{message} {CHARGE_WARNING}"
         super().__init__(message)
         self.field = field
         self.body = body
+        self.may_have_been_charged = may_have_been_charged
 
 
 class APIConnectionError(NanoBananaError):

@@ -217,6 +217,8 @@ class Requester:
                 f"Unexpected response to {method} {path}: {response.status_code} with a body "
                 f"that is not JSON ({response.headers.get('content-type', 'no content type')}).",
                 body=response.text[:500],
+                # A 2xx to POST /generate was accepted, and so charged.
+                may_have_been_charged=kind is RequestKind.GENERATE,
             ) from None
 
     @asynccontextmanager

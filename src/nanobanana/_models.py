@@ -8,6 +8,7 @@ is missing or of the wrong type.
 from __future__ import annotations
 
 import enum
+import math
 from datetime import datetime
 from typing import Any, Literal
 
@@ -59,7 +60,8 @@ def _opt_int(data: dict[str, Any], key: str) -> int | None:
     value = data.get(key)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
-    return int(value)
+    # json.loads reads 1e400 as inf and accepts NaN, which int() refuses.
+    return int(value) if math.isfinite(value) else None
 
 
 def _opt_str(data: dict[str, Any], key: str) -> str | None:
@@ -171,10 +173,17 @@ class Model:
         what = "a model"
         data = _obj(data, what)
         name = _req(data, "name", str, what)
+        cost = _req(data, "creditsCost", (int, float), what)
+        if not math.isfinite(cost):
+            raise UnexpectedResponseError(
+                f"Unexpected response: field 'creditsCost' of {what} is {cost}.",
+                field="creditsCost",
+                body=data,
+            )
         return cls(
             name=name,
             display_name=_opt_str(data, "displayName") or name,
-            credits_cost=int(_req(data, "creditsCost", (int, float), what)),
+            credits_cost=int(cost),
             supports_image_input=data.get("supportsImageInput") is True,
             supports_aspect_ratio=data.get("supportsAspectRatio") is True,
             requires_pro=data.get("requiresPro") is True,
