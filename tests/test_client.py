@@ -579,3 +579,25 @@ def test_error_tree_matches_the_documented_hierarchy():
         n.JobTimeoutError,
     ):
         assert issubclass(cls, n.NanoBananaError)
+
+
+@respx.mock
+async def test_a_borrowed_http_client_gets_our_generous_timeout_unless_told_otherwise():
+    route = respx.get(f"{API}/credits").respond(json={"data": {"credits": 1}})
+    async with httpx.AsyncClient() as http:  # httpx's own default: 5 s
+        async with AsyncNanoBanana(api_key=KEY, base_url=API, http_client=http) as client:
+            await client.credits()
+        assert route.calls.last.request.extensions["timeout"]["read"] >= 120
+        async with AsyncNanoBanana(
+            api_key=KEY, base_url=API, http_client=http, timeout=7.0
+        ) as client:
+            await client.credits()
+        assert route.calls.last.request.extensions["timeout"]["read"] == 7.0
+
+
+@respx.mock
+async def test_the_charge_warning_follows_a_full_stop(client):
+    respx.post(f"{API}/generate").respond(500, json={"error": "Internal server error"})
+    with pytest.raises(InternalServerError) as info:
+        await client.generate("x")
+    assert "Internal server error. The generation may have been charged" in str(info.value)

@@ -1,7 +1,7 @@
 """nanobanana: the asyncio-native client for the Nano Banana image-generation API.
 
-Example::
-
+Example:
+    ```python
     import asyncio
     from nanobanana import AsyncNanoBanana
 
@@ -11,6 +11,7 @@ Example::
             print(generation.image_urls)
 
     asyncio.run(main())
+    ```
 """
 
 from typing import TYPE_CHECKING, Any

@@ -103,11 +103,12 @@ class AsyncNanoBanana:
     requests in flight, so ``asyncio.gather`` over hundreds of prompts queues here
     instead of failing with 429s.
 
-    Example::
-
+    Example:
+        ```python
         async with AsyncNanoBanana() as client:  # key from $NANOBANANA_API_KEY
             generation = await client.generate("a cute orange cat on a windowsill")
             await client.download(generation, "images/")
+        ```
 
     Args:
         api_key: the ``nb_...`` key; default ``$NANOBANANA_API_KEY``, then
@@ -115,9 +116,13 @@ class AsyncNanoBanana:
             need it (``models()`` does not).
         base_url: default ``$NANOBANANA_BASE_URL``, then ``$NANO_BANANA_BASE_URL``,
             then ``https://www.nananobanana.com/api/v1``.
-        timeout: seconds or an ``httpx.Timeout``; the default reads for 180 s because
-            sync generations take 10-60 s.
-        max_retries: retries of a call that is safe to retry (see ``RetryPolicy``).
+        timeout: seconds or an `httpx.Timeout`, applied to every API request (also
+            through a borrowed `http_client`); default: 180 s to read, 10 s to
+            connect, because sync generations take 10-60 s.
+        download_concurrency: at most this many image downloads at once (default 8;
+            downloads do not count against the account's limit).
+        max_retries: retries of a call that is safe to retry (default 3; see
+            `RetryPolicy`).
         max_concurrency: at most this many API requests in flight. Default: learned
             from the server, starting at the documented account limit of 1.
         http_client: your own ``httpx.AsyncClient``; it is used as is and not closed.
@@ -171,7 +176,9 @@ class AsyncNanoBanana:
         self._download_concurrency = download_concurrency
 
         if timeout is NOT_GIVEN:
-            resolved_timeout: httpx.Timeout | None = None if http_client else DEFAULT_TIMEOUT
+            # Also for a borrowed http_client: httpx's own 5 s default would fail every
+            # sync generation (10-60 s, sync-mode docs). Pass timeout= to choose.
+            resolved_timeout: httpx.Timeout | None = DEFAULT_TIMEOUT
         elif timeout is None or isinstance(timeout, httpx.Timeout):
             resolved_timeout = timeout if timeout is not None else httpx.Timeout(None)
         elif isinstance(timeout, (int, float)) and not isinstance(timeout, bool):
@@ -220,7 +227,7 @@ class AsyncNanoBanana:
 
     @property
     def is_closed(self) -> bool:
-        """Whether :meth:`aclose` was called."""
+        """Whether `aclose` was called."""
         return self._closed
 
     def governor_stats(self) -> GovernorStats:
@@ -301,7 +308,7 @@ class AsyncNanoBanana:
         """Generate images and wait for them (sync mode: 10-60 s).
 
         Pass ``reference_image_urls`` for image-to-image (each image beyond the first
-        costs one more credit). Returns a completed :class:`Generation`.
+        costs one more credit). Returns a completed `Generation`.
 
         Raises:
             ContentSafetyError: the safety check refused the result (credits spent).
@@ -358,12 +365,12 @@ class AsyncNanoBanana:
         last event has ``type == "complete"`` and the result in ``event.generation``.
 
         A stream cut after an event carried the generation's id is finished by polling
-        ``GET /generate?id=``; cut before that, it raises :class:`APIConnectionError`
+        ``GET /generate?id=``; cut before that, it raises `APIConnectionError`
         (the generation may still be running, and may have been charged).
 
         Args:
             prompt: what to draw.
-            model: a model name from :meth:`models`.
+            model: a model name from `models`.
             reference_image_urls: images for image-to-image.
             aspect_ratio: e.g. ``"16:9"``.
             quantity: images to make (streaming models force 1).
@@ -397,7 +404,7 @@ class AsyncNanoBanana:
         aspect_ratio: str | None = None,
         quantity: int | None = None,
     ) -> Job:
-        """Start a generation in async mode and return its :class:`Job` at once."""
+        """Start a generation in async mode and return its `Job` at once."""
         body = _generate_body(
             prompt,
             mode="async",
@@ -426,7 +433,7 @@ class AsyncNanoBanana:
         )
 
     def job(self, generation_id: str) -> Job:
-        """A :class:`Job` for an id you already have (e.g. saved before a restart)."""
+        """A `Job` for an id you already have (e.g. saved before a restart)."""
         _check_id(generation_id)
         return Job(generation_id, self)
 
@@ -463,7 +470,7 @@ class AsyncNanoBanana:
         transient failures (5xx, dropped connections) like API reads.
 
         Args:
-            generation_or_url: a :class:`Generation`, one image URL, or a list of them.
+            generation_or_url: a `Generation`, one image URL, or a list of them.
             dest: the folder to write to; created if missing.
             max_size: the largest image accepted, in bytes.
 

@@ -1,6 +1,6 @@
 """Time, injectable: the real clock by default, a fake one for tests.
 
-Backoff, Retry-After and polling read time and sleep only through a :class:`Clock`, so
+Backoff, Retry-After and polling read time and sleep only through a `Clock`, so
 tests can check exact waits without sleeping.
 """
 
@@ -54,14 +54,15 @@ class SystemClock:
 class FakeClock:
     """A clock that moves only when slept on or advanced: sleeps return at once.
 
-    Every sleep is recorded in :attr:`sleeps`, so a test can assert the exact waits.
+    Every sleep is recorded in `sleeps`, so a test can assert the exact waits.
 
-    Example::
-
+    Example:
+        ```python
         clock = FakeClock()
         client = AsyncNanoBanana(api_key="nb_test", clock=clock)
         ...
         assert clock.sleeps == [1.0, 2.0]
+        ```
     """
 
     def __init__(self, *, start: float = 1_700_000_000.0) -> None:
@@ -73,7 +74,7 @@ class FakeClock:
         return self._now
 
     def monotonic(self) -> float:
-        """The fake monotonic clock (the same as :meth:`time`)."""
+        """The fake monotonic clock (the same as `time`)."""
         return self._now
 
     def advance(self, seconds: float) -> None:

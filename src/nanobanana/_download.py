@@ -14,11 +14,11 @@ Rules, from PROTOCOL.md (Images) and the service's agent notes:
 - Each body is streamed to a temporary file in the target folder and renamed into
   place with ``os.replace`` (atomic on one file system), so a failure or cancellation
   never leaves a partial image under the final name.
-- Errors are all :class:`DownloadError` (transport failures included, chained to the
+- Errors are all `DownloadError` (transport failures included, chained to the
   httpx error), so one ``except`` covers a download; its ``url`` and message never
   carry the URL's query string, where signed URLs keep their signature.
 - A transient failure (5xx, 429, a dropped connection) is retried with the client's
-  :class:`RetryPolicy`, as a read: the table in ``nanobanana._retry`` decides.
+  `RetryPolicy`, as a read: the table in ``nanobanana._retry`` decides.
 """
 
 from __future__ import annotations

@@ -1,27 +1,29 @@
 """The exceptions nanobanana raises.
 
-Every error the library raises on purpose is a :class:`NanoBananaError`::
+Every error the library raises on purpose is a `NanoBananaError`:
 
-    NanoBananaError
-    ├── MissingAPIKeyError            a call that needs a key found none
-    ├── UnexpectedResponseError       a 2xx body we cannot read (not JSON, field missing)
-    │   └── SSETooLargeError          an event-stream line or event over the size limit
-    ├── APIConnectionError            network failure, nothing usable came back
-    │   └── APITimeoutError
-    │       └── StreamIdleError       an event stream went silent (no heartbeat either)
-    ├── APIStatusError                .status_code, .body, .response, .message
-    │   ├── BadRequestError           400
-    │   ├── AuthenticationError       401
-    │   ├── InsufficientCreditsError  402
-    │   ├── PermissionDeniedError     403
-    │   ├── NotFoundError             404
-    │   ├── RateLimitError            429  .retry_after, .limit, .active
-    │   ├── InternalServerError       500 and other 5xx
-    │   └── ServerBusyError           503  .retry_after, .active_tasks
-    ├── GenerationFailedError         job or stream ended in failure  .generation_id
-    ├── ContentSafetyError            sync 200 with success:false + warning  .generation_id
-    ├── JobTimeoutError               job.wait() ran out of time  .generation_id
-    └── DownloadError                 an image could not be fetched or is not an image  .url
+```text
+NanoBananaError
+├── MissingAPIKeyError            a call that needs a key found none
+├── UnexpectedResponseError       a 2xx body we cannot read (not JSON, field missing)
+│   └── SSETooLargeError          an event-stream line or event over the size limit
+├── APIConnectionError            network failure, nothing usable came back
+│   └── APITimeoutError
+│       └── StreamIdleError       an event stream went silent (no heartbeat either)
+├── APIStatusError                .status_code, .body, .response, .message
+│   ├── BadRequestError           400
+│   ├── AuthenticationError       401
+│   ├── InsufficientCreditsError  402
+│   ├── PermissionDeniedError     403
+│   ├── NotFoundError             404
+│   ├── RateLimitError            429  .retry_after, .limit, .active
+│   ├── InternalServerError       500 and other 5xx
+│   └── ServerBusyError           503  .retry_after, .active_tasks
+├── GenerationFailedError         job or stream ended in failure  .generation_id
+├── ContentSafetyError            sync 200 with success:false + warning  .generation_id
+├── JobTimeoutError               job.wait() ran out of time  .generation_id
+└── DownloadError                 an image could not be fetched or is not an image  .url
+```
 
 Errors that may follow a charged ``POST /generate`` (a 500, a read timeout, a dropped
 connection after the request was sent) carry ``may_have_been_charged = True`` and say
@@ -68,6 +70,11 @@ CHARGE_WARNING = (
 )
 
 
+def _with_warning(message: str) -> str:
+    sentence = message if message.endswith((".", "!", "?")) else f"{message}."
+    return f"{sentence} {CHARGE_WARNING}"
+
+
 class NanoBananaError(Exception):
     """Raised for every failure of this library; catch it to catch them all."""
 
@@ -98,7 +105,7 @@ class UnexpectedResponseError(NanoBananaError):
         may_have_been_charged: bool = False,
     ) -> None:
         if may_have_been_charged:
-            message = f"{message} {CHARGE_WARNING}"
+            message = _with_warning(message)
         super().__init__(message)
         self.field = field
         self.body = body
@@ -116,7 +123,7 @@ class APIConnectionError(NanoBananaError):
         may_have_been_charged: bool = False,
     ) -> None:
         if may_have_been_charged:
-            message = f"{message} {CHARGE_WARNING}"
+            message = _with_warning(message)
         super().__init__(message)
         self.request = request
         self.may_have_been_charged = may_have_been_charged
@@ -148,7 +155,7 @@ class APIStatusError(NanoBananaError):
         may_have_been_charged: bool = False,
     ) -> None:
         if may_have_been_charged:
-            message = f"{message} {CHARGE_WARNING}"
+            message = _with_warning(message)
         super().__init__(message)
         self.response = response
         self.status_code = response.status_code

@@ -1,8 +1,8 @@
 """Sending API requests: auth, the governor, the retry loop, error mapping, logging.
 
-Every API request of a client goes through :meth:`Requester.call` (JSON answers) or
-:meth:`Requester.stream` (SSE). Both share one loop, :meth:`Requester._send`, which
-asks :func:`nanobanana._retry.decide` what to do after each failure.
+Every API request of a client goes through `Requester.call` (JSON answers) or
+`Requester.stream` (SSE). Both share one loop, `Requester._send`, which
+asks `nanobanana._retry.decide` what to do after each failure.
 """
 
 from __future__ import annotations

@@ -56,10 +56,12 @@ class Job:
     """A generation running on the server in async mode.
 
     Get one from ``await client.submit(...)``, or ``client.job(generation_id)`` for an
-    id saved earlier (for example before a restart)::
+    id saved earlier (for example before a restart):
 
-        job = await client.submit("a banana in space")
-        generation = await job.wait(timeout=300)
+    ```python
+    job = await client.submit("a banana in space")
+    generation = await job.wait(timeout=300)
+    ```
     """
 
     id: str

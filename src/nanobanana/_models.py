@@ -1,7 +1,7 @@
 """Frozen values parsed from the wire: `Generation`, `Model`, `ProgressEvent`.
 
 Parsing ignores fields it does not know (the live service adds fields before its docs
-do) and raises :class:`UnexpectedResponseError` naming the field when a required one
+do) and raises `UnexpectedResponseError` naming the field when a required one
 is missing or of the wrong type.
 """
 

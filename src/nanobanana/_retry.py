@@ -1,6 +1,6 @@
 """When a failed request may be sent again, and after how long.
 
-The whole decision is :func:`decide`, a lookup in one table keyed by the kind of
+The whole decision is `decide`, a lookup in one table keyed by the kind of
 request and what happened to it. Credits are taken when ``POST /generate`` is accepted
 and are not refunded when a generation fails (async-mode docs), so a generate request
 is resent only when the server said nothing was charged (429, 503: overview and

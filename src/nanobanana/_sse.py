@@ -10,8 +10,8 @@ this module owns, is the framing around it:
   sequence, so splitting bytes first and decoding only whole lines is exactly what an
   incremental decoder would give, in one ``decode`` call per read instead of per line.
 - A line, or an event's accumulated fields, larger than a limit raises
-  :class:`SSETooLargeError` instead of growing a buffer without end.
-- A stream silent for longer than ``idle_timeout`` raises :class:`StreamIdleError`.
+  `SSETooLargeError` instead of growing a buffer without end.
+- A stream silent for longer than ``idle_timeout`` raises `StreamIdleError`.
   The server sends a heartbeat every 15 s (stream-mode docs), so two missed heartbeats
   mean the connection is gone even when the socket has not noticed.
 
@@ -61,17 +61,19 @@ class SSEParser:
     r"""Turns the bytes of an event stream into events, in pieces of any size.
 
     Pure and synchronous: feed it what the socket gave, get back the events that are
-    complete so far. Example::
+    complete so far. Example:
 
-        parser = SSEParser()
-        events = parser.feed(b'data: {"a": 1}\r\n\r')  # one event
-        events += parser.feed(b"\n")  # the \n of the \r\n: nothing new
-        events += parser.end()
+    ```python
+    parser = SSEParser()
+    events = parser.feed(b'data: {"a": 1}\r\n\r')  # one event
+    events += parser.feed(b"\n")  # the \n of the \r\n: nothing new
+    events += parser.end()
+    ```
 
     Args:
-        max_line_size: the longest line, in bytes, before :class:`SSETooLargeError`.
+        max_line_size: the longest line, in bytes, before `SSETooLargeError`.
         max_event_size: the most characters the lines of one event (up to its blank
-            line, comments included) may add up to before :class:`SSETooLargeError`.
+            line, comments included) may add up to before `SSETooLargeError`.
     """
 
     __slots__ = (
@@ -205,17 +207,19 @@ class SSEReader:
     """Reads events from an async iterable of bytes (``response.aiter_bytes()``).
 
     Each read waits at most ``idle_timeout`` seconds; silence beyond that raises
-    :class:`StreamIdleError`. Call :meth:`read` for the next batch of events (one
-    batch per network read: cheaper than an async step per event), or iterate::
+    `StreamIdleError`. Call `read` for the next batch of events (one
+    batch per network read: cheaper than an async step per event), or iterate:
 
-        async for event in SSEReader(response.aiter_bytes()):
-            print(event.data)
+    ```python
+    async for event in SSEReader(response.aiter_bytes()):
+        print(event.data)
+    ```
 
     Args:
         chunks: the stream's bytes, in pieces of any size.
         idle_timeout: seconds of silence treated as a cut stream; None waits forever.
-        max_line_size: see :class:`SSEParser`.
-        max_event_size: see :class:`SSEParser`.
+        max_line_size: see `SSEParser`.
+        max_event_size: see `SSEParser`.
     """
 
     def __init__(

@@ -2,7 +2,7 @@
 
 The events come from one ``POST /generate`` with ``mode: "stream"`` (stream-mode docs):
 ``status`` events with a progress, then ``complete`` (the result) or ``error``. This
-module turns them into :class:`ProgressEvent` values, keeps progress from going
+module turns them into `ProgressEvent` values, keeps progress from going
 backwards, and finishes a cut stream by polling when it can.
 
 Closing is the point of the design. The iteration is an async *generator*, and
@@ -12,7 +12,7 @@ the event loop's async-generator finalizer (asyncio's and trio's both) then runs
 ``aclose()``: the response is closed and the governor slot given back, so a thousand
 abandoned loops do not exhaust a ``max_concurrency=1`` client. For that to happen at
 once rather than at the next cyclic garbage collection, the generator must not refer
-back to the :class:`GenerationStream` (a reference cycle): it gets its client, body
+back to the `GenerationStream` (a reference cycle): it gets its client, body
 and a small state object as arguments instead.
 """
 
@@ -308,23 +308,25 @@ async def _nothing() -> AsyncGenerator[ProgressEvent | None, None]:
 
 
 class GenerationStream:
-    """A stream-mode generation: an async iterator of :class:`ProgressEvent`.
+    """A stream-mode generation: an async iterator of `ProgressEvent`.
 
     Get one from ``client.stream(...)``. Iterate it directly, or use it as an async
-    context manager to close it at a point of your choosing::
+    context manager to close it at a point of your choosing:
 
-        async with client.stream("a banana in space") as events:
-            async for event in events:
-                print(f"{event.max_progress:3d}% {event.message}")
-                if event.type == "complete":
-                    print(event.generation.image_urls)
+    ```python
+    async with client.stream("a banana in space") as events:
+        async for event in events:
+            print(f"{event.max_progress:3d}% {event.message}")
+            if event.type == "complete":
+                print(event.generation.image_urls)
+    ```
 
     The request is sent when iteration starts, or on ``async with`` (so errors such
     as 401 or 402 raise there). Events:
 
     - ``status``: ``progress`` is what the server said; ``max_progress`` never goes
       backwards (show that); ``is_heartbeat`` marks a status below what was reported.
-    - ``complete`` (last): ``generation`` is the full :class:`Generation`.
+    - ``complete`` (last): ``generation`` is the full `Generation`.
 
     Raises (from the iteration):
         GenerationFailedError: the server sent an ``error`` event (credits are spent).

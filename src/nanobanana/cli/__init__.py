@@ -1,15 +1,17 @@
 """The ``nanobanana`` command line (``pip install "nanobanana[cli]"`` for progress bars).
 
-Everything the service's own agent CLI does, on top of :class:`AsyncNanoBanana`::
+Everything the service's own agent CLI does, on top of `AsyncNanoBanana`:
 
-    nanobanana models
-    nanobanana credits
-    nanobanana generate --prompt "a banana" [--mode sync|stream|async] [--wait]
-        [--model M] [--aspect-ratio R] [--reference-image-url URL ...] [--quantity N]
-        [--poll-interval S] [--max-polls N] [--download-dir DIR]
-    nanobanana poll --id ID [--wait] [--poll-interval S] [--max-polls N]
-    nanobanana batch FILE [--output results.jsonl] [--download-dir DIR] [--mode ...]
-    nanobanana simulate [--host H] [--port P]
+```python
+nanobanana models
+nanobanana credits
+nanobanana generate --prompt "a banana" [--mode sync|stream|async] [--wait]
+    [--model M] [--aspect-ratio R] [--reference-image-url URL ...] [--quantity N]
+    [--poll-interval S] [--max-polls N] [--download-dir DIR]
+nanobanana poll --id ID [--wait] [--poll-interval S] [--max-polls N]
+nanobanana batch FILE [--output results.jsonl] [--download-dir DIR] [--mode ...]
+nanobanana simulate [--host H] [--port P]
+```
 
 with the global options ``--api-key``, ``--base-url``, ``--timeout``, ``--json``,
 ``--quiet`` and ``--simulate`` (run against an embedded simulator) before or after

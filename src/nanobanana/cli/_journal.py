@@ -1,10 +1,12 @@
 """Batch input and the results journal that makes ``batch`` resumable.
 
 Input: one prompt per line, or JSON lines with per-item options (both may be mixed;
-blank lines and lines starting with ``#`` are skipped)::
+blank lines and lines starting with ``#`` are skipped):
 
-    a banana in space
-    {"prompt": "a banana on the moon", "aspect_ratio": "16:9", "key": "moon"}
+```python
+a banana in space
+{"prompt": "a banana on the moon", "aspect_ratio": "16:9", "key": "moon"}
+```
 
 Each item has a key: its ``key`` field, else a digest of its content (plus ``#2``,
 ``#3`` for repeats of the same content). Keys, not line numbers, identify items, so
@@ -112,7 +114,7 @@ def _digest(fields: dict[str, Any]) -> str:
 
 
 def parse_items(lines: Iterable[str], *, name: str) -> list[Item]:
-    """The items of a batch file; raises :class:`InputError` naming the line at fault."""
+    """The items of a batch file; raises `InputError` naming the line at fault."""
     items: list[Item] = []
     seen: dict[str, int] = {}
     for number, raw_line in enumerate(lines, start=1):

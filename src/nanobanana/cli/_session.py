@@ -98,7 +98,7 @@ class Session:
         self.anonymous_in_flight -= 1
 
     def poll_schedule(self) -> tuple[PollPolicy | None, float | None]:
-        """This command's polling policy and wait timeout (see :func:`poll_schedule`)."""
+        """This command's polling policy and wait timeout (see `poll_schedule`)."""
         return poll_schedule(
             getattr(self.args, "poll_interval", None), getattr(self.args, "max_polls", None)
         )

@@ -7,7 +7,7 @@ real PNG images from a second origin standing in for the CDN, and injects faults
 
 Example:
     >>> from nanobanana.testing import Simulator
-    >>> with Simulator(credits=5) as sim:                   # doctest: +SKIP
+    >>> with Simulator(credits=5) as sim:
     ...     sim.inject("429", path="/generate")
     ...     ...  # point any HTTP client at sim.base_url with sim.api_key
 

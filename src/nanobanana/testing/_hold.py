@@ -24,7 +24,7 @@ class Hold:
     it needs, without sleeping. `release` may be called from any thread.
 
     Example:
-        >>> with sim.hold():                       # doctest: +SKIP
+        >>> with sim.hold():
         ...     ...  # requests started here stay in flight until the block ends
     """
 

@@ -48,7 +48,7 @@ class Simulator:
     thread under a lock: the inspection methods may be called at any time.
 
     Example:
-        >>> async with Simulator(credits=10) as sim:          # doctest: +SKIP
+        >>> async with Simulator(credits=10) as sim:
         ...     async with sim.client() as client:
         ...         generation = await client.generate("a banana [slow=0.1]")
         ...     assert sim.credits() == 9
@@ -366,7 +366,7 @@ class Simulator:
         ``origin=``; ``times=`` (default 1, ``None`` for every match).
 
         Example:
-            >>> sim.inject("status", status=500, after_charge=True)  # doctest: +SKIP
+            >>> sim.inject("status", status=500, after_charge=True)
         """
         if isinstance(kind, Fault):
             fault = attrs.evolve(kind, **options)
@@ -406,7 +406,7 @@ class Simulator:
         """Keep generations accepted from now on processing until the hold is released.
 
         Example:
-            >>> with sim.hold():                # doctest: +SKIP
+            >>> with sim.hold():
             ...     ...  # a sync request sent here stays in flight until the block ends
         """
         return self._state.hold()

@@ -6,20 +6,24 @@ is installed. It provides:
 ``nanobanana_sim``
     A started `nanobanana.testing.Simulator` for one test (function scope). The fixture
     is synchronous, so it works under pytest-asyncio, anyio's plugin, trio, or no
-    async plugin at all. Pass simulator options with a marker::
+    async plugin at all. Pass simulator options with a marker:
 
-        @pytest.mark.nanobanana_sim(credits=3, generation_time=0.2)
-        def test_runs_out_of_credits(nanobanana_sim):
-            ...
+    ```python
+    @pytest.mark.nanobanana_sim(credits=3, generation_time=0.2)
+    def test_runs_out_of_credits(nanobanana_sim):
+        ...
+    ```
 
 ``nanobanana_client``
     An `nanobanana.AsyncNanoBanana` connected to ``nanobanana_sim``, closed after the
-    test. It is an async fixture (through pytest-asyncio when it is installed)::
+    test. It is an async fixture (through pytest-asyncio when it is installed):
 
-        async def test_generates(nanobanana_client, nanobanana_sim):
-            generation = await nanobanana_client.generate("a banana")
-            assert len(generation.image_urls) == 1
-            assert nanobanana_sim.credits() == 99
+    ```python
+    async def test_generates(nanobanana_client, nanobanana_sim):
+        generation = await nanobanana_client.generate("a banana")
+        assert len(generation.image_urls) == 1
+        assert nanobanana_sim.credits() == 99
+    ```
 
 Point code under test at ``nanobanana_sim.base_url`` with ``nanobanana_sim.api_key``
 (or set ``NANOBANANA_BASE_URL`` and ``NANOBANANA_API_KEY`` with ``monkeypatch``).
