@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import shutil
 import socket
+import ssl
+import subprocess
 
 import httpx
 import pytest
@@ -643,6 +647,11 @@ async def read_body(conn: H1Connection) -> bytes:
     return b"".join(parts)
 
 
+async def read_response(conn: H1Connection) -> bytes:
+    await conn.receive_head(1)
+    return await read_body(conn)
+
+
 CHUNKED_RESPONSE = (
     b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\nX-A: 1\r\n\r\n"
     b"3;ext=1\r\nabc\r\n10\r\n0123456789abcdef\r\n0\r\nTrailer: x\r\n\r\n"
@@ -688,3 +697,388 @@ async def test_bytes_after_a_complete_response_make_the_connection_unusable():
     assert await read_body(conn) == b"ok"
     conn.finish()
     assert not conn.reusable
+
+
+async def test_read_timeout_on_a_reused_connection_with_a_shorter_deadline(client, transport):
+    # The connection's read timer is re-armed lazily: a long deadline from earlier
+    # requests must not delay a shorter one, and a moved deadline must still fire.
+    async def handler(conn: ServerConn) -> None:
+        for _ in range(3):
+            await conn.read_request()
+            await conn.respond(b"quick")
+        await conn.read_request()
+        await conn.reader.read()
+
+    async with ScriptedServer(handler) as server:
+        for read in (30, 0.2, 0.2):
+            response = await client.get(server.url, timeout=httpx.Timeout(5, read=read))
+            assert response.content == b"quick"
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        with pytest.raises(httpx.ReadTimeout):
+            await client.get(server.url, timeout=httpx.Timeout(5, read=0.2))
+        assert loop.time() - start < 5
+    assert server.connections == 1
+    assert transport.stats() == IDLE_POOL
+
+
+@pytest.mark.parametrize(
+    ("response", "body", "reusable"),
+    [
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 3, 3\r\n\r\nabc", b"abc", True),
+        (
+            b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 3\r\n\r\nabc",
+            b"abc",
+            True,
+        ),
+        (b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 3\r\n\r\nabc", b"abc", False),
+        # Both framings: chunked wins, and the connection is not trusted afterwards.
+        (
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: 99\r\nTransfer-Encoding: chunked\r\n\r\n"
+                b"3\r\nabc\r\n0\r\n\r\n"
+            ),
+            b"abc",
+            False,
+        ),
+        (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\n", b"", False),
+    ],
+)
+async def test_framing_and_reuse_follow_the_response_headers(response, body, reusable):
+    conn, _ = fed_connection()
+    conn.data_received(response)
+    assert await read_response(conn) == body
+    conn.finish()
+    assert conn.reusable is reusable
+
+
+async def test_non_chunked_transfer_coding_is_read_until_close():
+    conn, _ = fed_connection()
+    conn.data_received(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nraw")
+    await conn.receive_head(1)
+    assert await conn.receive_body(1) == b"raw"
+    conn.eof_received()
+    assert await conn.receive_body(1) is None
+    conn.finish()
+    assert not conn.reusable
+
+
+@pytest.mark.parametrize(
+    ("data", "match"),
+    [
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcXY", "CRLF"),
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + b"1" * (MAX_HEAD + 1),
+            "exceeds",
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n"
+            + b"X-T: 1\r\n" * (MAX_HEAD // 8 + 1),
+            "exceeds",
+        ),
+        (b"HTTP/1.1 200 OK\r\n" + b"X: y\r\n" * (MAX_HEAD // 6 + 1), "exceeds"),
+        (b"HTTP/1.1 200 OK\r\n fold: y\r\n\r\n", "Invalid header line"),
+    ],
+)
+@pytest.mark.parametrize("piecewise", [False, True])
+async def test_parser_refuses_broken_or_oversize_input(data, match, piecewise):
+    conn, fake = fed_connection()
+    if piecewise:
+        for i in range(0, len(data), 1000):
+            conn.data_received(data[i : i + 1000])
+    else:
+        conn.data_received(data)
+    with pytest.raises(httpx.RemoteProtocolError, match=match):
+        await read_response(conn)
+    assert fake.closed
+
+
+async def test_disconnect_mid_head_and_reset_are_reported():
+    conn, _ = fed_connection()
+    conn.data_received(b"HTTP/1.1 200 OK\r\n")
+    conn.connection_lost(None)
+    with pytest.raises(httpx.RemoteProtocolError, match="while sending the response head"):
+        await conn.receive_head(1)
+    conn, _ = fed_connection()
+    conn.connection_lost(ConnectionResetError("reset by peer"))
+    with pytest.raises(httpx.ReadError, match="reset by peer"):
+        await conn.receive_head(1)
+
+
+async def test_unsolicited_bytes_on_an_idle_connection_close_it():
+    conn, fake = fed_connection()
+    conn.data_received(b"HTTP/1.1 204 No Content\r\n\r\n")
+    await conn.receive_head(1)
+    conn.finish()
+    assert conn.reusable
+    conn.data_received(b"HTTP/1.1 200 OK\r\n\r\n")
+    assert fake.closed
+    assert not conn.reusable
+
+
+async def test_write_timeout_and_write_error_while_the_socket_is_full():
+    conn, _ = fed_connection()
+    conn.pause_writing()
+    with pytest.raises(httpx.WriteTimeout):
+        await conn.drain(0.01)
+    conn.connection_lost(None)
+    with pytest.raises(httpx.RemoteProtocolError):
+        await conn.drain(1)
+    with pytest.raises(httpx.RemoteProtocolError):
+        conn.write(b"more")
+
+
+async def test_closing_a_fully_received_response_keeps_the_connection(client, transport):
+    rest_sent = asyncio.Event()
+
+    async def handler(conn: ServerConn) -> None:
+        await conn.read_request()
+        await conn.send(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nabc")
+        await rest_sent.wait()
+        await conn.send(b"def")
+        await keep_alive_ok(conn)
+
+    async with ScriptedServer(handler) as server:
+        async with client.stream("GET", server.url) as response:
+            assert await anext(response.aiter_raw()) == b"abc"
+            rest_sent.set()
+            (conn,) = transport._conns
+            await until(lambda: conn.response_complete)
+            # Closed without reading "def": the response is whole, so the connection
+            # is in a known state and goes back to the pool.
+        assert transport.stats() == one_idle()
+        assert (await client.get(server.url)).content == b"ok"
+    assert server.connections == 1
+
+
+# -- pool hand-offs ------------------------------------------------------------------------
+
+
+async def test_a_closed_connection_passes_its_slot_to_the_next_waiter():
+    async def handler(conn: ServerConn) -> None:
+        await conn.read_request()
+        await conn.respond(b"conn %d" % conn.index, headers=(b"Connection: close",))
+
+    transport = AsyncioTransport(limits=httpx.Limits(max_connections=1))
+    async with (
+        ScriptedServer(handler) as server,
+        httpx.AsyncClient(transport=transport) as client,
+    ):
+        responses = await asyncio.gather(*(client.get(server.url) for _ in range(3)))
+        assert transport.stats() == IDLE_POOL
+    assert sorted(r.content for r in responses) == [b"conn 1", b"conn 2", b"conn 3"]
+
+
+async def test_a_waiter_for_another_origin_gets_the_slot_of_a_released_connection():
+    finish = asyncio.Event()
+
+    async def slow(conn: ServerConn) -> None:
+        await conn.read_request()
+        await conn.send(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\na")
+        await finish.wait()
+        await conn.send(b"b")
+        await keep_alive_ok(conn)
+
+    transport = AsyncioTransport(limits=httpx.Limits(max_connections=1))
+    async with (
+        ScriptedServer(slow) as a,
+        ScriptedServer(keep_alive_ok) as b,
+        httpx.AsyncClient(transport=transport) as client,
+    ):
+        async with client.stream("GET", a.url) as held:
+            queued = asyncio.create_task(client.get(b.url))
+            await until(lambda: transport.stats().waiting == 1)
+            finish.set()
+            assert await held.aread() == b"ab"
+        assert (await queued).content == b"ok"
+        assert transport.stats() == one_idle()
+    assert (a.connections, b.connections) == (1, 1)
+
+
+async def test_waiter_cancelled_as_it_is_granted_a_slot_gives_it_back():
+    finish = asyncio.Event()
+
+    async def handler(conn: ServerConn) -> None:
+        await conn.read_request()
+        await conn.send(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\na")
+        await finish.wait()
+        await conn.send(b"b")
+
+    transport = AsyncioTransport(limits=httpx.Limits(max_connections=1))
+    async with (
+        ScriptedServer(handler) as server,
+        httpx.AsyncClient(transport=transport) as client,
+    ):
+        async with client.stream("GET", server.url) as held:
+            queued = asyncio.create_task(client.get(server.url))
+            await until(lambda: transport.stats().waiting == 1)
+            finish.set()
+            assert await held.aread() == b"ab"  # Closes the connection, grants its slot...
+        queued.cancel()  # ...to a waiter cancelled before it runs.
+        with pytest.raises(asyncio.CancelledError):
+            await queued
+        assert transport.stats() == IDLE_POOL
+
+
+async def test_idle_connections_beyond_max_keepalive_are_closed():
+    finish = asyncio.Event()
+
+    async def handler(conn: ServerConn) -> None:
+        await conn.read_request()
+        await conn.send(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\na")
+        await finish.wait()
+        await conn.send(b"b")
+        await keep_alive_ok(conn)
+
+    limits = httpx.Limits(max_connections=5, max_keepalive_connections=2)
+    transport = AsyncioTransport(limits=limits)
+    async with (
+        ScriptedServer(handler) as server,
+        httpx.AsyncClient(transport=transport) as client,
+    ):
+        async with contextlib.AsyncExitStack() as stack:
+            responses = [
+                await stack.enter_async_context(client.stream("GET", server.url)) for _ in range(4)
+            ]
+            assert transport.stats().active == 4
+            finish.set()
+            for response in responses:
+                assert await response.aread() == b"ab"
+        assert transport.stats() == one_idle(2)
+
+
+async def test_idle_connections_are_closed_when_keepalive_expires():
+    transport = AsyncioTransport(limits=httpx.Limits(keepalive_expiry=0.05))
+    async with (
+        ScriptedServer(keep_alive_ok) as server,
+        httpx.AsyncClient(transport=transport) as client,
+    ):
+        await client.get(server.url)
+        assert transport.stats() == one_idle()
+        await until(lambda: transport.stats() == IDLE_POOL)
+
+
+async def test_connect_timeout(client, transport):
+    async with ScriptedServer(keep_alive_ok) as server:
+        with pytest.raises(httpx.ConnectTimeout):
+            await client.get(server.url, timeout=httpx.Timeout(5, connect=0))
+    assert transport.stats() == IDLE_POOL
+
+
+async def test_use_from_another_event_loop_while_connections_are_open(client, transport):
+    async with ScriptedServer(keep_alive_ok) as server:
+        await client.get(server.url)
+
+        async def elsewhere():
+            await transport.handle_async_request(httpx.Request("GET", server.url))
+
+        with pytest.raises(RuntimeError, match="another event loop"):
+            await asyncio.to_thread(asyncio.run, elsewhere())
+
+
+# -- request framing edge cases ------------------------------------------------------------
+
+
+async def test_streamed_body_with_explicit_content_length_is_sent_as_is(client):
+    async def parts():
+        yield b"abc"
+        yield b"x" * (4 * 1024 * 1024)  # Large enough to fill the socket buffer.
+
+    async with ScriptedServer(echo) as server:
+        response = await client.post(
+            server.url, content=parts(), headers={"Content-Length": str(3 + 4 * 1024 * 1024)}
+        )
+    assert response.headers["x-framing"] == "length"
+    assert len(response.content) == 3 + 4 * 1024 * 1024
+
+
+@pytest.mark.parametrize("declared", [2, 4])
+async def test_streamed_body_not_matching_its_content_length_is_refused(
+    client, transport, declared
+):
+    async def parts():
+        yield b"abc"
+
+    async with ScriptedServer(echo) as server:
+        with pytest.raises(httpx.LocalProtocolError, match="Content-Length"):
+            await client.post(
+                server.url, content=parts(), headers={"Content-Length": str(declared)}
+            )
+    assert transport.stats() == IDLE_POOL
+
+
+async def test_missing_framing_headers_are_added(transport):
+    async def parts():
+        yield b"streamed"
+
+    async with ScriptedServer(echo) as server:
+        request = httpx.Request("POST", server.url, content=b"inline")
+        del request.headers["Content-Length"]
+        response = await transport.handle_async_request(request)
+        assert await response.aread() == b"inline"
+        request = httpx.Request("POST", server.url, content=parts())
+        del request.headers["Transfer-Encoding"]
+        response = await transport.handle_async_request(request)
+        assert await response.aread() == b"streamed"
+        assert response.headers["x-framing"] == "chunked"
+
+
+async def test_both_framing_headers_on_a_request_are_refused(client, transport):
+    async with ScriptedServer(echo) as server:
+        with pytest.raises(httpx.LocalProtocolError):
+            await client.post(server.url, content=b"abc", headers={"Transfer-Encoding": "chunked"})
+    assert server.connections == 0
+
+
+async def test_a_sync_body_is_a_type_error(transport):
+    async with ScriptedServer(echo) as server:
+        request = httpx.Request("POST", server.url, content=iter([b"sync"]))
+        with pytest.raises(TypeError, match="sync request body"):
+            await transport.handle_async_request(request)
+    assert transport.stats() == IDLE_POOL
+
+
+# -- TLS -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def self_signed(tmp_path_factory):
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl is needed to make a throwaway certificate")
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    command = [openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"]
+    command += ["-nodes", "-days", "1", "-subj", "/CN=127.0.0.1", "-addext"]
+    command += ["subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)]
+    subprocess.run(  # noqa: S603 - a fixed command line, no outside input
+        command,
+        check=True,
+        capture_output=True,
+    )
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server.load_cert_chain(cert, key)
+    client = ssl.create_default_context(cafile=str(cert))
+    return server, client
+
+
+async def test_https_with_a_trusted_certificate_reuses_its_connection(self_signed):
+    server_context, client_context = self_signed
+    transport = AsyncioTransport(ssl_context=client_context)
+    async with (
+        ScriptedServer(keep_alive_ok, ssl_context=server_context) as server,
+        httpx.AsyncClient(transport=transport) as client,
+    ):
+        bodies = [(await client.get(server.url)).content for _ in range(3)]
+    assert bodies == [b"ok"] * 3
+    assert server.connections == 1
+
+
+async def test_https_with_an_untrusted_certificate_is_a_connect_error(
+    self_signed, client, transport
+):
+    server_context, _ = self_signed
+    async with ScriptedServer(keep_alive_ok, ssl_context=server_context) as server:
+        with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+            await client.get(server.url)
+    assert transport.stats() == IDLE_POOL

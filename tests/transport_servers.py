@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import ssl
 
 import attrs
 
@@ -87,6 +88,7 @@ class ScriptedServer:
     """
 
     handler: object
+    ssl_context: ssl.SSLContext | None = None
     connections: int = 0
     port: int = 0
     _listener: socket.socket | None = None
@@ -96,7 +98,8 @@ class ScriptedServer:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        scheme = "http" if self.ssl_context is None else "https"
+        return f"{scheme}://127.0.0.1:{self.port}"
 
     async def __aenter__(self):
         listener = socket.socket()
@@ -139,7 +142,13 @@ class ScriptedServer:
     async def _serve(self, sock: socket.socket, index: int) -> None:
         task = asyncio.current_task()
         try:
-            reader, writer = await asyncio.open_connection(sock=sock)
+            loop = asyncio.get_running_loop()
+            reader = asyncio.StreamReader()
+            protocol = asyncio.StreamReaderProtocol(reader)
+            transport, _ = await loop.connect_accepted_socket(
+                lambda: protocol, sock, ssl=self.ssl_context
+            )
+            writer = asyncio.StreamWriter(transport, protocol, reader, loop)
             self._writers.append(writer)
             self._sockets.remove(sock)
             try:

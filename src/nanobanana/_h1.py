@@ -67,13 +67,15 @@ def encode_head(request: httpx.Request) -> tuple[bytes, bool, int, bool]:
     Raises:
         httpx.LocalProtocolError: A header would break the message framing.
     """
-    lines = [b"".join((request.method.encode("ascii"), b" ", request.url.raw_path, b" HTTP/1.1"))]
-    append = lines.append
+    parts = [request.method.encode("ascii"), b" ", request.url.raw_path, b" HTTP/1.1\r\n"]
+    extend = parts.extend
     chunked = False
     length = -1
     close = False
+    lines = 2  # The request line and the blank line that ends the head.
     for name, value in request.headers.raw:
-        append(b"".join((name, b": ", value)))
+        extend((name, b": ", value, b"\r\n"))
+        lines += 1
         # Only three header names matter to framing; compare lengths first so that
         # most headers cost one len() here.
         size = len(name)
@@ -83,17 +85,22 @@ def encode_head(request: httpx.Request) -> tuple[bytes, bool, int, bool]:
             chunked = value.lower().endswith(b"chunked")
         elif size == 10 and name.lower() == b"connection":
             close = b"close" in value.lower()
-    append(b"\r\n")
-    head = b"\r\n".join(lines)
+    parts.append(b"\r\n")
+    head = b"".join(parts)
     # A CR or LF inside a name or value would end the header early and let the rest
     # be read as something else (request smuggling). httpx does not reject them, so
     # count line breaks once over the whole head instead of checking every value.
-    if head.count(b"\n") != len(lines) or head.count(b"\r") != len(lines):
+    if head.count(b"\n") != lines or head.count(b"\r") != lines:
         raise httpx.LocalProtocolError("Illegal line break in a request header.")
+    if chunked and length != -1:
+        # Each side would frame the body its own way (RFC 9112 section 6.1).
+        raise httpx.LocalProtocolError("Both Content-Length and Transfer-Encoding are set.")
     return head, chunked, length, close
 
 
 def _parse_length(value: bytes, error: type[httpx.ProtocolError]) -> int:
+    if value.isdigit() and len(value) < 19:
+        return int(value)  # The only form seen in practice: plain ASCII digits.
     # Several Content-Length values joined by commas are allowed only when they agree
     # (RFC 9110 section 8.6); `int()` alone would also accept "+1", " 1" and "1_0".
     first = value.split(b",", 1)[0].strip(_WHITESPACE)
@@ -152,6 +159,9 @@ class H1Connection(asyncio.Protocol):
         self._buffered = 0
         self._read_paused = False
         self._waiter: asyncio.Future[bool] | None = None
+        self._deadline: float | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_when = 0.0
         self._write_paused = False
         self._drain_waiter: asyncio.Future[bool] | None = None
 
@@ -178,6 +188,9 @@ class H1Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
         self._keep_alive = False
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         self._end_of_stream(exc)
         self._wake_writer()
         self._on_lost(self)
@@ -195,6 +208,11 @@ class H1Connection(asyncio.Protocol):
     def reusable(self) -> bool:
         """True when another request may be sent on this connection."""
         return self._keep_alive and not self._closed and self._state == _IDLE
+
+    @property
+    def write_paused(self) -> bool:
+        """True while the socket's write buffer is above its high-water mark."""
+        return self._write_paused
 
     @property
     def response_complete(self) -> bool:
@@ -322,19 +340,42 @@ class H1Connection(asyncio.Protocol):
         self.headers = []
 
     async def _wait(self, timeout: float | None) -> None:
-        waiter = self.loop.create_future()
+        # One read timer per connection, re-armed lazily. Deadlines on a keep-alive
+        # connection only move later, so a timer armed for an earlier request fires
+        # early, finds the deadline moved, and re-arms once: a connection serving
+        # thousands of quick requests sets a timer per `timeout` seconds, not per
+        # request (call_later and cancel were a visible share of the hot path).
+        loop = self.loop
+        waiter = loop.create_future()
         self._waiter = waiter
-        handle = (
-            None if timeout is None else self.loop.call_later(timeout, _wake_on_timeout, waiter)
-        )
+        if timeout is None:
+            self._deadline = None
+        else:
+            deadline = loop.time() + timeout
+            self._deadline = deadline
+            if self._timer is None or self._timer_when > deadline:
+                if self._timer is not None:
+                    self._timer.cancel()
+                self._timer = loop.call_at(deadline, self._on_timer)
+                self._timer_when = deadline
         try:
             ok = await waiter
         finally:
             self._waiter = None
-            if handle is not None:
-                handle.cancel()
         if not ok:
             raise httpx.ReadTimeout("Timed out waiting for the server.", request=self._request)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        waiter = self._waiter
+        deadline = self._deadline
+        if waiter is None or waiter.done() or deadline is None:
+            return  # Nobody waiting (now); the next wait arms a new timer.
+        if deadline <= self._timer_when:
+            waiter.set_result(False)
+        else:
+            self._timer = self.loop.call_at(deadline, self._on_timer)
+            self._timer_when = deadline
 
     def _wake(self) -> None:
         waiter = self._waiter

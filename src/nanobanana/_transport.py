@@ -166,17 +166,30 @@ class AsyncioTransport(httpx.AsyncBaseTransport):
             )
         timeouts = request.extensions.get("timeout") or {}
         read_timeout: float | None = timeouts.get("read")
-        write_timeout: float | None = timeouts.get("write")
         # Encode before taking a connection, so that a bad header costs none.
         head, chunked, length, close = encode_head(request)
-        conn = await self._acquire(
-            loop, (scheme, url.raw_host, url.port or default_port), request, timeouts
-        )
+        origin = (scheme, url.raw_host, url.port or default_port)
+        # The common case inline: an idle connection to reuse, no coroutine to await.
+        idle = self._idle.get(origin)
+        conn = self._take_idle(loop, idle) if idle else None
+        if conn is None:
+            conn = await self._acquire(loop, origin, request, timeouts)
         try:
             conn.start(request, close=close)
-            await self._send(
-                conn, request, head, chunked=chunked, length=length, timeout=write_timeout
-            )
+            body = request.stream
+            if isinstance(body, httpx.ByteStream):
+                self._write_bytes(conn, request, body, head, chunked=chunked, length=length)
+                if conn.write_paused:
+                    await conn.drain(timeouts.get("write"))
+            else:
+                await self._write_stream(
+                    conn,
+                    request,
+                    head,
+                    chunked=chunked,
+                    length=length,
+                    timeout=timeouts.get("write"),
+                )
             await conn.receive_head(read_timeout)
         except BaseException:
             self._release(conn, False)
@@ -248,11 +261,7 @@ class AsyncioTransport(httpx.AsyncBaseTransport):
         request: httpx.Request,
         timeouts: dict[str, float | None],
     ) -> H1Connection:
-        idle = self._idle.get(origin)
-        if idle:
-            conn = self._take_idle(loop, idle)
-            if conn is not None:
-                return conn
+        # No idle connection to the origin: open one, or queue for one.
         if not self._n_waiting:
             if self._open < self._max_open:
                 self._open += 1
@@ -462,7 +471,35 @@ class AsyncioTransport(httpx.AsyncBaseTransport):
 
     # -- sending ----------------------------------------------------------------------
 
-    async def _send(
+    def _write_bytes(
+        self,
+        conn: H1Connection,
+        request: httpx.Request,
+        stream: httpx.ByteStream,
+        head: bytes,
+        *,
+        chunked: bool,
+        length: int,
+    ) -> None:
+        # The common case: the body is already in memory (bytes, json=, data=).
+        body = b"".join(stream)
+        if chunked:
+            body = b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body) if body else b"0\r\n\r\n"
+        elif length == -1:
+            if body:
+                # No framing header: add one rather than send an unframed body.
+                head = head[:-2] + b"Content-Length: %d\r\n\r\n" % len(body)
+        elif length != len(body):
+            raise httpx.LocalProtocolError(
+                "Request body does not match its Content-Length.", request=request
+            )
+        if len(body) <= _SMALL_BODY:
+            conn.write(head + body)  # One send() for head and body.
+        else:
+            conn.write(head)
+            conn.write(body)
+
+    async def _write_stream(
         self,
         conn: H1Connection,
         request: httpx.Request,
@@ -473,25 +510,6 @@ class AsyncioTransport(httpx.AsyncBaseTransport):
         timeout: float | None,
     ) -> None:
         stream = request.stream
-        if isinstance(stream, httpx.ByteStream):
-            body = b"".join(stream)
-            if chunked:
-                body = b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body) if body else b"0\r\n\r\n"
-            elif length == -1:
-                if body:
-                    # No framing header: add one rather than send an unframed body.
-                    head = head[:-2] + b"Content-Length: %d\r\n\r\n" % len(body)
-            elif length != len(body):
-                raise httpx.LocalProtocolError(
-                    "Request body does not match its Content-Length.", request=request
-                )
-            if len(body) <= _SMALL_BODY:
-                conn.write(head + body)
-            else:
-                conn.write(head)
-                conn.write(body)
-            await conn.drain(timeout)
-            return
         if not isinstance(stream, httpx.AsyncByteStream):
             raise TypeError("Attempted to send a sync request body with an async transport.")
         if not chunked and length == -1:
@@ -511,11 +529,13 @@ class AsyncioTransport(httpx.AsyncBaseTransport):
                         "Request body is longer than its Content-Length.", request=request
                     )
                 conn.write(chunk)
-            await conn.drain(timeout)
+            if conn.write_paused:
+                await conn.drain(timeout)
         if chunked:
             conn.write(b"0\r\n\r\n")
         elif sent != length:
             raise httpx.LocalProtocolError(
                 "Request body is shorter than its Content-Length.", request=request
             )
-        await conn.drain(timeout)
+        if conn.write_paused:
+            await conn.drain(timeout)
