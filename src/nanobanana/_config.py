@@ -57,17 +57,30 @@ def _env(names: tuple[str, ...]) -> str | None:
     return None
 
 
+def _check_key(value: str, source: str) -> Secret:
+    # An HTTP header carries printable ASCII: a key pasted with a typographic quote or
+    # an accent would otherwise fail at the first call with a bare UnicodeEncodeError.
+    # The message never shows the key.
+    if not (value.isascii() and value.isprintable()):
+        raise ValueError(
+            f"{source} holds characters an HTTP header cannot carry (keys are printable "
+            "ASCII): check it for a stray quote, accent, tab or line break."
+        )
+    return Secret(value)
+
+
 def resolve_api_key(api_key: str | None) -> Secret | None:
     """The key from the argument, else the environment; None when there is none."""
     if api_key is not None:
         if not isinstance(api_key, str):
             raise TypeError(f"api_key must be a str, not {type(api_key).__name__}")
         api_key = api_key.strip()
-        if any(c in api_key for c in "\r\n\0"):
-            raise ValueError("api_key contains a line break or NUL")
-        return Secret(api_key) if api_key else None
-    value = _env(API_KEY_ENV_VARS)
-    return Secret(value) if value else None
+        return _check_key(api_key, "api_key") if api_key else None
+    for name in API_KEY_ENV_VARS:
+        value = os.environ.get(name, "").strip()
+        if value:
+            return _check_key(value, f"${name}")
+    return None
 
 
 def resolve_base_url(base_url: str | httpx.URL | None) -> httpx.URL:

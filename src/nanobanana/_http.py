@@ -13,7 +13,7 @@ import random
 import sys
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 
@@ -105,6 +105,22 @@ class AutoTransport(httpx.AsyncBaseTransport):
         """Close the chosen transport, if any."""
         if self._inner is not None:
             await self._inner.aclose()
+
+
+_E = TypeVar("_E", bound=NanoBananaError)
+_REDACTED = "[api key]"
+_MIN_SCRUBBED_KEY = 8
+
+
+def _scrub_value(value: Any, key: str) -> Any:
+    """``value`` (parsed JSON or text) with every occurrence of ``key`` redacted."""
+    if isinstance(value, str):
+        return value.replace(key, _REDACTED)
+    if isinstance(value, dict):
+        return {_scrub_value(k, key): _scrub_value(v, key) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_scrub_value(item, key) for item in value]
+    return value
 
 
 def _describe(exc: httpx.HTTPError) -> str:
@@ -213,13 +229,29 @@ class Requester:
         try:
             return json.loads(response.content)
         except ValueError:
-            raise UnexpectedResponseError(
-                f"Unexpected response to {method} {path}: {response.status_code} with a body "
-                f"that is not JSON ({response.headers.get('content-type', 'no content type')}).",
-                body=response.text[:500],
-                # A 2xx to POST /generate was accepted, and so charged.
-                may_have_been_charged=kind is RequestKind.GENERATE,
+            raise self._scrub(
+                UnexpectedResponseError(
+                    f"Unexpected response to {method} {path}: {response.status_code} with a "
+                    f"body that is not JSON "
+                    f"({response.headers.get('content-type', 'no content type')}).",
+                    body=response.text[:500],
+                    # A 2xx to POST /generate was accepted, and so charged.
+                    may_have_been_charged=kind is RequestKind.GENERATE,
+                )
             ) from None
+
+    def _scrub(self, error: _E) -> _E:
+        """Take the key out of an error's text and body, should the server echo it."""
+        key = self.api_key.reveal() if self.api_key is not None else ""
+        if len(key) < _MIN_SCRUBBED_KEY:  # too short to replace without garbling text
+            return error
+        if key in error.message:
+            error.message = error.message.replace(key, _REDACTED)
+            error.args = (error.message,)
+        body = getattr(error, "body", None)
+        if body is not None and key in repr(body):
+            error.body = _scrub_value(body, key)  # type: ignore[attr-defined]
+        return error
 
     @asynccontextmanager
     async def stream(
@@ -325,10 +357,12 @@ class Requester:
                         now=clock.time(),
                         cap=policy.retry_after_max,
                     )
-                    error = make_status_error(
-                        response,
-                        retry_after=retry_after,
-                        may_have_been_charged=verdict.may_have_been_charged,
+                    error = self._scrub(
+                        make_status_error(
+                            response,
+                            retry_after=retry_after,
+                            may_have_been_charged=verdict.may_have_been_charged,
+                        )
                     )
                     if outcome is Outcome.RATE_LIMITED:
                         self._learn_from_429(error)
