@@ -38,10 +38,13 @@ async def client(transport):
         yield client
 
 
-async def until(predicate) -> None:
+async def until(predicate, *, steps: int | None = None) -> None:
     # Let the loop run callbacks (connection_lost, a handler's next step) until the
-    # condition holds; the per-test timeout bounds it.
+    # condition holds; the per-test timeout bounds it, or `steps` loop iterations.
+    step = 0
     while not predicate():
+        step += 1
+        assert steps is None or step <= steps, "condition still false"
         await asyncio.sleep(0)
 
 
@@ -235,16 +238,21 @@ async def test_sequential_requests_reuse_one_connection(client, transport):
     assert server.connections == 1
 
 
-async def test_server_closing_an_idle_connection_means_a_new_one_next_time(client, transport):
+async def test_server_closing_an_idle_connection_means_a_new_one_next_time():
     async def handler(conn: ServerConn) -> None:
         await conn.read_request()
         await conn.respond(b"conn %d" % conn.index)
         conn.close()
 
-    async with ScriptedServer(handler) as server:
+    # No keep-alive expiry: only noticing the close can free the slot.
+    transport = AsyncioTransport(limits=httpx.Limits(keepalive_expiry=None))
+    async with (
+        ScriptedServer(handler) as server,
+        httpx.AsyncClient(transport=transport) as client,
+    ):
         first = await client.get(server.url)
-        # The pool notices the close by itself and frees the slot.
-        await until(lambda: transport.stats().open == 0)
+        # The pool notices the close by itself, within a few loop steps.
+        await until(lambda: transport.stats().open == 0, steps=1000)
         second = await client.get(server.url)
     assert (first.content, second.content) == (b"conn 1", b"conn 2")
     assert server.connections == 2

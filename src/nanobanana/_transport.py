@@ -17,7 +17,8 @@ How the pool stays cheap:
   frees a connection or a slot hands it straight to the first live waiter. A waiter
   that gives up (timeout, cancellation) is not searched for: its future is done, and
   it is skipped when it reaches the head of the queue.
-- Every wait is a future with a timer; no task is ever created per request.
+- Every wait is a plain future, woken by a protocol callback or a timer; no task is
+  created per request, and read timers are re-armed lazily (see `nanobanana._h1`).
 """
 
 from __future__ import annotations
@@ -115,6 +116,7 @@ class AsyncioTransport(httpx.AsyncBaseTransport):
         )
         self._expiry = limits.keepalive_expiry
         self._ssl_context = ssl_context
+        self._fallback: httpx.AsyncHTTPTransport | None = None
         self._reset()
 
     def _reset(self) -> None:
@@ -128,7 +130,6 @@ class AsyncioTransport(httpx.AsyncBaseTransport):
         )
         self._n_waiting = 0
         self._sweep_handle: asyncio.TimerHandle | None = None
-        self._fallback: httpx.AsyncHTTPTransport | None = None
 
     def stats(self) -> TransportStats:
         """Count the pool's connections and queued requests."""
@@ -450,7 +451,8 @@ class AsyncioTransport(httpx.AsyncBaseTransport):
             self._conns.discard(conn)
             self._open -= 1
             self._grant_slot()
-            if isinstance(exc, TimeoutError):
+            # asyncio.TimeoutError is TimeoutError only from Python 3.11 on.
+            if isinstance(exc, (TimeoutError, asyncio.TimeoutError)):
                 raise httpx.ConnectTimeout("Timed out connecting.", request=request) from exc
             if isinstance(exc, OSError):
                 raise httpx.ConnectError(str(exc) or repr(exc), request=request) from exc
