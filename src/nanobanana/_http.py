@@ -11,8 +11,7 @@ import json
 import logging
 import random
 import sys
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
@@ -126,6 +125,34 @@ def _scrub_value(value: Any, key: str) -> Any:
 def _describe(exc: httpx.HTTPError) -> str:
     text = str(exc) or type(exc).__name__
     return f"{type(exc).__name__}: {text}"
+
+
+class _StreamContext:
+    """`Requester.stream`'s context manager: a class, not an ``@asynccontextmanager``.
+
+    A generator-based one is a second async generator inside the stream's own. When
+    trio ends a run it closes the async generators still alive one by one, in no
+    particular order: closing the inner one first made the outer one's ``async with``
+    fail with "generator didn't stop after athrow()". A class has nothing to close.
+    """
+
+    def __init__(self, send: Callable[[], Awaitable[httpx.Response]], governor: Governor) -> None:
+        self._send = send
+        self._governor = governor
+        self._response: httpx.Response | None = None
+
+    async def __aenter__(self) -> httpx.Response:
+        self._response = await self._send()
+        return self._response
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        response, self._response = self._response, None
+        if response is None:
+            return
+        try:
+            await response.aclose()
+        finally:
+            self._governor.release()
 
 
 class Requester:
@@ -253,34 +280,33 @@ class Requester:
             error.body = _scrub_value(body, key)  # type: ignore[attr-defined]
         return error
 
-    @asynccontextmanager
-    async def stream(
+    def stream(
         self,
         method: str,
         path: str,
         *,
         kind: RequestKind,
         json_body: Any = None,
-    ) -> AsyncIterator[httpx.Response]:
-        """Open a streaming request; the 2xx response holds its governor slot until exit."""
-        response = await self._send(
-            method,
-            path,
-            kind=kind,
-            json_body=json_body,
-            params=None,
-            auth=True,
-            deadline=None,
-            stream=True,
-            accept="text/event-stream",
-        )
-        try:
-            yield response
-        finally:
-            try:
-                await response.aclose()
-            finally:
-                self.governor.release()
+    ) -> _StreamContext:
+        """Open a streaming request; the 2xx response holds its governor slot until exit.
+
+        Use as ``async with requester.stream(...) as response:``.
+        """
+
+        async def send() -> httpx.Response:
+            return await self._send(
+                method,
+                path,
+                kind=kind,
+                json_body=json_body,
+                params=None,
+                auth=True,
+                deadline=None,
+                stream=True,
+                accept="text/event-stream",
+            )
+
+        return _StreamContext(send, self.governor)
 
     async def _send(
         self,
