@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import shutil
 import socket
 import ssl
@@ -1090,3 +1091,27 @@ async def test_https_with_an_untrusted_certificate_is_a_connect_error(
         with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
             await client.get(server.url)
     assert transport.stats() == IDLE_POOL
+
+
+async def test_aclose_from_a_later_loop_after_the_first_loop_ended(transport):
+    # asyncio.run() returned with a connection idle in the pool: its loop is closed,
+    # and a later aclose() must still release the socket, without an error or an
+    # "unclosed transport" warning at garbage collection.
+    client_gone = asyncio.Event()
+
+    async def handler(conn: ServerConn) -> None:
+        await keep_alive_ok(conn)
+        client_gone.set()
+
+    async with ScriptedServer(handler) as server:
+
+        async def use() -> bytes:
+            response = await transport.handle_async_request(httpx.Request("GET", server.url))
+            return await response.aread()
+
+        assert await asyncio.to_thread(asyncio.run, use()) == b"ok"
+        assert transport.stats() == one_idle()
+        await asyncio.to_thread(asyncio.run, transport.aclose())
+        assert transport.stats() == IDLE_POOL
+        gc.collect()  # An unclosed transport would warn here, failing the test.
+        await client_gone.wait()

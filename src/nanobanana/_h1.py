@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 from collections.abc import AsyncIterator, Callable
 from typing import Final
 
@@ -111,6 +112,18 @@ def _parse_length(value: bytes, error: type[httpx.ProtocolError]) -> int:
     ):
         raise error(f"Invalid Content-Length: {value!r}.")
     return int(first)
+
+
+def _close_orphan(transport: asyncio.Transport) -> None:
+    # The connection's event loop has been closed (asyncio.run() returned while it
+    # sat in the pool), so transport.close() would raise "Event loop is closed".
+    # asyncio's socket transports release their socket in _call_connection_lost,
+    # which needs no loop. It is private, so it is only tried where it exists; a
+    # transport without it (TLS, other loops) is left to the garbage collector.
+    release = getattr(transport, "_call_connection_lost", None)
+    if release is not None:
+        with contextlib.suppress(Exception):
+            release(None)
 
 
 def _wake_on_timeout(waiter: asyncio.Future[bool]) -> None:
@@ -223,15 +236,23 @@ class H1Connection(asyncio.Protocol):
         """Close the socket, now or as soon as it is connected. Idempotent."""
         self._keep_alive = False
         self._closing = True
-        if self._transport is not None:
-            self._transport.close()
+        transport = self._transport
+        if transport is not None:
+            if self.loop.is_closed():
+                _close_orphan(transport)
+            else:
+                transport.close()
 
     def abort(self) -> None:
         """Drop the socket at once, without flushing what is still buffered."""
         self._keep_alive = False
         self._closing = True
-        if self._transport is not None:
-            self._transport.abort()
+        transport = self._transport
+        if transport is not None:
+            if self.loop.is_closed():
+                _close_orphan(transport)
+            else:
+                transport.abort()
 
     # -- sending --------------------------------------------------------------------
 

@@ -210,7 +210,19 @@ class AsyncioTransport(httpx.AsyncBaseTransport):
         return httpx.Response(status, headers=headers, stream=stream, extensions=extensions)
 
     async def aclose(self) -> None:
-        """Close every connection, and fail the requests waiting for one."""
+        """Close every connection, and fail the requests waiting for one.
+
+        It may be awaited on a later event loop than the one the connections were made
+        on, once that one has ended (a client used across `asyncio.run()` calls).
+        """
+        loop = self._loop
+        if loop is not None and loop.is_closed():
+            # Nothing can be waiting on, or release anything to, a loop that has
+            # ended: close the sockets it left and start afresh.
+            self._close_orphans()
+            if self._fallback is not None:
+                await self._fallback.aclose()
+            return
         if self._sweep_handle is not None:
             self._sweep_handle.cancel()
             self._sweep_handle = None
@@ -251,9 +263,15 @@ class AsyncioTransport(httpx.AsyncBaseTransport):
                     "create one transport per event loop."
                 )
             # Whatever the old, closed loop held is dead: start afresh.
-            self._reset()
+            self._close_orphans()
             self._loop = loop
         return loop
+
+    def _close_orphans(self) -> None:
+        for conn in list(self._conns):
+            conn.in_pool = False
+            conn.close()
+        self._reset()
 
     async def _acquire(
         self,
