@@ -33,16 +33,6 @@ def sim():
         yield s
 
 
-@pytest.fixture
-def orphan_sockets():
-    """For a client whose event loop has ended, and so cannot be closed (see the xfail
-    below): its sockets are collected at teardown, quietly, not in a later test."""
-    yield
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ResourceWarning)
-        gc.collect()
-
-
 def every_call(client, generation, tmp_path):
     """One coroutine per kind of call (made lazily, inside the loop that awaits it)."""
     return {
@@ -66,9 +56,7 @@ async def _expect_clear_errors(calls) -> dict[str, str]:
     return messages
 
 
-def test_a_second_asyncio_run_fails_clearly_for_every_call_and_sends_nothing(
-    sim, tmp_path, orphan_sockets
-):
+def test_a_second_asyncio_run_fails_clearly_for_every_call_and_sends_nothing(sim, tmp_path):
     client = fast_client(sim)
     generation = asyncio.run(client.generate("first loop"))
     sent = len(sim.requests)
@@ -77,17 +65,17 @@ def test_a_second_asyncio_run_fails_clearly_for_every_call_and_sends_nothing(
     assert not any("Event loop is closed" in m for m in messages.values())
     assert len(sim.requests) == sent
     assert list(tmp_path.iterdir()) == []
-    client._closed = True  # its loop has ended: it cannot be closed (see the xfail below)
+    asyncio.run(client.aclose())  # closing is the one thing another loop may do
 
 
-def test_a_trio_run_after_asyncio_fails_clearly_and_sends_nothing(sim, tmp_path, orphan_sockets):
+def test_a_trio_run_after_asyncio_fails_clearly_and_sends_nothing(sim, tmp_path):
     client = fast_client(sim)
     generation = asyncio.run(client.generate("first loop"))
     sent = len(sim.requests)
     messages = trio.run(_expect_clear_errors, every_call(client, generation, tmp_path))
     assert len(messages) == 8
     assert len(sim.requests) == sent
-    client._closed = True  # its loop has ended: it cannot be closed (see the xfail below)
+    asyncio.run(client.aclose())  # closing is the one thing another loop may do
 
 
 async def test_a_loop_in_another_thread_fails_clearly_while_the_first_still_runs(sim, tmp_path):
@@ -102,28 +90,15 @@ async def test_a_loop_in_another_thread_fails_clearly_while_the_first_still_runs
         assert await client.credits() == 99
 
 
-@pytest.mark.xfail(
-    reason="_transport.py AsyncioTransport.aclose() closes each connection's asyncio "
-    "transport, which schedules on the loop that made it: once that loop is closed, "
-    "aclose() from a later loop raises RuntimeError('Event loop is closed')",
-    strict=True,
-    raises=RuntimeError,
-)
 def test_a_client_whose_loop_has_ended_can_be_closed_from_a_later_loop(sim):
     client = fast_client(sim)
     asyncio.run(client.credits())
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", ResourceWarning)
-            asyncio.run(client.aclose())
-            assert client.is_closed
-            del client
-            gc.collect()
-    finally:
-        # Whatever happened, leave no socket for a later test's garbage collection.
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ResourceWarning)
-            gc.collect()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ResourceWarning)
+        asyncio.run(client.aclose())
+        assert client.is_closed
+        del client
+        gc.collect()
 
 
 def _drop_and_collect(holder: list[AsyncNanoBanana]) -> None:
