@@ -360,13 +360,21 @@ async def test_an_endless_stream_of_heartbeats_keeps_memory_flat_until_the_calle
     assert peak[0] < 16 * MB, peak
 
 
-@pytest.mark.parametrize("how", ["move_on_after", "asyncio.timeout", "task.cancel"])
+@pytest.mark.parametrize("how", ["move_on_after", "asyncio.wait_for", "task.cancel"])
 async def test_an_endless_stream_without_events_is_cancellable_and_leaves_nothing(how):
     # Comments and blank lines only: bytes keep coming, so no idle timeout fires, and
     # there is no event to yield. Only the caller's own deadline can end it.
+    flowing = asyncio.Event()
+
     async def handler(request, writer):
         writer.write(sse_head())
-        await _write_until_gone(writer, b": ping\n\n" * 100, 256 * MB)
+        await writer.drain()
+        with contextlib.suppress(ConnectionError):
+            for _ in range(4):  # the client is reading: it has taken 4 batches
+                writer.write(b": ping\n\n" * 100)
+                await writer.drain()
+            flowing.set()
+            await _write_until_gone(writer, b": ping\n\n" * 100, 256 * MB)
 
     async def consume(client):
         async for _ in client.stream("p"):
@@ -377,15 +385,16 @@ async def test_an_endless_stream_without_events_is_cancellable_and_leaves_nothin
             with anyio.move_on_after(0.2) as scope:
                 await consume(client)
             assert scope.cancelled_caught
-        elif how == "asyncio.timeout":
+        elif how == "asyncio.wait_for":
             with pytest.raises(TimeoutError):
                 await asyncio.wait_for(consume(client), 0.2)
         else:
             task = asyncio.create_task(consume(client))
-            await asyncio.sleep(0.2)
+            await flowing.wait()
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
+        assert flowing.is_set()
         assert_no_leaks(client)
 
 

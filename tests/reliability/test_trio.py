@@ -124,7 +124,12 @@ def test_trio_cancel_scopes_leave_no_slot_or_connection_and_the_client_goes_on(s
             with trio.CancelScope() as scope:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(job.wait)
-                    await trio.sleep(0.05)
+                    # Cancelled once it is polling (it polls every 10-20 ms).
+                    await sim.wait_for_async(
+                        lambda: any(
+                            r.method == "GET" and r.generation_id == job.id for r in sim.requests
+                        )
+                    )
                     scope.cancel()
             assert scope.cancelled_caught
             assert_no_leaks(client)
