@@ -240,7 +240,13 @@ async def _fetch_once(
 ) -> Path:
     http = client.http_client
     shown = _redact(url)
-    headers = {"User-Agent": client.user_agent, "Accept": "image/*,*/*;q=0.8"}
+    # identity: images are compressed already, and a gzip-encoded body would be
+    # inflated a whole network read at a time, ahead of the max_size check.
+    headers = {
+        "User-Agent": client.user_agent,
+        "Accept": "image/*,*/*;q=0.8",
+        "Accept-Encoding": "identity",
+    }
     for _hop in range(MAX_REDIRECTS + 1):
         request = httpx.Request("GET", url, headers=headers)
         try:
@@ -337,7 +343,16 @@ async def _copy(response: httpx.Response, file: BinaryIO, max_size: int, shown: 
     extension: str | None = None
     head = b""
     size = 0
+    encoding = response.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        raise DownloadError(
+            f"Image {shown}: the server sent a {encoding}-encoded body though identity "
+            "was asked for; refused (its size cannot be bounded before inflating it).",
+            url=shown,
+            status_code=response.status_code,
+        )
     try:
+        # With the encoding checked above, httpx's decoder here is the identity one.
         async for chunk in response.aiter_bytes():
             size += len(chunk)
             if size > max_size:

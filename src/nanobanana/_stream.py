@@ -19,6 +19,7 @@ and a small state object as arguments instead.
 from __future__ import annotations
 
 import json
+import math
 from typing import TYPE_CHECKING, Any, cast
 
 import attrs
@@ -172,17 +173,18 @@ class _State:
 
 
 def _progress(value: Any) -> int:
+    # json.loads reads 1e400 as inf and accepts NaN; int() refuses both.
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return 0
-    if value != value:  # NaN  # noqa: PLR0124
-        return 0
+    if not math.isfinite(value):
+        return 100 if value > 0 else 0
     return max(0, min(100, int(value)))
 
 
 def _opt_int(value: Any) -> int | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
-    return int(value)
+    return int(value) if math.isfinite(value) else None
 
 
 def _payloads(data: str) -> list[dict[str, Any]]:
@@ -206,17 +208,20 @@ async def _check_content_type(response: httpx.Response) -> None:
     if content_type.partition(";")[0].strip().lower() == _EVENT_STREAM:
         return
     head = b""
-    async for chunk in response.aiter_bytes():
-        head += chunk
-        if len(head) >= _PEEK:
-            break
+    try:
+        async for chunk in response.aiter_bytes():
+            head += chunk
+            if len(head) >= _PEEK:
+                break
+    except httpx.TransportError:
+        pass  # What arrived is enough for the message; the error below is the news.
     text = head[:_PEEK].decode("utf-8", "replace")
     raise UnexpectedResponseError(
         f"Unexpected response to POST /generate (stream): {response.status_code} with "
-        f"content type {content_type or 'none'!r}, expected {_EVENT_STREAM}. The "
-        "generation may have been charged.",
+        f"content type {content_type or 'none'!r}, expected {_EVENT_STREAM}.",
         field="content-type",
         body=text,
+        may_have_been_charged=True,
     )
 
 

@@ -40,8 +40,7 @@ RANDOM_KINDS = (
     "reset_before",
     "reset_after",
     "delay",
-    # Not "wrong_content_type": met with a cut stream it escapes as a bare httpx error
-    # (see test_hostile_server.py, xfail); it has its own tests there.
+    "wrong_content_type",
     "sse_cut",
     "sse_split",
     "sse_junk",
