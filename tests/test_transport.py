@@ -15,7 +15,8 @@ import pytest
 import respx
 import trio
 
-from nanobanana._h1 import MAX_HEAD, H1Connection
+from nanobanana._connection import H1Connection
+from nanobanana._h1 import MAX_HEAD
 from nanobanana._transport import AsyncioTransport, TransportStats
 from transport_servers import ScriptedServer, ServerConn, keep_alive_ok
 
@@ -851,7 +852,7 @@ async def test_closing_a_fully_received_response_keeps_the_connection(client, tr
         async with client.stream("GET", server.url) as response:
             assert await anext(response.aiter_raw()) == b"abc"
             rest_sent.set()
-            (conn,) = transport._conns
+            (conn,) = transport._pool._conns
             await until(lambda: conn.response_complete)
             # Closed without reading "def": the response is whole, so the connection
             # is in a known state and goes back to the pool.

@@ -6,62 +6,36 @@ aiohttp does against the same server, while the httpx client layer above it is f
 This transport keeps the httpx interface (users still pass an `httpx.AsyncClient`)
 and replaces only what is below it.
 
-How the pool stays cheap:
-
-- Connections are counted, not scanned. `_open` is the number of connections open or
-  being opened; it never exceeds `max_connections`.
-- Idle connections wait in one deque per origin. Requests reuse the newest (LIFO, the
-  one least likely to have been closed by the server); the keep-alive sweep closes
-  the oldest from the other end.
-- Requests that find no connection and no free slot queue FIFO as futures. Whoever
-  frees a connection or a slot hands it straight to the first live waiter. A waiter
-  that gives up (timeout, cancellation) is not searched for: its future is done, and
-  it is skipped when it reaches the head of the queue.
-- Every wait is a plain future, woken by a protocol callback or a timer; no task is
-  created per request, and read timers are re-armed lazily (see `nanobanana._h1`).
+This module is the httpx-facing side: it turns an `httpx.Request` into bytes on a
+connection and the response into an `httpx.Response`, falls back to httpx's own
+transport when respx mocks it, and reports the pool's counts. The pool is in
+`nanobanana._pool`, one connection in `nanobanana._connection`, and the HTTP/1.1
+parsing in `nanobanana._h1`.
 """
 
 from __future__ import annotations
 
-import asyncio
-import collections
 import sys
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, Final
 
 import attrs
 import httpx
 
-from nanobanana._h1 import H1Connection, Origin, ResponseStream, encode_head
+from nanobanana._connection import H1Connection
+from nanobanana._h1 import encode_head
+from nanobanana._pool import ConnectionPool
 
 if TYPE_CHECKING:
     import ssl
-    from collections.abc import Coroutine
 
-__all__ = ["AsyncioTransport", "TransportStats"]
+__all__ = ["AsyncioTransport", "ResponseStream", "TransportStats"]
 
-_T = TypeVar("_T")
-# What a queued request's future resolves to, besides a connection handed over.
-_GRANTED: Final = 1  # A slot: open a new connection.
-_TIMED_OUT: Final = 2  # The pool timeout passed first.
-_CLOSED: Final = 3  # The transport was closed.
 _SMALL_BODY: Final = 64 * 1024  # Bodies up to this size go out in the head's write.
 
 DEFAULT_LIMITS: Final = httpx.Limits(
     max_connections=100, max_keepalive_connections=100, keepalive_expiry=5.0
 )
-
-if sys.version_info >= (3, 11):
-
-    async def _with_timeout(coro: Coroutine[Any, Any, _T], timeout: float | None) -> _T:
-        # Runs in the calling task, so a cancellation cannot land between the
-        # connection being made and us holding it.
-        async with asyncio.timeout(timeout):
-            return await coro
-
-else:  # pragma: no cover - exercised on 3.10 only
-
-    async def _with_timeout(coro: Coroutine[Any, Any, _T], timeout: float | None) -> _T:
-        return await asyncio.wait_for(coro, timeout)
 
 
 @attrs.frozen(kw_only=True)
@@ -79,6 +53,59 @@ class TransportStats:
     idle: int
     active: int
     waiting: int
+
+
+class ResponseStream(httpx.AsyncByteStream):
+    """The body of a response still arriving, handed to httpx as the response stream.
+
+    Iterating yields bytes as they arrive. Reaching the end gives the connection back
+    to the pool; closing earlier, or any error or cancellation while reading, closes
+    it instead, since its state is then unknown.
+    """
+
+    def __init__(
+        self,
+        conn: H1Connection,
+        release: Callable[[H1Connection, bool], None],
+        timeout: float | None,
+    ) -> None:
+        self._conn: H1Connection | None = conn
+        self._release = release
+        self._timeout = timeout
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self
+
+    async def __anext__(self) -> bytes:
+        conn = self._conn
+        if conn is None:
+            raise StopAsyncIteration
+        try:
+            chunk = await conn.receive_body(self._timeout)
+        except BaseException:
+            self._conn = None
+            self._release(conn, False)
+            raise
+        if chunk is None:
+            self._conn = None
+            conn.finish()
+            self._release(conn, True)
+            raise StopAsyncIteration
+        return chunk
+
+    async def aclose(self) -> None:
+        """Release the connection: back to the pool only if the response was complete."""
+        conn = self._conn
+        if conn is not None:
+            self._conn = None
+            # A response fully received but not fully iterated leaves the connection
+            # in a known state, so it may be reused; anything else may not.
+            if conn.response_complete:
+                conn.take_body()
+                conn.finish()
+                self._release(conn, True)
+            else:
+                self._release(conn, False)
 
 
 class AsyncioTransport(httpx.AsyncBaseTransport):
@@ -108,36 +135,17 @@ class AsyncioTransport(httpx.AsyncBaseTransport):
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self._limits = limits
-        self._max_open = sys.maxsize if limits.max_connections is None else limits.max_connections
-        self._max_idle = (
-            sys.maxsize
-            if limits.max_keepalive_connections is None
-            else limits.max_keepalive_connections
-        )
-        self._expiry = limits.keepalive_expiry
-        self._ssl_context = ssl_context
+        self._pool = ConnectionPool(limits=limits, ssl_context=ssl_context)
         self._fallback: httpx.AsyncHTTPTransport | None = None
-        self._reset()
-
-    def _reset(self) -> None:
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._idle: dict[Origin, collections.deque[H1Connection]] = {}
-        self._n_idle = 0
-        self._open = 0
-        self._conns: set[H1Connection] = set()
-        self._waiters: collections.deque[tuple[asyncio.Future[H1Connection | int], Origin]] = (
-            collections.deque()
-        )
-        self._n_waiting = 0
-        self._sweep_handle: asyncio.TimerHandle | None = None
 
     def stats(self) -> TransportStats:
         """Count the pool's connections and queued requests."""
+        pool = self._pool
         return TransportStats(
-            open=self._open,
-            idle=self._n_idle,
-            active=self._open - self._n_idle,
-            waiting=self._n_waiting,
+            open=pool.open_count,
+            idle=pool.idle_count,
+            active=pool.open_count - pool.idle_count,
+            waiting=pool.waiting_count,
         )
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
@@ -154,7 +162,8 @@ class AsyncioTransport(httpx.AsyncBaseTransport):
         if mocks is not None and mocks.HTTPCoreMocker._patches:
             # respx's default mocker patches httpcore's pools, which we bypass.
             return await self._respx_transport().handle_async_request(request)
-        loop = self._bind_loop()
+        pool = self._pool
+        loop = pool.bind_loop()
         url = request.url
         scheme = url.raw_scheme
         if scheme == b"https":
@@ -170,11 +179,10 @@ class AsyncioTransport(httpx.AsyncBaseTransport):
         # Encode before taking a connection, so that a bad header costs none.
         head, chunked, length, close = encode_head(request)
         origin = (scheme, url.raw_host, url.port or default_port)
-        # The common case inline: an idle connection to reuse, no coroutine to await.
-        idle = self._idle.get(origin)
-        conn = self._take_idle(loop, idle) if idle else None
+        # The common case first: an idle connection to reuse, no coroutine to await.
+        conn = pool.reuse(loop, origin)
         if conn is None:
-            conn = await self._acquire(loop, origin, request, timeouts)
+            conn = await pool.acquire(loop, origin, request, timeouts)
         try:
             conn.start(request, close=close)
             body = request.stream
@@ -193,7 +201,7 @@ class AsyncioTransport(httpx.AsyncBaseTransport):
                 )
             await conn.receive_head(read_timeout)
         except BaseException:
-            self._release(conn, False)
+            pool.release(conn, False)
             raise
         status = conn.status
         headers = conn.headers
@@ -204,9 +212,9 @@ class AsyncioTransport(httpx.AsyncBaseTransport):
             # bodies): give the connection back now and skip the streaming machinery.
             stream = httpx.ByteStream(conn.take_body())
             conn.finish()
-            self._release(conn, True)
+            pool.release(conn, True)
         else:
-            stream = ResponseStream(conn, self._release, read_timeout)
+            stream = ResponseStream(conn, pool.release, read_timeout)
         return httpx.Response(status, headers=headers, stream=stream, extensions=extensions)
 
     async def aclose(self) -> None:
@@ -215,277 +223,14 @@ class AsyncioTransport(httpx.AsyncBaseTransport):
         It may be awaited on a later event loop than the one the connections were made
         on, once that one has ended (a client used across `asyncio.run()` calls).
         """
-        loop = self._loop
-        if loop is not None and loop.is_closed():
-            # Nothing can be waiting on, or release anything to, a loop that has
-            # ended: close the sockets it left and start afresh.
-            self._close_orphans()
-            if self._fallback is not None:
-                await self._fallback.aclose()
-            return
-        if self._sweep_handle is not None:
-            self._sweep_handle.cancel()
-            self._sweep_handle = None
-        self._open -= self._n_idle
-        self._n_idle = 0
-        self._idle.clear()
-        conns = list(self._conns)
-        for conn in conns:
-            conn.in_pool = False
-            conn.close()
-        while self._waiters:
-            future, _ = self._waiters.popleft()
-            if not future.done():
-                future.set_result(_CLOSED)
-        self._n_waiting = 0
-        if conns:
-            # Let the loop run the transports' connection_lost callbacks, so that no
-            # socket outlives the close.
-            await asyncio.sleep(0)
+        await self._pool.aclose()
         if self._fallback is not None:
             await self._fallback.aclose()
-
-    # -- the pool -------------------------------------------------------------------
-
-    def _bind_loop(self) -> asyncio.AbstractEventLoop:
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            raise RuntimeError(
-                "AsyncioTransport needs a running asyncio event loop; "
-                "under trio, use httpx.AsyncHTTPTransport."
-            ) from None
-        if loop is not self._loop:
-            old = self._loop
-            if old is not None and self._open and not old.is_closed():
-                raise RuntimeError(
-                    "AsyncioTransport was used on another event loop that is still open; "
-                    "create one transport per event loop."
-                )
-            # Whatever the old, closed loop held is dead: start afresh.
-            self._close_orphans()
-            self._loop = loop
-        return loop
-
-    def _close_orphans(self) -> None:
-        for conn in list(self._conns):
-            conn.in_pool = False
-            conn.close()
-        self._reset()
-
-    async def _acquire(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        origin: Origin,
-        request: httpx.Request,
-        timeouts: dict[str, float | None],
-    ) -> H1Connection:
-        # No idle connection to the origin: open one, or queue for one.
-        if not self._n_waiting:
-            if self._open < self._max_open:
-                self._open += 1
-                return await self._connect(loop, origin, request, timeouts.get("connect"))
-            if self._n_idle:
-                # Full, but with idle connections to other origins: close the oldest
-                # one and use its slot.
-                self._evict_one()
-                return await self._connect(loop, origin, request, timeouts.get("connect"))
-        got = await self._queue(loop, origin, request, timeouts.get("pool"))
-        if isinstance(got, H1Connection):
-            return got
-        return await self._connect(loop, origin, request, timeouts.get("connect"))
-
-    def _take_idle(
-        self, loop: asyncio.AbstractEventLoop, idle: collections.deque[H1Connection]
-    ) -> H1Connection | None:
-        expiry = self._expiry
-        now = 0.0 if expiry is None else loop.time()
-        while idle:
-            conn = idle.pop()
-            self._n_idle -= 1
-            conn.in_pool = False
-            if conn.reusable and (expiry is None or now - conn.idle_since < expiry):
-                return conn
-            self._discard(conn)
-        return None
-
-    def _evict_one(self) -> None:
-        for idle in self._idle.values():
-            if idle:
-                conn = idle.popleft()
-                self._n_idle -= 1
-                conn.in_pool = False
-                conn.close()
-                return
-
-    async def _queue(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        origin: Origin,
-        request: httpx.Request,
-        timeout: float | None,
-    ) -> H1Connection | int:
-        future: asyncio.Future[H1Connection | int] = loop.create_future()
-        self._waiters.append((future, origin))
-        self._n_waiting += 1
-        handle = None if timeout is None else loop.call_later(timeout, self._expire, future)
-        try:
-            got = await future
-        except BaseException:
-            if future.done() and not future.cancelled():
-                # Served in the same loop step as we were cancelled: what we were
-                # given must go back, or a slot leaks (httpcore issue 1093).
-                self._give_back(future.result())
-            else:
-                future.cancel()
-                self._n_waiting -= 1
-            raise
-        finally:
-            if handle is not None:
-                handle.cancel()
-        if got == _TIMED_OUT:
-            raise httpx.PoolTimeout("Timed out waiting for a connection.", request=request)
-        if got == _CLOSED:
-            raise RuntimeError("The transport was closed while the request waited.")
-        return got
-
-    def _expire(self, future: asyncio.Future[H1Connection | int]) -> None:
-        if not future.done():
-            future.set_result(_TIMED_OUT)
-            self._n_waiting -= 1
-
-    def _give_back(self, got: H1Connection | int) -> None:
-        if isinstance(got, H1Connection):
-            self._release(got, True)
-        elif got == _GRANTED:
-            self._open -= 1
-            self._grant_slot()
-
-    def _next_waiter(self) -> tuple[asyncio.Future[H1Connection | int], Origin]:
-        # Only called while _n_waiting > 0, so a live waiter is in the queue.
-        waiters = self._waiters
-        while True:
-            future, origin = waiters.popleft()
-            if not future.done():
-                self._n_waiting -= 1
-                return future, origin
-
-    def _grant_slot(self) -> None:
-        if self._n_waiting and self._open < self._max_open:
-            future, _ = self._next_waiter()
-            self._open += 1
-            future.set_result(_GRANTED)
-
-    def _release(self, conn: H1Connection, reuse: bool) -> None:
-        if not (reuse and conn.reusable):
-            self._discard(conn)
-            return
-        if self._n_waiting:
-            future, origin = self._next_waiter()
-            if origin == conn.origin:
-                future.set_result(conn)
-            else:
-                conn.close()
-                future.set_result(_GRANTED)
-            return
-        if self._n_idle >= self._max_idle:
-            self._discard(conn)
-            return
-        loop = conn.loop
-        conn.idle_since = loop.time()
-        conn.in_pool = True
-        idle = self._idle.get(conn.origin)
-        if idle is None:
-            idle = self._idle[conn.origin] = collections.deque()
-        idle.append(conn)
-        self._n_idle += 1
-        if self._sweep_handle is None and self._expiry is not None:
-            self._sweep_handle = loop.call_later(self._expiry, self._sweep, loop, self._expiry)
-
-    def _discard(self, conn: H1Connection) -> None:
-        conn.close()
-        self._open -= 1
-        self._grant_slot()
-
-    def _sweep(self, loop: asyncio.AbstractEventLoop, expiry: float) -> None:
-        # Close idle connections past keepalive_expiry, oldest first, then come back
-        # when the next oldest expires: one timer for the whole pool.
-        self._sweep_handle = None
-        now = loop.time()
-        oldest = None
-        for origin, idle in list(self._idle.items()):
-            while idle and now - idle[0].idle_since >= expiry:
-                conn = idle.popleft()
-                self._n_idle -= 1
-                conn.in_pool = False
-                self._discard(conn)
-            if idle:
-                since = idle[0].idle_since
-                oldest = since if oldest is None else min(oldest, since)
-            else:
-                del self._idle[origin]
-        if oldest is not None:
-            self._sweep_handle = loop.call_at(oldest + expiry, self._sweep, loop, expiry)
-
-    def _on_lost(self, conn: H1Connection) -> None:
-        # Called by the connection when its socket is gone, whoever closed it.
-        self._conns.discard(conn)
-        if conn.in_pool:
-            # The server closed an idle connection: free its slot now rather than
-            # when a request would have found it dead.
-            conn.in_pool = False
-            self._idle[conn.origin].remove(conn)
-            self._n_idle -= 1
-            self._open -= 1
-            self._grant_slot()
-
-    async def _connect(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        origin: Origin,
-        request: httpx.Request,
-        timeout: float | None,
-    ) -> H1Connection:
-        # The caller holds a slot for this connection; it is given back on failure.
-        scheme, raw_host, port = origin
-        conn = H1Connection(loop, origin, self._on_lost)
-        # Tracked from now on, so that aclose() also stops connections being opened.
-        self._conns.add(conn)
-        try:
-            host = raw_host.decode("ascii")
-            ssl_context = self._get_ssl_context() if scheme == b"https" else None
-            await _with_timeout(
-                loop.create_connection(
-                    lambda: conn,
-                    host,
-                    port,
-                    ssl=ssl_context,
-                    server_hostname=host if ssl_context is not None else None,
-                ),
-                timeout,
-            )
-        except BaseException as exc:
-            conn.abort()
-            self._conns.discard(conn)
-            self._open -= 1
-            self._grant_slot()
-            # asyncio.TimeoutError is TimeoutError only from Python 3.11 on.
-            if isinstance(exc, (TimeoutError, asyncio.TimeoutError)):
-                raise httpx.ConnectTimeout("Timed out connecting.", request=request) from exc
-            if isinstance(exc, OSError):
-                raise httpx.ConnectError(str(exc) or repr(exc), request=request) from exc
-            raise
-        return conn
-
-    def _get_ssl_context(self) -> ssl.SSLContext:
-        if self._ssl_context is None:
-            self._ssl_context = httpx.create_ssl_context()
-        return self._ssl_context
 
     def _respx_transport(self) -> httpx.AsyncHTTPTransport:
         if self._fallback is None:
             self._fallback = httpx.AsyncHTTPTransport(
-                limits=self._limits, verify=self._ssl_context or True
+                limits=self._limits, verify=self._pool.ssl_context or True
             )
         return self._fallback
 
