@@ -7,12 +7,13 @@ asks `nanobanana._retry.decide` what to do after each failure.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import random
 import sys
-from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import httpx
 
@@ -120,6 +121,34 @@ def _scrub_value(value: Any, key: str) -> Any:
     if isinstance(value, list):
         return [_scrub_value(item, key) for item in value]
     return value
+
+
+#: The most bytes of an API answer that are read (its JSON is a few kilobytes at most).
+#: Past it, the rest is not read: a 2xx is refused, an error keeps what was read.
+MAX_ANSWER_SIZE = 1024 * 1024
+
+
+async def _read_at_most(response: httpx.Response, limit: int) -> None:
+    """Read a streamed response's body, but no more than ``limit`` bytes and a chunk.
+
+    Afterwards ``response.content`` holds what was read and the response is closed
+    (a body left unread closes its connection). httpx has no public way to read a
+    bounded body into a response, so this sets the attribute its own ``aread`` sets.
+    """
+    parts: list[bytes] = []
+    size = 0
+    try:
+        # Typed as an iterator, it is an async generator: close it when we stop early.
+        body = cast("AsyncGenerator[bytes, None]", response.aiter_bytes())
+        async with contextlib.aclosing(body) as chunks:
+            async for chunk in chunks:
+                parts.append(chunk)
+                size += len(chunk)
+                if size > limit:
+                    break
+    finally:
+        await response.aclose()
+    response._content = b"".join(parts)  # what httpx's aread sets
 
 
 def _describe(exc: httpx.HTTPError) -> str:
@@ -253,6 +282,14 @@ class Requester:
             deadline=deadline,
             stream=False,
         )
+        if len(response.content) > MAX_ANSWER_SIZE:
+            raise UnexpectedResponseError(
+                f"Unexpected response to {method} {path}: {response.status_code} with a "
+                f"body over {MAX_ANSWER_SIZE:,} bytes; the rest was not read.",
+                body=None,
+                # A 2xx to POST /generate was accepted, and so charged.
+                may_have_been_charged=kind is RequestKind.GENERATE,
+            )
         try:
             return json.loads(response.content)
         except ValueError:
@@ -339,7 +376,10 @@ class Requester:
             try:
                 started = clock.monotonic() if debug else 0.0
                 try:
-                    response = await self.http.send(request, stream=stream)
+                    # Always streamed, so that no answer is read past MAX_ANSWER_SIZE.
+                    response = await self.http.send(request, stream=True)
+                    if not stream:
+                        await _read_at_most(response, MAX_ANSWER_SIZE)
                 except httpx.HTTPError as exc:
                     outcome = outcome_of_exception(exc)
                     verdict = decide(kind, outcome)
@@ -374,8 +414,7 @@ class Requester:
                         keep_slot = stream
                         return response
                     if stream:
-                        await response.aread()
-                        await response.aclose()
+                        await _read_at_most(response, MAX_ANSWER_SIZE)
                     outcome = outcome_of_status(status)
                     verdict = decide(kind, outcome)
                     retry_after = parse_retry_after(

@@ -204,6 +204,54 @@ async def test_a_giant_html_error_page_gives_a_short_typed_error():
     assert len(str(info.value)) < 300
 
 
+def endless_answer(status: int, sent: list[int], content_type: str = "application/json"):
+    """A chunked answer that never ends: what a broken proxy or a hostile server sends."""
+
+    async def handler(request, writer):
+        writer.write(head(status, {"Content-Type": content_type, "Transfer-Encoding": "chunked"}))
+        chunk = b'{"data": [' + b"1, " * 20000
+        framed = b"%x\r\n%s\r\n" % (len(chunk), chunk)
+        sent.append(await _write_until_gone(writer, framed, 512 * MB))
+
+    return handler
+
+
+@pytest.mark.parametrize(("call", "charged"), [("credits", False), ("generate", True)])
+async def test_an_endless_json_answer_is_refused_with_memory_bounded(call, charged):
+    sent: list[int] = []
+    async with RawServer(endless_answer(200, sent)) as server, raw_client(server) as client:
+        with peak_memory() as peak, pytest.raises(UnexpectedResponseError) as info:
+            await CALLS[call](client)
+        assert_no_leaks(client)
+        await server.settle(timeout=5.0)
+    assert "1,048,576 bytes" in str(info.value)
+    assert info.value.may_have_been_charged is charged
+    assert len(server.requests) == 1
+    assert peak[0] < 16 * MB, peak
+    assert sent[0] < 64 * MB  # the client hung up instead of reading on
+
+
+ERROR_CALLS = {
+    "credits": lambda c: c.credits(),
+    "stream": lambda c: drain(c.stream("p")),
+}
+
+
+@pytest.mark.parametrize("call", ERROR_CALLS)
+async def test_an_endless_error_page_keeps_its_status_class_with_memory_bounded(call):
+    sent: list[int] = []
+    handler = endless_answer(500, sent, "text/html")
+    async with RawServer(handler) as server, raw_client(server, max_retries=0) as client:
+        with peak_memory() as peak, pytest.raises(InternalServerError) as info:
+            await ERROR_CALLS[call](client)
+        assert_no_leaks(client)
+        await server.settle(timeout=5.0)
+    assert str(info.value).startswith("500 ")
+    assert len(info.value.response.content) <= 2 * MB
+    assert peak[0] < 16 * MB, peak
+    assert sent[0] < 64 * MB
+
+
 async def test_an_html_error_page_on_post_generate_is_not_resent_and_may_have_charged():
     server = RawServer(json_answer(502, "<h1>502 Bad Gateway</h1>", "text/html"))
     async with server, raw_client(server) as client:
