@@ -135,6 +135,12 @@ async def _read_at_most(response: httpx.Response, limit: int) -> None:
     (a body left unread closes its connection). httpx has no public way to read a
     bounded body into a response, so this sets the attribute its own ``aread`` sets.
     """
+    headers = response.headers
+    length = headers.get("content-length", "")
+    if length.isdigit() and int(length) <= limit and "content-encoding" not in headers:
+        # The common case, and the fast one: the framing already bounds the body.
+        await response.aread()
+        return
     parts: list[bytes] = []
     size = 0
     try:
