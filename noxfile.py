@@ -20,12 +20,15 @@ def _group(name: str) -> list[str]:
 def tests(session: nox.Session) -> None:
     """Run the test suite (unit, simulator, end to end, CLI) with coverage."""
     session.install("-e", ".[cli,sim]", *_group("test"))
+    # `coverage run` rather than pytest-cov: our pytest plugin (an entry point) imports
+    # nanobanana before pytest-cov starts, which hid every module-level line; and
+    # `patch = subprocess` (pyproject) measures the CLI tests' subprocesses too.
+    session.run("coverage", "erase")
     session.run(
-        "pytest",
-        "--cov=nanobanana",
-        "--cov-report=term",
-        *(session.posargs or ["-p", "no:cacheprovider"]),
+        "coverage", "run", "-m", "pytest", *(session.posargs or ["-p", "no:cacheprovider"])
     )
+    session.run("coverage", "combine", "--quiet")
+    session.run("coverage", "report")
 
 
 @nox.session
