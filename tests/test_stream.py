@@ -177,8 +177,8 @@ async def test_heartbeats_never_move_progress_backwards(make_client):
     api = FakeAPI([status(0), status(40), status(0), status(70), status(0), complete()])
     client = await make_client(api)
     events = await collect(client.stream("p"))
-    assert [e.progress for e in events] == [0, 40, 0, 70, 0, 100]
-    assert [e.max_progress for e in events] == [0, 40, 40, 70, 70, 100]
+    assert [e.raw_progress for e in events] == [0, 40, 0, 70, 0, 100]
+    assert [e.progress for e in events] == [0, 40, 40, 70, 70, 100]
     assert [e.is_heartbeat for e in events] == [False, False, True, False, True, False]
 
 
@@ -285,7 +285,7 @@ async def test_a_cut_after_an_id_is_finished_by_polling(make_client):
     last = events[-1]
     assert last.generation.image_urls == ("https://cdn.test/polled.png",)
     assert last.generation.created_at is not None
-    assert (last.progress, last.max_progress) == (100, 100)
+    assert (last.raw_progress, last.progress) == (100, 100)
     polls = [r for r in api.requests if r.method == "GET"]
     assert [r.url.params["id"] for r in polls] == ["gen_cut", "gen_cut"]
     # The stream's slot was given back before polling: only the poll itself was active.
@@ -592,6 +592,6 @@ async def test_many_distinct_status_events_each_keep_their_own_values(make_clien
     client = await make_client(api)
     events = await collect(client.stream("p"))
     assert [e.message for e in events[:-1]] == [f"step {i}" for i in range(600)]
-    assert [e.progress for e in events[:-1]] == [i % 101 for i in range(600)]
-    assert events[200].max_progress == 100
+    assert [e.raw_progress for e in events[:-1]] == [i % 101 for i in range(600)]
+    assert events[200].progress == 100
     assert events[200].is_heartbeat

@@ -361,7 +361,7 @@ class AsyncNanoBanana:
 
         Use ``async for event in client.stream(...)`` or, to close it early
         deterministically, ``async with client.stream(...) as events:``. Show
-        ``event.max_progress``: it never goes backwards (heartbeats report 0). The
+        ``event.progress``: it never goes backwards (heartbeats report 0). The
         last event has ``type == "complete"`` and the result in ``event.generation``.
 
         A stream cut after an event carried the generation's id is finished by polling

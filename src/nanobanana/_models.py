@@ -194,15 +194,16 @@ class Model:
 class ProgressEvent:
     """One event of a stream: progress (``status``) or the result (``complete``).
 
-    ``progress`` is what the server said (a heartbeat says 0 even after 50);
-    ``max_progress`` never goes backwards and is what a progress bar should show.
+    ``progress`` is the highest progress reported so far (0-100): it never goes
+    backwards, so a progress bar can show it as it is. ``raw_progress`` is what this
+    event itself said: the stream's heartbeat says 0 even after 50 (stream-mode docs).
     ``is_heartbeat`` marks status events that report less than was already reported.
     """
 
     type: Literal["status", "complete"]
     message: str = ""
     progress: int = 0
-    max_progress: int = 0
+    raw_progress: int = 0
     is_heartbeat: bool = False
     generation_id: str | None = None
     generation: Generation | None = None

@@ -110,8 +110,8 @@ class _State:
             reused = self._seen[key] = ProgressEvent(
                 type="status",
                 message=message,
-                progress=progress,
-                max_progress=top,
+                progress=top,
+                raw_progress=progress,
                 # The 15 s heartbeat is a status with progress 0 "indistinguishable from
                 # a status event except that its progress may be lower" (PROTOCOL.md).
                 is_heartbeat=progress < top,
@@ -153,7 +153,7 @@ class _State:
             type="complete",
             message=message if isinstance(message, str) else "Generation complete",
             progress=100,
-            max_progress=100,
+            raw_progress=100,
             generation_id=generation.id or None,
             generation=generation,
         )
@@ -321,7 +321,7 @@ class GenerationStream:
     ```python
     async with client.stream("a banana in space") as events:
         async for event in events:
-            print(f"{event.max_progress:3d}% {event.message}")
+            print(f"{event.progress:3d}% {event.message}")
             if event.type == "complete":
                 print(event.generation.image_urls)
     ```
@@ -329,8 +329,8 @@ class GenerationStream:
     The request is sent when iteration starts, or on ``async with`` (so errors such
     as 401 or 402 raise there). Events:
 
-    - ``status``: ``progress`` is what the server said; ``max_progress`` never goes
-      backwards (show that); ``is_heartbeat`` marks a status below what was reported.
+    - ``status``: ``progress`` never goes backwards (show that); ``raw_progress`` is
+      what the event said; ``is_heartbeat`` marks a status below what was reported.
     - ``complete`` (last): ``generation`` is the full `Generation`.
 
     Raises (from the iteration):
@@ -386,14 +386,14 @@ class GenerationStream:
         return self._state.generation_id
 
     @property
-    def max_progress(self) -> int:
+    def progress(self) -> int:
         """The highest progress reported so far (0-100)."""
         return self._state.max_progress
 
     def __repr__(self) -> str:
         return (
             f"<GenerationStream generation_id={self._state.generation_id!r} "
-            f"max_progress={self._state.max_progress}>"
+            f"progress={self._state.max_progress}>"
         )
 
     def _start(self, *, announce: bool) -> AsyncGenerator[ProgressEvent | None, None]:

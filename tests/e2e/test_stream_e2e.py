@@ -51,7 +51,7 @@ async def test_a_stream_yields_rising_progress_and_a_full_generation(sim, client
     events = [event async for event in client.stream("a banana on the moon")]
     assert [e.type for e in events][-1] == "complete"
     assert all(e.type == "status" for e in events[:-1])
-    progress = [e.max_progress for e in events]
+    progress = [e.progress for e in events]
     assert progress == sorted(progress)
     generation = events[-1].generation
     assert generation.status is GenerationStatus.COMPLETED
@@ -63,13 +63,13 @@ async def test_a_stream_yields_rising_progress_and_a_full_generation(sim, client
     assert client.governor_stats().active == 0
 
 
-async def test_heartbeats_after_progress_are_flagged_and_never_lower_max_progress(sim, client):
+async def test_heartbeats_after_progress_are_flagged_and_never_lower_progress(sim, client):
     sim.inject("sse_heartbeats", count=2)
     events = [event async for event in client.stream("p")]
     beats = [e for e in events if e.is_heartbeat]
     assert beats
-    assert all(e.progress == 0 and e.max_progress > 0 for e in beats)
-    maxima = [e.max_progress for e in events]
+    assert all(e.raw_progress == 0 and e.progress > 0 for e in beats)
+    maxima = [e.progress for e in events]
     assert maxima == sorted(maxima)
     assert events[-1].type == "complete"
 

@@ -77,7 +77,7 @@ async def _stream(client, prompt: str) -> Outcome:
     try:
         async with stream as events:
             async for event in events:
-                out.progress.append(event.max_progress)
+                out.progress.append(event.progress)
                 if event.type == "complete":
                     out.result = event.generation
         if out.result is None:

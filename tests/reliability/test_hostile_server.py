@@ -484,7 +484,7 @@ async def test_events_of_the_wrong_shape_end_in_a_typed_error(events, error):
             await drain(tap(client.stream("p"), seen))
         assert_no_leaks(client)
     assert seen
-    assert all(0 <= event.max_progress <= 100 for event in seen)
+    assert all(0 <= event.progress <= 100 for event in seen)
     assert len(server.requests) == 1
 
 
@@ -505,7 +505,7 @@ async def test_an_infinite_number_in_an_event_is_not_a_crash(event):
     async with RawServer(handler) as server, raw_client(server) as client:
         events = await drain(client.stream("p"))
     assert events[-1].type == "complete"
-    assert all(0 <= e.max_progress <= 100 for e in events)
+    assert all(0 <= e.progress <= 100 for e in events)
 
 
 async def test_a_stream_answered_with_json_is_a_typed_error_that_may_have_charged():

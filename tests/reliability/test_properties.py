@@ -238,9 +238,9 @@ def test_any_event_stream_ends_as_one_complete_or_one_of_our_errors(chunks):
         return events, error
 
     events, error = asyncio.run(consume())
-    tops = [e.max_progress for e in events]
+    tops = [e.progress for e in events]
     assert tops == sorted(tops)
-    assert all(0 <= e.progress <= 100 and 0 <= e.max_progress <= 100 for e in events)
+    assert all(0 <= e.raw_progress <= 100 and 0 <= e.progress <= 100 for e in events)
     kinds = [e.type for e in events]
     if error is None:
         assert kinds[-1:] == ["complete"]

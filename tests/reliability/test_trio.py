@@ -63,7 +63,7 @@ def test_every_call_works_on_trio_through_httpx_transport(sim, tmp_path):
             assert generation.status is GenerationStatus.COMPLETED
             events = await drain(client.stream("trio stream"))
             assert events[-1].type == "complete"
-            assert [e.max_progress for e in events] == sorted(e.max_progress for e in events)
+            assert [e.progress for e in events] == sorted(e.progress for e in events)
             job = await client.submit("trio async")
             done = await job.wait(timeout=10)
             assert done.id == job.id

@@ -142,9 +142,9 @@ async def run_stream(
                         progress.update(100, message=event.message or "complete")
                         finish(progress)
                     elif event.is_heartbeat:
-                        progress.update(event.max_progress)
+                        progress.update(event.progress)
                     else:
-                        progress.update(event.max_progress, message=event.message)
+                        progress.update(event.progress, message=event.message)
     except NanoBananaError:
         if known_id is not None:
             session.untrack(known_id)

@@ -5,7 +5,8 @@ rich is the optional ``nanobanana[cli]`` extra and is imported here only, lazily
 lines instead of a bar).
 
 A bar never moves backwards: stream heartbeats report progress 0 after real progress,
-so callers pass ``ProgressEvent.max_progress`` and the bar keeps the highest value.
+so callers pass ``ProgressEvent.progress`` (which never goes backwards) and the bar
+keeps the highest value it was given besides.
 """
 
 from __future__ import annotations
