@@ -1,15 +1,21 @@
 import random
 
+import anyio
 import httpx
 import pytest
 import respx
 
 from nanobanana import (
+    APIConnectionError,
     AsyncNanoBanana,
+    AuthenticationError,
     GenerationFailedError,
     GenerationStatus,
+    InternalServerError,
     JobTimeoutError,
+    NotFoundError,
     PollPolicy,
+    RetryPolicy,
 )
 from support import API, KEY
 
@@ -175,3 +181,133 @@ def test_job_rejects_an_empty_id(bad):
     client._closed = True
     with pytest.raises(ValueError):
         client.job(bad)
+
+
+def rate_limited(retry_after="1"):
+    return httpx.Response(
+        429, json={"error": "busy", "limit": 1, "active": 1}, headers={"Retry-After": retry_after}
+    )
+
+
+PASSING_FAILURES = {
+    "429": rate_limited,
+    "503": lambda: httpx.Response(503, json={"error": "busy", "type": "server_busy"}),
+    "500": lambda: httpx.Response(500, json={"error": "oops"}),
+    "connect": lambda: httpx.ConnectError("refused"),
+    "read timeout": lambda: httpx.ReadTimeout("slow"),
+}
+
+
+@pytest.mark.parametrize("failure", PASSING_FAILURES)
+@respx.mock
+async def test_a_wait_outlasts_more_failed_polls_than_one_call_retries(client, clock, failure):
+    # Ten failures in a row: more than the 4 attempts of one call, fewer than the wait's
+    # 600 s allow. The wait goes on polling; only the deadline would end it.
+    route = respx.get(f"{API}/generate", params={"id": "gen_1"})
+    route.side_effect = [PASSING_FAILURES[failure]() for _ in range(10)] + [
+        poll("completed", ["https://cdn.test/1.png"])
+    ]
+    generation = await client.job("gen_1").wait(poll_policy=NO_JITTER)
+    assert generation.status is GenerationStatus.COMPLETED
+    assert route.call_count == 11
+    assert client.governor_stats().active == 0
+
+
+@respx.mock
+async def test_after_a_poll_refused_with_retry_after_the_next_poll_waits_that_long(client, clock):
+    route = respx.get(f"{API}/generate", params={"id": "gen_1"})
+    route.side_effect = [rate_limited("7") for _ in range(4)] + [poll("completed", [])]
+    client._requester.retry = RetryPolicy(attempts=1)  # every 429 reaches the wait
+    await client.job("gen_1").wait(poll_policy=NO_JITTER)
+    assert route.call_count == 5
+    assert clock.sleeps == [0.0, 7.0, 7.0, 7.0, 7.0]  # never the 3 s schedule
+
+
+@respx.mock
+async def test_a_wait_that_keeps_failing_ends_at_its_deadline_with_the_last_error(client, clock):
+    respx.get(f"{API}/generate", params={"id": "gen_1"}).mock(
+        return_value=httpx.Response(500, json={"error": "oops"})
+    )
+    with pytest.raises(JobTimeoutError) as info:
+        await client.job("gen_1").wait(timeout=30, poll_policy=NO_JITTER)
+    assert isinstance(info.value.__cause__, InternalServerError)
+    assert sum(clock.sleeps) == pytest.approx(30.0)
+
+
+@pytest.mark.parametrize(("status", "error"), [(401, AuthenticationError), (404, NotFoundError)])
+@respx.mock
+async def test_a_poll_refused_for_good_ends_the_wait_at_once(client, clock, status, error):
+    route = respx.get(f"{API}/generate", params={"id": "gen_1"}).mock(
+        return_value=httpx.Response(status, json={"error": "no"})
+    )
+    with pytest.raises(error):
+        await client.job("gen_1").wait()
+    assert route.call_count == 1
+
+
+@respx.mock
+async def test_wait_with_timeout_zero_polls_once_and_returns_a_finished_job(client, clock):
+    route = respx.get(f"{API}/generate", params={"id": "gen_1"}).mock(
+        return_value=poll("completed", ["https://cdn.test/1.png"])
+    )
+    generation = await client.job("gen_1").wait(timeout=0)
+    assert generation.image_urls == ("https://cdn.test/1.png",)
+    assert route.call_count == 1
+
+
+@respx.mock
+async def test_wait_with_timeout_zero_on_a_running_job_polls_once_then_times_out(client, clock):
+    route = respx.get(f"{API}/generate", params={"id": "gen_1"}).mock(
+        return_value=poll("processing")
+    )
+    with pytest.raises(JobTimeoutError):
+        await client.job("gen_1").wait(timeout=0)
+    assert route.call_count == 1
+
+
+@respx.mock
+async def test_a_poll_the_server_never_answers_ends_at_the_deadline(clock):
+    # The fake clock says how long the wait may last; the hung poll is cut by a real
+    # timer at that time (0.2 s here), not after the 180 s read timeout and its retries.
+    polls = []
+
+    async def hang(request):
+        polls.append(request)
+        await anyio.sleep_forever()
+
+    respx.get(f"{API}/generate", params={"id": "gen_1"}).mock(side_effect=hang)
+    policy = PollPolicy(jitter=0.0, grace=0.05)
+    async with AsyncNanoBanana(api_key=KEY, base_url=API, clock=clock) as client:
+        with pytest.raises(JobTimeoutError), anyio.fail_after(10):
+            await client.job("gen_1").wait(timeout=0.2, poll_policy=policy)
+        assert len(polls) == 1
+        assert client.governor_stats().active == 0
+
+
+@respx.mock
+async def test_closing_the_client_during_a_wait_ends_it_with_a_typed_error(client, clock):
+    async def close_then_drop(request):
+        await client.aclose()
+        raise httpx.ReadError("connection closed")
+
+    route = respx.get(f"{API}/generate", params={"id": "gen_1"}).mock(side_effect=close_then_drop)
+    with pytest.raises(APIConnectionError, match="client was closed"):
+        await client.job("gen_1").wait()
+    assert route.call_count == 1
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [
+        lambda: PollPolicy(max_interval=0),
+        lambda: PollPolicy(first_delay=-1),
+        lambda: PollPolicy(growth=0.5),
+        lambda: PollPolicy(timeout=-5),
+        lambda: PollPolicy(grace=0),
+        lambda: RetryPolicy(wait_initial=-1),
+        lambda: RetryPolicy(timeout=-1),
+    ],
+)
+def test_policies_refuse_values_that_would_poll_in_a_loop_or_sleep_backwards(policy):
+    with pytest.raises(ValueError):
+        policy()

@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
+import anyio
 import attrs
 
-from nanobanana._errors import GenerationFailedError, JobTimeoutError
+from nanobanana._errors import (
+    APIConnectionError,
+    GenerationFailedError,
+    InternalServerError,
+    JobTimeoutError,
+    NanoBananaError,
+    RateLimitError,
+    ServerBusyError,
+)
 from nanobanana._http import OutOfTimeError
 from nanobanana._models import Generation, GenerationStatus
+from nanobanana._retry import none_or_at_least_zero
 
 if TYPE_CHECKING:
     import random
@@ -17,6 +28,11 @@ if TYPE_CHECKING:
     from nanobanana._client import AsyncNanoBanana
 
 __all__ = ["Job", "PollPolicy"]
+
+log = logging.getLogger("nanobanana")
+
+# Failures of a poll that pass: the wait polls again rather than ending.
+_PASSING = (APIConnectionError, InternalServerError, RateLimitError, ServerBusyError)
 
 
 @attrs.frozen(kw_only=True)
@@ -34,13 +50,18 @@ class PollPolicy:
         max_interval: the longest delay between polls.
         jitter: up to this fraction is added at random to each delay.
         timeout: how long ``wait()`` waits when called without ``timeout`` (None: forever).
+        grace: how long the poll made at the deadline may take (the poll of
+            ``wait(timeout=0)`` too); a poll that starts earlier may run until the
+            deadline or for this long, whichever is later.
     """
 
-    first_delay: float = 2.0
-    growth: float = 1.5
-    max_interval: float = 3.0
-    jitter: float = 0.1
-    timeout: float | None = 600.0
+    first_delay: float = attrs.field(default=2.0, validator=attrs.validators.ge(0.0))
+    growth: float = attrs.field(default=1.5, validator=attrs.validators.ge(1.0))
+    # Zero would poll the server in a tight loop.
+    max_interval: float = attrs.field(default=3.0, validator=attrs.validators.gt(0.0))
+    jitter: float = attrs.field(default=0.1, validator=attrs.validators.ge(0.0))
+    timeout: float | None = attrs.field(default=600.0, validator=none_or_at_least_zero)
+    grace: float = attrs.field(default=2.0, validator=attrs.validators.gt(0.0))
 
     def delays(self, rand: random.Random, *, elapsed: float = 0.0) -> Iterator[float]:
         """The delays before each poll; ``elapsed`` is time already spent since submitting."""
@@ -75,13 +96,22 @@ class Job:
         return await self._client.get_generation(self.id)
 
     async def wait(
-        self, *, timeout: float | None = None, poll_policy: PollPolicy | None = None
+        self,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 - the documented API
+        poll_policy: PollPolicy | None = None,
     ) -> Generation:
         """Poll until the generation completes, and return it.
 
+        A poll that fails for a passing reason (429, 503, a 5xx, a dropped connection or
+        a timeout) does not end the wait: the request is retried as any read is, and
+        when those retries run out the wait polls again on its schedule, no sooner
+        than the server's ``Retry-After``. The wait always polls at least once, and
+        ends within ``timeout`` plus the policy's ``grace``, even when the server hangs.
+
         Args:
             timeout: seconds to wait at most; None uses the poll policy's (600 s by
-                default: the docs warn against waiting forever).
+                default: the docs warn against waiting forever). 0 polls once.
             poll_policy: overrides the client's polling policy for this wait.
 
         Raises:
@@ -98,17 +128,35 @@ class Job:
         elapsed = (
             start - self._submitted_at if self._submitted_at is not None else policy.first_delay
         )
-        for delay in policy.delays(client._rand, elapsed=elapsed):
+        polled = False
+        not_before = 0.0  # the last failed poll's Retry-After
+        last_error: NanoBananaError | None = None
+        for scheduled in policy.delays(client._rand, elapsed=elapsed):
+            delay = max(scheduled, not_before)
+            bound: float | None = None
             if deadline is not None:
                 remaining = deadline - clock.monotonic()
-                if remaining <= 0:
+                if remaining <= 0 and polled:
                     break
-                delay = min(delay, remaining)  # noqa: PLW2901
+                delay = min(delay, max(remaining, 0.0))
+                bound = max(remaining - delay, policy.grace)
             await clock.sleep(delay)
+            polled = True
             try:
-                generation = await client._get_generation(self.id, deadline=deadline)
+                with anyio.move_on_after(bound) as scope:
+                    generation = await client._get_generation(self.id, deadline=deadline)
             except OutOfTimeError as exc:
                 raise self._timeout_error(limit) from exc.error
+            except _PASSING as exc:
+                if client._closed:
+                    raise
+                last_error = exc
+                not_before = getattr(exc, "retry_after", None) or 0.0
+                log.debug("poll of %s failed (%s); polling again", self.id, type(exc).__name__)
+                continue
+            if scope.cancelled_caught:
+                break
+            not_before = 0.0
             if generation.status is GenerationStatus.COMPLETED:
                 return generation
             if generation.status is GenerationStatus.FAILED:
@@ -116,7 +164,7 @@ class Job:
                     f"Generation {self.id} failed: {generation.error_message or 'no reason given'}",
                     generation_id=self.id,
                 )
-        raise self._timeout_error(limit)
+        raise self._timeout_error(limit) from last_error
 
     def _timeout_error(self, limit: float | None) -> JobTimeoutError:
         waited = "the time allowed" if limit is None else f"{limit:g} s"

@@ -16,6 +16,7 @@ import random
 import re
 from datetime import timezone
 from email.utils import parsedate_to_datetime
+from typing import Any
 
 import attrs
 import httpx
@@ -26,6 +27,7 @@ __all__ = [
     "RequestKind",
     "RetryPolicy",
     "decide",
+    "none_or_at_least_zero",
     "outcome_of_exception",
     "outcome_of_status",
     "parse_retry_after",
@@ -49,6 +51,12 @@ class Outcome(enum.Enum):
     BUSY = "503"
     SERVER_ERROR = "5xx"
     CLIENT_ERROR = "4xx"
+
+
+def none_or_at_least_zero(_instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    """An attrs validator: None (no limit) or a number of seconds, 0 or more."""
+    if value is not None and not value >= 0:
+        raise ValueError(f"{attribute.name!r} must be None or at least 0, not {value!r}")
 
 
 @attrs.frozen
@@ -121,11 +129,11 @@ class RetryPolicy:
     """
 
     attempts: int = attrs.field(default=4, validator=attrs.validators.ge(1))
-    wait_initial: float = 0.5
-    wait_max: float = 30.0
-    wait_exp_base: float = 2.0
-    retry_after_max: float = 60.0
-    timeout: float | None = 600.0
+    wait_initial: float = attrs.field(default=0.5, validator=attrs.validators.ge(0.0))
+    wait_max: float = attrs.field(default=30.0, validator=attrs.validators.ge(0.0))
+    wait_exp_base: float = attrs.field(default=2.0, validator=attrs.validators.ge(1.0))
+    retry_after_max: float = attrs.field(default=60.0, validator=attrs.validators.ge(0.0))
+    timeout: float | None = attrs.field(default=600.0, validator=none_or_at_least_zero)
 
     def backoff(self, retry: int, rand: random.Random) -> float:
         """Full-jitter exponential backoff before retry number ``retry`` (1-based)."""
