@@ -24,9 +24,7 @@ def tests(session: nox.Session) -> None:
     # nanobanana before pytest-cov starts, which hid every module-level line; and
     # `patch = subprocess` (pyproject) measures the CLI tests' subprocesses too.
     session.run("coverage", "erase")
-    session.run(
-        "coverage", "run", "-m", "pytest", *(session.posargs or ["-p", "no:cacheprovider"])
-    )
+    session.run("coverage", "run", "-m", "pytest", *(session.posargs or ["-p", "no:cacheprovider"]))
     session.run("coverage", "combine", "--quiet")
     session.run("coverage", "report")
 

@@ -601,3 +601,75 @@ async def test_the_charge_warning_follows_a_full_stop(client):
     with pytest.raises(InternalServerError) as info:
         await client.generate("x")
     assert "Internal server error. The generation may have been charged" in str(info.value)
+
+
+@respx.mock
+async def test_closing_the_client_under_a_call_in_flight_is_a_typed_error(client, clock):
+    async def close_then_drop(request):
+        await client.aclose()
+        raise httpx.ReadError("connection closed")
+
+    route = respx.get(f"{API}/credits").mock(side_effect=close_then_drop)
+    with pytest.raises(APIConnectionError, match="client was closed"):
+        await client.credits()  # a GET: retried, but not on a closed client
+    assert route.call_count == 1
+    assert client.governor_stats().active == 0
+
+
+@pytest.mark.parametrize("header", ["x-ratelimit-limit", "x-ratelimit-active"])
+@respx.mock
+async def test_digits_outside_ascii_in_rate_limit_headers_are_ignored(client, clock, header):
+    # httpx reads header bytes as Latin-1: b"\xb2" is "²", which str.isdigit() accepts
+    # and int() refuses.
+    respx.get(f"{API}/credits").mock(
+        side_effect=[
+            httpx.Response(429, json={"error": "busy"}, headers=[(header.encode(), b"\xb2")]),
+            httpx.Response(
+                200, json={"data": {"credits": 7}}, headers=[(header.encode(), b"\xb9")]
+            ),
+        ]
+    )
+    assert await client.credits() == 7
+
+
+@respx.mock
+async def test_a_500_naming_its_generation_lets_the_caller_find_it(client):
+    respx.post(f"{API}/generate").mock(
+        return_value=httpx.Response(500, json={"error": "Upstream failed.", "generationId": "g_9"})
+    )
+    with pytest.raises(InternalServerError) as info:
+        await client.generate("p")
+    assert info.value.generation_id == "g_9"
+    assert info.value.may_have_been_charged
+    assert ".." not in str(info.value)
+    assert str(info.value).startswith("500 Internal Server Error: Upstream failed. ")
+
+
+@respx.mock
+async def test_an_exception_text_ending_in_a_full_stop_gets_no_second_one(client):
+    respx.get(f"{API}/credits").mock(side_effect=httpx.ConnectError("Connection refused."))
+    client._requester.retry = nanobanana.RetryPolicy(attempts=1)
+    with pytest.raises(APIConnectionError) as info:
+        await client.credits()
+    assert str(info.value) == "GET /credits failed: ConnectError: Connection refused."
+
+
+@respx.mock
+async def test_errors_keep_a_copy_of_the_request_without_the_key(client):
+    respx.get(f"{API}/credits").mock(
+        side_effect=[httpx.Response(401, text=f"bad key {KEY}"), httpx.ConnectError("down")]
+    )
+    client._requester.retry = nanobanana.RetryPolicy(attempts=1)
+    with pytest.raises(AuthenticationError) as status_error:
+        await client.credits()
+    with pytest.raises(APIConnectionError) as connection_error:
+        await client.credits()
+    requests = [
+        status_error.value.response.request,
+        connection_error.value.request,
+        connection_error.value.__cause__.request,
+    ]
+    for request in requests:
+        assert request.headers["authorization"] == "Bearer [api key]"
+        assert request.url == f"{API}/credits"
+    assert KEY not in status_error.value.response.text

@@ -314,7 +314,7 @@ async def _save(
     response: httpx.Response, folder: Path, stem: str, max_size: int, shown: str
 ) -> Path:
     declared = response.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > max_size:
+    if declared.isdecimal() and int(declared) > max_size:
         raise _too_big(shown, max_size)
     # Not tempfile.mkstemp: its 0600 mode would stick to the image after the rename.
     # O_EXCL never opens an existing file or follows a planted symlink.

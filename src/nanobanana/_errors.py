@@ -10,7 +10,7 @@ NanoBananaError
 ├── APIConnectionError            network failure, nothing usable came back
 │   └── APITimeoutError
 │       └── StreamIdleError       an event stream went silent (no heartbeat either)
-├── APIStatusError                .status_code, .body, .response, .message
+├── APIStatusError                .status_code, .body, .response, .generation_id
 │   ├── BadRequestError           400
 │   ├── AuthenticationError       401
 │   ├── InsufficientCreditsError  402
@@ -153,6 +153,7 @@ class APIStatusError(NanoBananaError):
         response: httpx.Response,
         body: Any,
         may_have_been_charged: bool = False,
+        generation_id: str | None = None,
     ) -> None:
         if may_have_been_charged:
             message = _with_warning(message)
@@ -161,6 +162,9 @@ class APIStatusError(NanoBananaError):
         self.status_code = response.status_code
         self.body = body
         self.may_have_been_charged = may_have_been_charged
+        #: The generation the error is about, when the body names one (a 500 after a
+        #: generation was accepted may): ``client.job(generation_id)`` finds it.
+        self.generation_id = generation_id
 
 
 class BadRequestError(APIStatusError):
@@ -301,7 +305,7 @@ def _int_or_none(value: Any) -> int | None:
         return None
     if isinstance(value, int):
         return value
-    if isinstance(value, str) and value.strip().isdigit():
+    if isinstance(value, str) and value.strip().isdecimal():
         return int(value.strip())
     return None
 
@@ -321,12 +325,16 @@ def make_status_error(
     elif isinstance(body, str) and body.strip() and len(body) <= 200 and "<" not in body:
         server_message = body.strip()
     reason = response.reason_phrase or "Error"
-    parts = [f"{status} {reason}"]
+    message = f"{status} {reason}"
     if server_message:
-        parts.append(f": {server_message}")
+        message += f": {server_message.rstrip('.')}"
     hint = _HINTS.get(status)
-    message = "".join(parts) + (f". {hint}" if hint else "")
+    if hint:
+        message += f". {hint}"
     fields = body if isinstance(body, dict) else {}
+    generation_id = fields.get("generationId")
+    if not isinstance(generation_id, str) or not generation_id:
+        generation_id = None
     if status == 429:
         return RateLimitError(
             message,
@@ -349,4 +357,10 @@ def make_status_error(
     cls = _STATUS_CLASSES.get(status)
     if cls is None:
         cls = InternalServerError if status >= 500 else APIStatusError
-    return cls(message, response=response, body=body, may_have_been_charged=may_have_been_charged)
+    return cls(
+        message,
+        response=response,
+        body=body,
+        may_have_been_charged=may_have_been_charged,
+        generation_id=generation_id,
+    )

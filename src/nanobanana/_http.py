@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from nanobanana._config import Secret
     from nanobanana._governor import Governor
 
-__all__ = ["AutoTransport", "OutOfTimeError", "Requester", "current_loop_token"]
+__all__ = ["AutoTransport", "OutOfTimeError", "Requester", "current_loop_token", "forget_key"]
 
 log = logging.getLogger("nanobanana")
 
@@ -137,7 +137,7 @@ async def _read_at_most(response: httpx.Response, limit: int) -> None:
     """
     headers = response.headers
     length = headers.get("content-length", "")
-    if length.isdigit() and int(length) <= limit and "content-encoding" not in headers:
+    if length.isdecimal() and int(length) <= limit and "content-encoding" not in headers:
         # The common case, and the fast one: the framing already bounds the body.
         await response.aread()
         return
@@ -158,8 +158,34 @@ async def _read_at_most(response: httpx.Response, limit: int) -> None:
 
 
 def _describe(exc: httpx.HTTPError) -> str:
-    text = str(exc) or type(exc).__name__
-    return f"{type(exc).__name__}: {text}"
+    """``ReadTimeout: the text.``: the exception's name and text, as one sentence."""
+    text = str(exc).rstrip(".") or type(exc).__name__
+    return f"{type(exc).__name__}: {text}."
+
+
+def forget_key(exc: BaseException) -> None:
+    """Swap the request an httpx error holds for one without the key (errors outlive calls)."""
+    if isinstance(exc, httpx.HTTPError):
+        try:
+            request = exc.request
+        except RuntimeError:  # httpx raises this for an error that has no request
+            return
+        exc.request = _without_key(request)
+
+
+def _without_key(request: httpx.Request) -> httpx.Request:
+    """A copy of ``request`` to keep in an error: the same, but with the key redacted."""
+    if "authorization" not in request.headers:
+        return request
+    headers = request.headers.copy()
+    headers["authorization"] = f"Bearer {_REDACTED}"
+    return httpx.Request(
+        request.method,
+        request.url,
+        headers=headers,
+        content=request.content,
+        extensions=request.extensions,
+    )
 
 
 class _StreamContext:
@@ -310,6 +336,13 @@ class Requester:
                 )
             ) from None
 
+    @staticmethod
+    def _closed_error(method: str, path: str) -> APIConnectionError:
+        return APIConnectionError(
+            f"{method} {path} was not sent: the client was closed while the call was under "
+            "way (aclose() or the end of `async with`)."
+        )
+
     def _scrub(self, error: _E) -> _E:
         """Take the key out of an error's text and body, should the server echo it."""
         key = self.api_key.reveal() if self.api_key is not None else ""
@@ -322,6 +355,13 @@ class Requester:
         if body is not None and key in repr(body):
             error.body = _scrub_value(body, key)  # type: ignore[attr-defined]
         return error
+
+    def _scrub_body(self, response: httpx.Response) -> None:
+        """Take the key out of an error response's body, before anything reads it."""
+        key = self.api_key.reveal() if self.api_key is not None else ""
+        secret = key.encode()
+        if len(key) >= _MIN_SCRUBBED_KEY and secret in response.content:
+            response._content = response.content.replace(secret, _REDACTED.encode())
 
     def stream(
         self,
@@ -378,6 +418,9 @@ class Requester:
             )
             retry_after: float | None = None
             await governor.acquire()
+            if self.closed:  # closed while this call waited for a slot or a retry
+                governor.release()
+                raise self._closed_error(method, path)
             keep_slot = False
             try:
                 started = clock.monotonic() if debug else 0.0
@@ -386,6 +429,11 @@ class Requester:
                     response = await self.http.send(request, stream=True)
                     if not stream:
                         await _read_at_most(response, MAX_ANSWER_SIZE)
+                except RuntimeError as exc:
+                    # httpx's "client has been closed", our pool's "transport was closed".
+                    if self.closed:
+                        raise self._closed_error(method, path) from exc
+                    raise
                 except httpx.HTTPError as exc:
                     outcome = outcome_of_exception(exc)
                     verdict = decide(kind, outcome)
@@ -394,9 +442,11 @@ class Requester:
                         if isinstance(exc, httpx.TimeoutException)
                         else (APIConnectionError)
                     )
+                    # Errors outlive the call (logs, error trackers): keep no key in them.
+                    forget_key(exc)
                     error: NanoBananaError = cls(
-                        f"{method} {path} failed: {_describe(exc)}.",
-                        request=request,
+                        f"{method} {path} failed: {_describe(exc)}",
+                        request=_without_key(request),
                         may_have_been_charged=verdict.may_have_been_charged,
                     )
                     error.__cause__ = exc
@@ -413,7 +463,7 @@ class Requester:
                             (clock.monotonic() - started) * 1000,
                         )
                     header_limit = response.headers.get("x-ratelimit-limit")
-                    if header_limit is not None and header_limit.isdigit():
+                    if header_limit is not None and header_limit.isdecimal():
                         governor.learn(int(header_limit))
                     if status < 300:
                         governor.on_success()
@@ -423,6 +473,8 @@ class Requester:
                         await _read_at_most(response, MAX_ANSWER_SIZE)
                     outcome = outcome_of_status(status)
                     verdict = decide(kind, outcome)
+                    response.request = _without_key(request)
+                    self._scrub_body(response)
                     retry_after = parse_retry_after(
                         response.headers.get("retry-after"),
                         now=clock.time(),

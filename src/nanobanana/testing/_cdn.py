@@ -79,7 +79,7 @@ async def handle_image(call: Call) -> None:
         await _text(ex, 405, "Method Not Allowed")
         return
     parts = ex.raw_path.split("/")
-    if len(parts) != 4 or not parts[3].endswith(".png") or not parts[3][:-4].isdigit():
+    if len(parts) != 4 or not parts[3].endswith(".png") or not parts[3][:-4].isdecimal():
         await _text(ex, 404, "Not Found")
         return
     segment, index_part = quote(unquote(parts[2]), safe=""), parts[3]
@@ -94,7 +94,7 @@ async def handle_image(call: Call) -> None:
     call.generation_id = generation_id
     expires_text = (ex.query.get("expires") or [""])[0]
     sig = (ex.query.get("sig") or [""])[0]
-    if not expires_text.isdigit() or not sig:
+    if not expires_text.isdecimal() or not sig:
         await _text(ex, 403, "Forbidden: missing signature")
         return
     expires = int(expires_text)
