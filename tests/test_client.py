@@ -219,6 +219,23 @@ async def test_content_safety_warning_raises_with_the_generation_id_and_credits(
     assert (info.value.credits_used, info.value.remaining_credits) == (1, 98)
 
 
+@respx.mock
+async def test_a_sync_answer_with_images_but_no_success_field_is_a_result(client):
+    respx.post(f"{API}/generate").respond(
+        json={"generationId": "gen_s", "imageUrls": ["https://cdn.test/1.png"]}
+    )
+    generation = await client.generate("x")
+    assert generation.image_urls == ("https://cdn.test/1.png",)
+
+
+@respx.mock
+async def test_a_sync_answer_with_neither_success_nor_images_may_have_been_charged(client):
+    respx.post(f"{API}/generate").respond(json={"generationId": "gen_s"})
+    with pytest.raises(UnexpectedResponseError, match="imageUrls") as info:
+        await client.generate("x")
+    assert info.value.may_have_been_charged
+
+
 @pytest.mark.parametrize(
     ("status", "body", "error"),
     [

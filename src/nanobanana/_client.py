@@ -326,7 +326,9 @@ class AsyncNanoBanana:
         answer = await self._requester.call(
             "POST", "/generate", kind=RequestKind.GENERATE, json_body=body
         )
-        if isinstance(answer, dict) and answer.get("success") is not True:
+        # A 200 is a refusal only when it says so: an answer without ``success`` but with
+        # the images is a result (and one with neither is an unreadable, charged answer).
+        if isinstance(answer, dict) and (answer.get("success") is False or answer.get("warning")):
             generation_id = answer.get("generationId")
             generation_id = generation_id if isinstance(generation_id, str) else None
             message = answer.get("message") or answer.get("error") or "Generation refused"

@@ -145,6 +145,7 @@ class Generation:
         """Parse a successful sync-mode ``POST /generate`` answer."""
         what = "the generate response"
         data = _obj(data, what)
+        _req(data, "imageUrls", list, what)  # a sync result is its images: never optional
         return cls(
             id=_req(data, "generationId", str, what),
             status=GenerationStatus.COMPLETED,
