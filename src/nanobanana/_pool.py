@@ -66,11 +66,8 @@ class ConnectionPool:
     `release`. The pool lives on one event loop at a time, bound by `bind_loop`.
 
     Args:
-        limits: `max_connections` caps open connections across all origins (None: no
-            cap); `max_keepalive_connections` caps idle ones; `keepalive_expiry` is how
-            long, in seconds, an idle connection may be reused (None: forever).
-        ssl_context: For https URLs; `httpx.create_ssl_context()` is made on first use
-            when None.
+        limits: As for `nanobanana._transport.AsyncioTransport`, which passes its own.
+        ssl_context: The same.
     """
 
     def __init__(self, *, limits: httpx.Limits, ssl_context: ssl.SSLContext | None) -> None:
