@@ -19,6 +19,19 @@ def parse_all(chunks, **kwargs):
     return [(e.event, e.data, e.id) for e in events]
 
 
+def parse_until_limit(chunks, **limits):
+    """The events handed over, and the limit error's message (None when none tripped)."""
+    parser = SSEParser(**limits)
+    events = []
+    try:
+        for chunk in chunks:
+            events.extend(parser.feed(chunk))
+        events.extend(parser.end())
+    except SSETooLargeError as error:
+        return [(e.event, e.data) for e in events], str(error)
+    return [(e.event, e.data) for e in events], None
+
+
 STREAM = (
     b": a comment the decoder ignores\r\n"
     b'data: {"type":"status","message":"D\xc3\xa9marrage \xe2\x80\x94 \xf0\x9f\x8d\x8c",'
@@ -119,10 +132,43 @@ def test_a_line_longer_than_the_maximum_raises_before_it_is_complete():
         parser.feed(b"x" * 60)
 
 
-def test_a_long_line_inside_one_big_read_raises():
+def test_a_long_line_inside_one_big_read_raises_after_the_events_before_it():
     parser = SSEParser(max_line_size=100)
-    with pytest.raises(SSETooLargeError):
-        parser.feed(b"data: 1\n\n" + b"data: " + b"y" * 200 + b"\n\n")
+    events = parser.feed(b"data: 1\n\n" + b"data: " + b"y" * 200 + b"\n\ndata: 2\n\n")
+    assert [e.data for e in events] == ["1"]
+    with pytest.raises(SSETooLargeError, match="max_line_size"):
+        parser.feed(b"data: 3\n\n")
+
+
+def test_a_long_line_alone_in_a_read_raises_at_once():
+    parser = SSEParser(max_line_size=100)
+    with pytest.raises(SSETooLargeError, match="max_line_size"):
+        parser.feed(b"data: " + b"y" * 200 + b"\n\n")
+
+
+COMPLETE = b'data: {"type":"complete","data":{"imageUrls":["https://cdn/a.png"]}}\n\n'
+BIG_COMMENT = b": " + b"c" * 2000 + b"\n"
+
+
+@pytest.mark.parametrize(
+    "chunks",
+    [[COMPLETE + BIG_COMMENT], [COMPLETE, BIG_COMMENT]],
+    ids=["one read", "two reads"],
+)
+def test_a_complete_event_before_an_oversized_line_is_handed_over_however_the_reads_cut(
+    chunks,
+):
+    events, error = parse_until_limit(chunks, max_event_size=1000)
+    assert events == [("message", COMPLETE[6:-2].decode())]
+    assert "max_event_size" in error
+
+
+def test_a_tripped_limit_keeps_raising_on_every_later_call():
+    parser = SSEParser(max_event_size=10)
+    assert [e.data for e in parser.feed(b"data: 1\n\ndata: 0123456789\n\n")] == ["1"]
+    for call in (lambda: parser.feed(b"data: 2\n\n"), parser.end, parser.check):
+        with pytest.raises(SSETooLargeError, match="max_event_size"):
+            call()
 
 
 def test_an_event_of_many_lines_larger_than_the_maximum_raises():
@@ -132,6 +178,36 @@ def test_an_event_of_many_lines_larger_than_the_maximum_raises():
     with pytest.raises(SSETooLargeError, match="max_event_size") as info:
         parser.feed(b"data: " + b"z" * 50 + b"\n")
     assert isinstance(info.value, UnexpectedResponseError)
+
+
+_sse_line = st.one_of(
+    st.builds(lambda t: "data: " + t, _text),
+    st.builds(lambda t: ": " + t, _text),
+    st.builds(lambda t: "data: " + t * 4, _text),  # now and then over a small limit
+    st.just(""),
+)
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(
+    lines=st.lists(_sse_line, max_size=16),
+    newline=st.sampled_from(["\n", "\r\n", "\r"]),
+    max_line=st.integers(1, 80),
+    max_event=st.integers(1, 200),
+    data=st.data(),
+)
+def test_the_events_before_a_tripped_limit_and_the_limit_are_the_same_however_the_reads_cut(
+    lines, newline, max_line, max_event, data
+):
+    raw = "".join(line + newline for line in lines).encode()
+    limits = {"max_line_size": max_line, "max_event_size": max_event}
+    whole = parse_until_limit([raw], **limits)
+    cuts = sorted(data.draw(st.sets(st.integers(1, max(1, len(raw) - 1)), max_size=20)))
+    bounds = [0, *[c for c in cuts if c < len(raw)], len(raw)]
+    chunks = [raw[a:b] for a, b in itertools.pairwise(bounds)]
+    assert parse_until_limit(chunks, **limits) == whole
+    # One byte at a time too: the most a cut can differ from one read.
+    assert parse_until_limit([raw[i : i + 1] for i in range(len(raw))], **limits) == whole
 
 
 def test_comments_and_many_small_events_do_not_count_as_one_big_event():
@@ -185,3 +261,19 @@ async def test_reader_without_idle_timeout_waits_as_long_as_it_takes():
     with anyio.move_on_after(0.05) as scope:
         await reader.read()
     assert scope.cancelled_caught
+
+
+async def test_reader_hands_over_the_events_before_a_limit_then_raises_without_reading_on():
+    taken = []
+
+    async def chunks():
+        for chunk in (b"data: 1\n\ndata: " + b"y" * 200 + b"\n", b"data: 2\n\n"):
+            taken.append(chunk)
+            yield chunk
+
+    reader = SSEReader(chunks(), max_line_size=100)
+    assert [e.data for e in await reader.read()] == ["1"]
+    with pytest.raises(SSETooLargeError, match="max_line_size"):
+        await reader.read()
+    assert len(taken) == 1
+    await reader.aclose()

@@ -387,6 +387,30 @@ async def test_an_oversized_event_raises_and_closes_the_response(make_client):
     assert client.governor_stats().active == 0
 
 
+async def test_a_complete_event_is_the_result_even_with_an_oversized_line_in_the_same_read(
+    make_client,
+):
+    big_comment = b": " + b"c" * 2000 + b"\n"
+    api = FakeAPI([status(1), complete(generationId="gen_ok") + big_comment])
+    client = await make_client(api)
+    events = await collect(client.stream("p", max_event_size=1000))
+    assert events[-1].type == "complete"
+    assert events[-1].generation.id == "gen_ok"
+    assert api.closed == 1
+    assert client.governor_stats().active == 0
+
+
+async def test_an_id_in_the_same_read_as_an_oversized_line_still_gives_the_resume_hint(
+    make_client,
+):
+    api = FakeAPI([status(1, generationId="gen_same") + b"data: " + b"x" * 5000 + b"\n\n"])
+    client = await make_client(api)
+    with pytest.raises(SSETooLargeError, match=r"client\.job\('gen_same'\)"):
+        await collect(client.stream("p", max_event_size=1000))
+    assert api.closed == 1
+    assert client.governor_stats().active == 0
+
+
 async def test_a_complete_event_without_urls_is_fetched_by_polling_when_the_id_is_known(
     make_client,
 ):

@@ -10,7 +10,10 @@ this module owns, is the framing around it:
   sequence, so splitting bytes first and decoding only whole lines is exactly what an
   incremental decoder would give, in one ``decode`` call per read instead of per line.
 - A line, or an event's accumulated fields, larger than a limit raises
-  `SSETooLargeError` instead of growing a buffer without end.
+  `SSETooLargeError` instead of growing a buffer without end. The events completed
+  before the offending line are handed over first and the error is raised by the
+  next call, so what a caller sees does not depend on where the reads cut the bytes
+  (a ``complete`` event followed by a huge line in the same read is still the result).
 - A stream silent for longer than ``idle_timeout`` raises `StreamIdleError`.
   The server sends a heartbeat every 15 s (stream-mode docs), so two missed heartbeats
   mean the connection is gone even when the socket has not noticed.
@@ -23,7 +26,7 @@ since 0.1.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 import anyio
 import httpx
@@ -70,6 +73,11 @@ class SSEParser:
     events += parser.end()
     ```
 
+    When a limit trips, ``feed`` (or ``end``) returns the events completed before the
+    offending line and keeps the error: the next ``feed``/``end``, or `check`, raises
+    it, and so does every call after (the parser stopped reading mid-event). When no
+    event came before it, the error is raised at once.
+
     Args:
         max_line_size: the longest line, in bytes, before `SSETooLargeError`.
         max_event_size: the most characters the lines of one event (up to its blank
@@ -79,6 +87,7 @@ class SSEParser:
     __slots__ = (
         "_bom_checked",
         "_decoder",
+        "_error",
         "_event_size",
         "_max_event",
         "_max_line",
@@ -107,9 +116,18 @@ class SSEParser:
         self._pending_cr = False
         self._event_size = 0
         self._bom_checked = False
+        # A limit that tripped after some events of the same read: raised next call.
+        self._error: SSETooLargeError | None = None
+
+    def check(self) -> None:
+        """Raise the `SSETooLargeError` a limit left pending, if any."""
+        if self._error is not None:
+            raise self._error
 
     def feed(self, chunk: bytes) -> list[ServerSentEvent]:
         """The events completed by ``chunk`` (often none, sometimes many)."""
+        if self._error is not None:
+            raise self._error
         if not chunk:
             return []
         if self._pending_cr:
@@ -125,7 +143,7 @@ class SSEParser:
         if cut < 0:
             self._pending += len(chunk)
             if self._pending > self._max_line:
-                self._too_long_line()
+                self._trip(self._line_error())
             self._parts.append(chunk)
             return []
         if self._parts:
@@ -134,21 +152,35 @@ class SSEParser:
             chunk = b"".join(self._parts)
             self._parts = []
         rest = chunk[cut + 1 :]
-        if len(rest) > self._max_line:
-            self._too_long_line()
-        if rest:
-            self._parts.append(rest)
-        self._pending = len(rest)
         whole = chunk[:cut]
-        if cut > self._max_line and any(len(x) > self._max_line for x in whole.split(b"\n")):
-            self._too_long_line()
+        # The complete lines ahead of a too-long line are read before it trips, so the
+        # result is the same wherever the reads cut the stream.
+        too_long = len(rest) > self._max_line
+        if cut > self._max_line:
+            split = whole.split(b"\n")
+            for index, line in enumerate(split):
+                if len(line) > self._max_line:
+                    too_long = True
+                    if index == 0:
+                        self._trip(self._line_error())
+                    whole = b"\n".join(split[:index])
+                    break
+        if too_long:
+            self._pending = 0
+        else:
+            if rest:
+                self._parts.append(rest)
+            self._pending = len(rest)
         # Invalid UTF-8 becomes U+FFFD (as the SSE spec asks) instead of failing the
         # stream: a line that is not valid JSON afterwards is skipped by the caller.
         text = whole.decode("utf-8", "replace")
         if not self._bom_checked:
             self._bom_checked = True
             text = text.removeprefix("\ufeff")
-        return self._lines(text.split("\n"))
+        events = self._lines(text.split("\n"))
+        if too_long and self._error is None:
+            self._error = self._line_error()
+        return self._deliver(events)
 
     def end(self) -> list[ServerSentEvent]:
         """The stream ended: the events still held.
@@ -158,6 +190,8 @@ class SSEParser:
         whose final blank line was lost is still the result, and a line cut short
         inside its JSON does not parse and is skipped by the caller anyway.
         """
+        if self._error is not None:
+            raise self._error
         lines: list[str] = []
         if self._parts:
             tail = b"".join(self._parts).decode("utf-8", "replace")
@@ -168,7 +202,7 @@ class SSEParser:
             lines.append(tail)
         self._bom_checked = True
         lines.append("")
-        return self._lines(lines)
+        return self._deliver(self._lines(lines))
 
     def _lines(self, lines: list[str]) -> list[ServerSentEvent]:
         decode = self._decoder.decode
@@ -179,11 +213,12 @@ class SSEParser:
             if line:
                 size += len(line)
                 if size > limit:
-                    self._event_size = 0
-                    raise SSETooLargeError(
+                    # Kept, not raised: the events before this line are still news.
+                    self._error = SSETooLargeError(
                         f"An event of the stream is larger than {limit} characters; "
                         "stopped reading it (max_event_size)."
                     )
+                    break
             else:
                 size = 0
             event = decode(line)
@@ -194,13 +229,23 @@ class SSEParser:
         self._event_size = size
         return events
 
-    def _too_long_line(self) -> None:
+    def _deliver(self, events: list[ServerSentEvent]) -> list[ServerSentEvent]:
+        # With nothing to hand over first, a tripped limit is raised now.
+        if self._error is not None and not events:
+            raise self._error
+        return events
+
+    def _line_error(self) -> SSETooLargeError:
         self._parts = []
         self._pending = 0
-        raise SSETooLargeError(
+        return SSETooLargeError(
             f"A line of the event stream is longer than {self._max_line} bytes; "
             "stopped reading it (max_line_size)."
         )
+
+    def _trip(self, error: SSETooLargeError) -> NoReturn:
+        self._error = error
+        raise error
 
 
 class SSEReader:
@@ -238,8 +283,13 @@ class SSEReader:
         self.at_eof = False
 
     async def read(self) -> list[ServerSentEvent]:
-        """The next events; an empty list only once the stream has ended (``at_eof``)."""
+        """The next events; an empty list only once the stream has ended (``at_eof``).
+
+        A size limit that tripped after the events of the last batch raises here,
+        before anything more is read.
+        """
         parser = self._parser
+        parser.check()
         chunks = self._chunks
         idle = self._idle_timeout
         while not self.at_eof:
