@@ -549,6 +549,83 @@ async def test_aclose_before_iterating_sends_nothing_and_iterating_after_yields_
     assert api.requests == []
 
 
+async def test_aclose_from_a_watchdog_task_ends_the_consumers_loop_quietly_and_frees_all(
+    make_client,
+):
+    api = FakeAPI([status(1, generationId="g_watch"), STALL])
+    client = await make_client(api, max_concurrency=1)
+    stream = client.stream("p", idle_timeout=None)
+    got = []
+
+    async def consume():
+        got.extend([event.progress async for event in stream])
+        got.append("loop ended")
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(consume)
+        await api.stalled.wait()  # the consumer is inside __anext__, reading
+        await stream.aclose()
+        # aclose() returns once the response is closed and the slot given back.
+        assert api.closed == 1
+        assert client.governor_stats().active == 0
+    assert got == [1, "loop ended"]
+    # The close was deliberate: no polling for the result, though the id was known.
+    assert [r.method for r in api.requests] == ["POST"]
+    await stream.aclose()  # still harmless to repeat
+    assert [e async for e in stream] == []
+
+
+async def test_aclose_from_another_task_while_the_stream_waits_for_a_slot(make_client):
+    api = FakeAPI([status(1), STALL])
+    client = await make_client(api, max_concurrency=1)
+    waiting = client.stream("p", idle_timeout=None)
+    got = []
+
+    async def consume():
+        got.extend([e async for e in waiting])
+        got.append("loop ended")
+
+    async with client.stream("p", idle_timeout=None), anyio.create_task_group() as group:
+        group.start_soon(consume)
+        await anyio.wait_all_tasks_blocked()
+        assert client.governor_stats().waiting == 1
+        await waiting.aclose()
+        assert client.governor_stats().waiting == 0
+        assert client.governor_stats().active == 1  # the first stream's, still open
+    assert got == ["loop ended"]
+    assert api.opened == 1
+    assert client.governor_stats().active == 0
+
+
+def test_aclose_from_a_watchdog_task_ends_the_loop_under_trio_too():
+    trio = pytest.importorskip("trio")
+
+    async def main():
+        api = FakeAPI([status(1, generationId="g"), STALL])
+        http = httpx.AsyncClient(transport=httpx.MockTransport(api.handler))
+        async with AsyncNanoBanana(
+            api_key=KEY, base_url=API, http_client=http, max_concurrency=1
+        ) as client:
+            stream = client.stream("p", idle_timeout=None)
+            got = []
+
+            async def consume():
+                got.extend([e.progress async for e in stream])
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(consume)
+                await api.stalled.wait()
+                await stream.aclose()
+            assert got == [1]
+            assert client.governor_stats().active == 0
+        await http.aclose()
+        return api
+
+    api = trio.run(main)
+    assert api.closed == 1
+    assert [r.method for r in api.requests] == ["POST"]
+
+
 async def test_stream_options_are_validated(make_client):
     client = await make_client(FakeAPI([complete()]))
     with pytest.raises(ValueError):

@@ -18,10 +18,12 @@ and a small state object as arguments instead.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from typing import TYPE_CHECKING, Any, cast
 
+import anyio
 import attrs
 import httpx
 
@@ -74,11 +76,29 @@ class _State:
     generation_id: str | None = None
     max_progress: int = 0
     closed: bool = False
+    # The scope of the wait the generator is in (opening the response, a read, a
+    # poll): `aclose` from another task cancels it, since a running async generator
+    # cannot be aclose()d ("asynchronous generator is already running").
+    scope: anyio.CancelScope | None = attrs.field(default=None, init=False, repr=False)
+    # Made by such an `aclose`, set by the generator as it ends.
+    ended: anyio.Event | None = attrs.field(default=None, init=False, repr=False)
     # Status events repeat (heartbeats, the same step again): ProgressEvent is frozen,
     # so equal ones are shared instead of built anew, which is most of a stream's cost.
     _seen: dict[tuple[str, int, int, str | None], ProgressEvent] = attrs.field(
         factory=dict, init=False, repr=False
     )
+
+    def stopped(self) -> bool:
+        # `closed`, re-read after an await (a method, so that type checkers do not
+        # carry an earlier check of the attribute across the await).
+        return self.closed
+
+    def guard(self) -> anyio.CancelScope:
+        """A cancel scope for one wait of the generator, already cancelled once closed."""
+        self.scope = scope = anyio.CancelScope()
+        if self.closed:
+            scope.cancel()
+        return scope
 
     def note_id(self, event: dict[str, Any], data: Any) -> None:
         # Any event may carry the id, at the top or in `data` (PROTOCOL.md, mode stream);
@@ -233,78 +253,103 @@ async def _run(
     *,
     announce: bool,
 ) -> AsyncGenerator[ProgressEvent | None, None]:
-    """The stream's events; with ``announce``, first a ``None`` once the response is open."""
+    """The stream's events; with ``announce``, first a ``None`` once the response is open.
+
+    Every wait runs in ``state.guard()``, and after each one a ``state.closed`` ends
+    the generator quietly: that is how `GenerationStream.aclose` from another task
+    stops it (see there). Once closed, it yields nothing more.
+    """
     final: ProgressEvent | None = None
     cut: BaseException | None = None
-    requester = client._requester
-    async with requester.stream(
+    opening = client._requester.stream(
         "POST", "/generate", kind=RequestKind.GENERATE, json_body=body
-    ) as response:
-        await _check_content_type(response)
-        if announce:
-            yield None
-        reader = SSEReader(response.aiter_bytes(), **reader_options)
-        loads = json.loads
+    )
+    try:
         try:
-            while final is None:
-                batch = await reader.read()
-                if not batch:
-                    cut = _CutError("the stream ended before a complete or error event")
-                    break
-                for sse in batch:
-                    text = sse.data
-                    try:
-                        found = loads(text)
-                    except ValueError:
-                        found = None
-                    for event in (found,) if type(found) is dict else _payloads(text):
-                        data = event.get("data")
-                        state.note_id(event, data)
-                        kind = event.get("type")
-                        if kind == "status":
-                            yield state.status(event)
-                        elif kind == "complete":
-                            final = state.complete(event, data)
-                            break
-                        elif kind == "error":
-                            state.failed(event, data)
-                        # Other types are newer than this client: skipped.
-                    if final is not None:
+            with state.guard():
+                response = await opening.__aenter__()
+                await _check_content_type(response)
+            if state.stopped():
+                return
+            if announce:
+                yield None
+            reader = SSEReader(response.aiter_bytes(), **reader_options)
+            loads = json.loads
+            try:
+                while final is None:
+                    with state.guard():
+                        batch = await reader.read()
+                    if state.stopped():
+                        return
+                    if not batch:
+                        cut = _CutError("the stream ended before a complete or error event")
                         break
-            if final is not None:
-                # "After generation completes (complete) or fails (error), the server
-                # automatically closes the SSE connection" (stream-mode docs): the end
-                # is right behind, and reading it keeps the connection reusable.
-                await reader.drain(max_bytes=_DRAIN_BYTES, max_seconds=_DRAIN_SECONDS)
-        except (httpx.TransportError, StreamIdleError, _CutError) as exc:
-            cut = exc
-        except SSETooLargeError as exc:
-            if state.generation_id is None:
-                raise
-            raise SSETooLargeError(
-                f"{exc.message} Generation {state.generation_id} goes on: fetch it with "
-                f"client.job({state.generation_id!r}).wait().",
-                field=exc.field,
-                body=exc.body,
-            ) from None
+                    for sse in batch:
+                        text = sse.data
+                        try:
+                            found = loads(text)
+                        except ValueError:
+                            found = None
+                        for event in (found,) if type(found) is dict else _payloads(text):
+                            data = event.get("data")
+                            state.note_id(event, data)
+                            kind = event.get("type")
+                            if kind == "status":
+                                yield state.status(event)
+                            elif kind == "complete":
+                                final = state.complete(event, data)
+                                break
+                            elif kind == "error":
+                                state.failed(event, data)
+                            # Other types are newer than this client: skipped.
+                        if final is not None:
+                            break
+                if final is not None:
+                    # "After generation completes (complete) or fails (error), the server
+                    # automatically closes the SSE connection" (stream-mode docs): the end
+                    # is right behind, and reading it keeps the connection reusable.
+                    with state.guard():
+                        await reader.drain(max_bytes=_DRAIN_BYTES, max_seconds=_DRAIN_SECONDS)
+            except (httpx.TransportError, StreamIdleError, _CutError) as exc:
+                cut = exc
+            except SSETooLargeError as exc:
+                if state.generation_id is None:
+                    raise
+                raise SSETooLargeError(
+                    f"{exc.message} Generation {state.generation_id} goes on: fetch it with "
+                    f"client.job({state.generation_id!r}).wait().",
+                    field=exc.field,
+                    body=exc.body,
+                ) from None
+            finally:
+                await reader.aclose()
         finally:
-            await reader.aclose()
-    # The response is closed and the governor slot released before the result is
-    # handed over: whatever the caller does next (a download, a poll) can use them.
-    if final is not None:
-        yield final
-        return
-    generation_id = state.generation_id
-    if generation_id is None:
-        raise APIConnectionError(
-            "The event stream was cut before the generation finished, and no event "
-            "carried its generationId: the generation may still be running.",
-            may_have_been_charged=True,
-        ) from cut
-    # The generation goes on when the client disconnects and "can be retrieved via
-    # GET /api/v1/generate?id=" (stream-mode docs): finish by polling.
-    generation = await client.job(generation_id).wait()
-    yield state.completed(generation, "Generation complete (fetched after the stream was cut)")
+            await opening.__aexit__(None, None, None)
+        # The response is closed and the governor slot released before the result is
+        # handed over: whatever the caller does next (a download, a poll) can use them.
+        if state.stopped():
+            return  # closed on purpose: no result, and no polling for one
+        if final is not None:
+            yield final
+            return
+        generation_id = state.generation_id
+        if generation_id is None:
+            raise APIConnectionError(
+                "The event stream was cut before the generation finished, and no event "
+                "carried its generationId: the generation may still be running.",
+                may_have_been_charged=True,
+            ) from cut
+        # The generation goes on when the client disconnects and "can be retrieved via
+        # GET /api/v1/generate?id=" (stream-mode docs): finish by polling.
+        with state.guard():
+            generation = await client.job(generation_id).wait()
+        if state.stopped():
+            return
+        yield state.completed(generation, "Generation complete (fetched after the stream was cut)")
+    finally:
+        state.scope = None
+        if state.ended is not None:
+            state.ended.set()
 
 
 async def _nothing() -> AsyncGenerator[ProgressEvent | None, None]:
@@ -420,7 +465,10 @@ class GenerationStream:
             raise RuntimeError("This stream has already started; use `async with` first.")
         # Send the request now and stop at the open response, so that an error
         # status raises from `async with`, as httpx's client.stream() does.
-        await self._start(announce=True).__anext__()
+        # StopAsyncIteration: closed from another task while opening; the block's
+        # loop then sees no events.
+        with contextlib.suppress(StopAsyncIteration):
+            await self._start(announce=True).__anext__()
         return self
 
     async def __aexit__(
@@ -432,7 +480,26 @@ class GenerationStream:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Close the response (if open) and release its slot; harmless to repeat."""
-        self._state.closed = True
-        if self._gen is not None:
-            await self._gen.aclose()
+        """Close the response (if open) and release its slot; harmless to repeat.
+
+        May be called from another task while one is iterating (a watchdog, say): the
+        iterating task's wait is cancelled, its loop ends quietly (no more events, no
+        polling for the result, since the close was deliberate), and this returns
+        once the response is closed and the slot released.
+        """
+        state = self._state
+        state.closed = True
+        gen = self._gen
+        if gen is None:
+            return
+        # True while an `__anext__` of it is in progress, also when suspended in an await.
+        if not getattr(gen, "ag_running", False):
+            await gen.aclose()
+            return
+        # Another task is inside the generator: stop its wait and let it finish.
+        if state.ended is None:
+            state.ended = anyio.Event()
+        ended = state.ended
+        if state.scope is not None:
+            state.scope.cancel()
+        await ended.wait()

@@ -187,3 +187,36 @@ async def test_a_thousand_abandoned_loops_leave_no_slot_or_connection(sim):
         assert stats.active == 0
         assert stats.max_active == 1
     assert len(await logged(sim, generate_posts, 1001)) == 1001
+
+
+async def test_a_watchdog_closing_a_stream_another_task_reads_ends_its_loop_and_frees_all():
+    async with Simulator(stream_event_ids=True, heartbeat_interval=15.0) as sim:
+        sim.hold()  # the generation sends its first events, then only heartbeats
+        async with sim.client(max_concurrency=1, poll_policy=FAST_POLLS) as client:
+            stream = client.stream("p", idle_timeout=None)
+            first = anyio.Event()
+            seen = []
+
+            async def consume():
+                async for event in stream:
+                    seen.append(event.type)
+                    first.set()
+                seen.append("loop ended")
+
+            async with anyio.create_task_group() as group:
+                group.start_soon(consume)
+                # The consumer's loop body never awaits: from here on it is inside
+                # __anext__, waiting for the next read.
+                await first.wait()
+                await stream.aclose()
+                assert client.governor_stats().active == 0
+            assert seen[-1] == "loop ended"
+            assert set(seen[:-1]) == {"status"}
+            assert stream.generation_id is not None
+            pool = client.http_client._transport._inner.stats()
+            assert (pool.active, pool.waiting) == (0, 0)
+            sim.release_holds()
+            # The slot is free and the client goes on.
+            events = [event async for event in client.stream("p")]
+            assert events[-1].type == "complete"
+        assert not polls(sim)  # closed on purpose: no polling for the first result
