@@ -626,6 +626,26 @@ def test_aclose_from_a_watchdog_task_ends_the_loop_under_trio_too():
     assert [r.method for r in api.requests] == ["POST"]
 
 
+async def test_async_with_on_a_closed_stream_raises_a_clear_error_and_sends_nothing(
+    make_client,
+):
+    api = FakeAPI([complete()])
+    client = await make_client(api)
+    stream = client.stream("p")
+    await stream.aclose()
+    with pytest.raises(RuntimeError, match="stream is closed"):
+        async with stream:
+            pass
+    assert api.requests == []
+    used = client.stream("p")
+    async with used as events:
+        assert [e.type async for e in events] == ["complete"]
+    with pytest.raises(RuntimeError, match="stream is closed"):
+        async with used:
+            pass
+    assert api.opened == 1
+
+
 async def test_stream_options_are_validated(make_client):
     client = await make_client(FakeAPI([complete()]))
     with pytest.raises(ValueError):

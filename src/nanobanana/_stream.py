@@ -461,6 +461,8 @@ class GenerationStream:
         return cast("ProgressEvent", event)
 
     async def __aenter__(self) -> Self:
+        if self._state.closed:
+            raise RuntimeError("This stream is closed; make a new one with client.stream().")
         if self._gen is not None:
             raise RuntimeError("This stream has already started; use `async with` first.")
         # Send the request now and stop at the open response, so that an error
