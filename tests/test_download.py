@@ -358,6 +358,42 @@ async def test_one_failed_image_raises_after_the_others_are_written(make_client,
     assert listing(tmp_path) == ["g-0.png", "g-2.png"]
 
 
+@pytest.mark.parametrize("below", [(), ("sub",)], ids=["dest is a file", "dest is under a file"])
+async def test_a_file_where_the_folder_should_be_is_a_download_error_naming_it(
+    make_client, router, tmp_path, below
+):
+    route = router.get("https://cdn.test/a").respond(200, content=PNG)
+    client = await make_client()
+    taken = tmp_path / "taken"
+    taken.write_bytes(b"mine")
+    dest = taken.joinpath(*below)
+    with pytest.raises(DownloadError, match=re.escape(repr(str(dest)))) as info:
+        await client.download(gen("g", "https://cdn.test/a" + SIGNED), dest)
+    assert isinstance(info.value.__cause__, OSError)
+    assert info.value.url == "https://cdn.test/a"
+    assert "s3cr3tsig" not in str(info.value)
+    assert taken.read_bytes() == b"mine"
+    assert listing(tmp_path) == ["taken"]
+    assert not route.called
+
+
+async def test_a_directory_under_the_images_name_is_a_download_error_and_leaves_no_temp_file(
+    make_client, router, tmp_path
+):
+    route = router.get("https://cdn.test/a").respond(200, content=PNG)
+    router.get("https://cdn.test/b").respond(200, content=JPEG)
+    client = await make_client()
+    (tmp_path / "g-0.png").mkdir()
+    with pytest.raises(DownloadError, match=re.escape(repr(str(tmp_path / "g-0.png")))) as info:
+        await client.download(gen("g", "https://cdn.test/a", "https://cdn.test/b"), tmp_path)
+    assert isinstance(info.value.__cause__, OSError)
+    assert info.value.url == "https://cdn.test/a"
+    # Not a transient failure: not retried. The other image is written, whole.
+    assert route.call_count == 1
+    assert listing(tmp_path) == ["g-0.png", "g-1.jpg"]
+    assert list((tmp_path / "g-0.png").iterdir()) == []
+
+
 async def test_cancellation_mid_body_leaves_no_partial_file(make_client, router, tmp_path):
     started = anyio.Event()
     router.get("https://cdn.test/slow").respond(

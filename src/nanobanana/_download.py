@@ -15,8 +15,10 @@ Rules, from PROTOCOL.md (Images) and the service's agent notes:
   place with ``os.replace`` (atomic on one file system), so a failure or cancellation
   never leaves a partial image under the final name.
 - Errors are all `DownloadError` (transport failures included, chained to the
-  httpx error), so one ``except`` covers a download; its ``url`` and message never
-  carry the URL's query string, where signed URLs keep their signature.
+  httpx error; file-system ones too, such as a file where the folder should be or
+  a directory under an image's name, chained to the `OSError`), so one ``except``
+  covers a download; its ``url`` and message never carry the URL's query string,
+  where signed URLs keep their signature.
 - A transient failure (5xx, 429, a dropped connection) is retried with the client's
   `RetryPolicy`, as a read: the table in ``nanobanana._retry`` decides.
 """
@@ -181,8 +183,17 @@ async def download(
     # Closed client, or one first used in another event loop: the API's own errors.
     client._requester._check_usable()
     target = anyio.Path(dest)
-    await target.mkdir(parents=True, exist_ok=True)
-    folder = Path(await target.resolve())
+    try:
+        await target.mkdir(parents=True, exist_ok=True)
+        folder = Path(await target.resolve())
+    except OSError as exc:  # a file where the folder should be, no permission, ...
+        shown = _redact(plan[0][0]) if plan else ""
+        reason = (
+            "it exists and is not a folder" if isinstance(exc, FileExistsError) else _os_reason(exc)
+        )
+        raise DownloadError(
+            f"Cannot save images in {os.fspath(dest)!r}: {reason}.", url=shown
+        ) from exc
     limiter = _limiter(client)
     paths: list[Path | None] = [None] * len(plan)
     errors: list[tuple[int, Exception]] = []
@@ -319,15 +330,24 @@ async def _save(
     # Not tempfile.mkstemp: its 0600 mode would stick to the image after the rename.
     # O_EXCL never opens an existing file or follows a planted symlink.
     temp = folder / f".{stem}.{secrets.token_hex(8)}.part"
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_BINARY, 0o666)
+    try:
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_BINARY, 0o666)
+    except OSError as exc:
+        raise _write_error(shown, folder, exc) from exc
     done = False
     try:
-        with os.fdopen(fd, "wb") as file:
-            extension = await _copy(response, file, max_size, shown)
+        try:
+            with os.fdopen(fd, "wb") as file:
+                extension = await _copy(response, file, max_size, shown)
+        except OSError as exc:  # a full disk, say; httpx's errors are no OSError
+            raise _write_error(shown, folder, exc) from exc
         final = folder / f"{stem}.{extension}"
         if final.parent != folder:  # cannot happen with safe_stem; never trust it blindly
             raise DownloadError(f"Image {shown}: unsafe file name.", url=shown)
-        temp.replace(final)
+        try:
+            temp.replace(final)
+        except OSError as exc:  # a directory of that name, say
+            raise _write_error(shown, final, exc) from exc
         done = True
         return final
     finally:
@@ -386,6 +406,16 @@ def _sniff(head: bytes, response: httpx.Response, shown: str) -> str:
             status_code=response.status_code,
         )
     return extension
+
+
+def _os_reason(exc: OSError) -> str:
+    return exc.strerror or type(exc).__name__
+
+
+def _write_error(shown: str, path: Path, exc: OSError) -> DownloadError:
+    return DownloadError(
+        f"Image {shown}: cannot write {str(path)!r}: {_os_reason(exc)}.", url=shown
+    )
 
 
 def _too_big(shown: str, max_size: int) -> DownloadError:
