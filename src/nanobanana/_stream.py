@@ -6,14 +6,22 @@ module turns them into `ProgressEvent` values, keeps progress from going
 backwards, and finishes a cut stream by polling when it can.
 
 Closing is the point of the design. The iteration is an async *generator*, and
-``GenerationStream.__aiter__`` returns that generator itself. A caller who leaves an
-``async for`` with ``break`` (and no ``aclosing``) drops the last reference to it, and
-the event loop's async-generator finalizer (asyncio's and trio's both) then runs its
-``aclose()``: the response is closed and the governor slot given back, so a thousand
-abandoned loops do not exhaust a ``max_concurrency=1`` client. For that to happen at
-once rather than at the next cyclic garbage collection, the generator must not refer
+``GenerationStream.__aiter__`` returns that generator itself. A caller who leaves
+``async for event in client.stream(...)`` with ``break`` (and no ``aclosing``) holds
+no reference to the stream or its generator any more, and the event loop's
+async-generator finalizer (asyncio's and trio's both) then runs its ``aclose()``:
+the response is closed and the governor slot given back, so a thousand abandoned
+loops do not exhaust a ``max_concurrency=1`` client. For that to happen at once
+rather than at the next cyclic garbage collection, the generator must not refer
 back to the `GenerationStream` (a reference cycle): it gets its client, body
-and a small state object as arguments instead.
+and a small state object as arguments instead. A stream the caller keeps in a
+variable keeps its generator alive too, so ``break`` leaves it open (slot held) until
+``aclose()``, the end of its ``async with`` block, or its collection.
+
+``aclose()`` from another task, while the generator is running in the consumer's
+``__anext__``, cannot ``aclose()`` the generator ("already running"). Each wait of the
+generator runs in a cancel scope kept on the state object instead; ``aclose()``
+cancels it, and the generator closes the response and ends in its own task.
 """
 
 from __future__ import annotations
@@ -387,8 +395,15 @@ class GenerationStream:
             ``max_line_size``).
         UnexpectedResponseError: a 200 that is not ``text/event-stream``.
 
-    The response is closed and the concurrency slot released on every way out: the
-    end, ``break``, an exception, cancellation, or garbage collection.
+    The response is closed and the concurrency slot released when the stream ends,
+    raises or is cancelled, when its ``async with`` block ends, on ``aclose()`` (also
+    from another task: the loop then ends quietly), and when it is garbage-collected.
+    Leaving a loop with ``break`` (or an exception in the loop body) closes it (a
+    moment later, by the event loop's finalizer) only when nothing else refers to the
+    stream, as in ``async for event in client.stream(...)``; a stream kept in a
+    variable stays open, holding its slot, until one of the above. So prefer
+    ``async with``. A closed stream yields nothing;
+    ``async with`` on it raises `RuntimeError`.
 
     Args:
         client: the client that sends the request and, after a cut, polls.
