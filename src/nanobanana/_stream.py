@@ -40,6 +40,7 @@ from nanobanana._errors import (
     GenerationFailedError,
     UnexpectedResponseError,
 )
+from nanobanana._http import forget_key
 from nanobanana._models import Generation, GenerationStatus, ProgressEvent
 from nanobanana._retry import RequestKind
 from nanobanana._sse import (
@@ -319,6 +320,7 @@ async def _run(
                     with state.guard():
                         await reader.drain(max_bytes=_DRAIN_BYTES, max_seconds=_DRAIN_SECONDS)
             except (httpx.TransportError, StreamIdleError, _CutError) as exc:
+                forget_key(exc)  # it becomes our error's cause
                 cut = exc
             except SSETooLargeError as exc:
                 if state.generation_id is None:

@@ -4,9 +4,11 @@ to the API's host only (never to the CDN, never across a redirect).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import traceback
 
+import httpx
 import pytest
 from reliability_support import SECRET_KEY, RawServer, drain, fast_client, whole
 
@@ -44,9 +46,15 @@ def exception_texts(error: BaseException) -> list[str]:
     if response is not None:
         texts += [repr(response.request), str(response.request.url)]
         texts.append(repr(response.request.headers))  # httpx masks Authorization here
-    request = getattr(error, "request", None)
-    if request is not None:
-        texts += [str(request.url), repr(request.headers)]
+        texts.append(str(response.request.headers.raw))  # but not here
+        texts.append(response.text)
+    requests = [getattr(error, "request", None)]
+    if isinstance(error.__cause__, httpx.HTTPError):  # what an error tracker also shows
+        with contextlib.suppress(RuntimeError):  # an httpx error may carry no request
+            requests.append(error.__cause__.request)
+    for request in requests:
+        if request is not None:
+            texts += [str(request.url), repr(request.headers), str(request.headers.raw)]
     return texts
 
 
