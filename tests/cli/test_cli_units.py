@@ -192,3 +192,39 @@ def test_without_rich_a_terminal_gets_plain_lines_and_quiet_gets_nothing(monkeyp
     ]
     quiet = reporter(Output(quiet=True, stderr=err), "percent")
     assert type(quiet) is Reporter
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["simulate", "--generation-time", "-1"],
+        ["simulate", "--port", "99999"],
+        ["simulate", "--cdn-port", "-1"],
+        ["simulate", "--credits", "-5"],
+        ["simulate", "--heartbeat-interval", "0"],
+        ["simulate", "--max-async-tasks", "0"],
+    ],
+)
+def test_bad_simulator_options_are_usage_errors(argv, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_simulate_passes_its_options_to_a_simulator_that_accepts_them(monkeypatch):
+    import nanobanana.testing  # noqa: PLC0415
+    from nanobanana.testing import Simulator  # noqa: PLC0415
+
+    seen: dict[str, object] = {}
+
+    def fake_serve(*, host: str, port: int, **options: object) -> None:
+        seen.update(options, host=host, port=port)
+        Simulator(host=host, port=port, **options)  # type: ignore[arg-type] - never started
+
+    monkeypatch.setattr(nanobanana.testing, "serve", fake_serve)
+    argv = ["simulate", "--port", "0", "--heartbeat-interval", "0.5", "--max-async-tasks", "3"]
+    assert main([*argv, "--credits", "0", "--generation-time", "0"]) == 0
+    assert seen["heartbeat_interval"] == 0.5
+    assert seen["max_async_tasks"] == 3
+    assert (seen["credits"], seen["generation_time"], seen["port"]) == (0, 0.0, 0)

@@ -56,6 +56,36 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be 0 or more: {text!r}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more: {text!r}")
+    return value
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= value <= 65535:  # the TCP port range
+        raise argparse.ArgumentTypeError(f"must be a port from 0 to 65535: {text!r}")
+    return value
+
+
 def _http_url(text: str) -> str:
     if not text.startswith(("http://", "https://")):
         raise argparse.ArgumentTypeError(f"must be an http(s) URL: {text!r}")
@@ -222,19 +252,38 @@ def build_parser() -> argparse.ArgumentParser:
 
     simulate = command("simulate", "serve the simulator over HTTP for other programs")
     simulate.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1")
-    simulate.add_argument("--port", type=int, default=8000, help="the API port (default 8000)")
     simulate.add_argument(
-        "--cdn-port", type=int, default=0, help="the image CDN's port (default: any free one)"
+        "--port", type=_port, default=8000, help="the API port (default 8000; 0: any free one)"
     )
-    simulate.add_argument("--credits", type=int, help="the account's credits (default 100)")
     simulate.add_argument(
-        "--generation-time", metavar="S", type=float, help="seconds each generation takes"
+        "--cdn-port", type=_port, default=0, help="the image CDN's port (default: any free one)"
+    )
+    simulate.add_argument(
+        "--credits", type=_non_negative_int, help="the account's credits (default 100)"
+    )
+    simulate.add_argument(
+        "--generation-time",
+        metavar="S",
+        type=_non_negative_float,
+        help="seconds each generation takes (default 0)",
+    )
+    simulate.add_argument(
+        "--heartbeat-interval",
+        metavar="S",
+        type=_positive_float,
+        help="seconds between stream heartbeats (default 15, as documented)",
     )
     simulate.add_argument(
         "--concurrency-limit",
         metavar="N",
         type=_positive_int,
         help="the account's limit on requests in flight (default 1, as documented)",
+    )
+    simulate.add_argument(
+        "--max-async-tasks",
+        metavar="N",
+        type=_positive_int,
+        help="the server-wide cap on running async tasks, beyond which it answers 503 (default 10)",
     )
     simulate.add_argument("--seed", type=int, help="reproducible ids and image URLs")
     return parser

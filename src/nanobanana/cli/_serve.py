@@ -20,7 +20,15 @@ def serve(session: Session) -> int:
     options: dict[str, Any] = {"cdn_port": args.cdn_port}
     if args.api_key:  # the key the simulator accepts (default: its demo key)
         options["api_key"] = args.api_key
-    for name in ("credits", "generation_time", "concurrency_limit", "seed"):
+    names = (
+        "credits",
+        "generation_time",
+        "heartbeat_interval",
+        "concurrency_limit",
+        "max_async_tasks",
+        "seed",
+    )
+    for name in names:
         value = getattr(args, name)
         if value is not None:
             options[name] = value
