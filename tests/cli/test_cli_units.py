@@ -228,3 +228,15 @@ def test_simulate_passes_its_options_to_a_simulator_that_accepts_them(monkeypatc
     assert seen["heartbeat_interval"] == 0.5
     assert seen["max_async_tasks"] == 3
     assert (seen["credits"], seen["generation_time"], seen["port"]) == (0, 0.0, 0)
+
+
+@pytest.mark.parametrize(
+    ("line", "kind"), [('["a"]', "JSON an array"), ('"a banana"', "JSON a string")]
+)
+def test_a_json_line_that_is_not_an_object_is_a_usage_error(line, kind):
+    with pytest.raises(InputError, match="line 2") as info:
+        parse_items(["ok", line], name="prompts.txt")
+    assert kind in str(info.value)
+    # Text that only looks like it is a prompt as written.
+    items = parse_items(["[draft] a cat", '"quoted" words'], name="f")
+    assert [item.prompt for item in items] == ["[draft] a cat", '"quoted" words']

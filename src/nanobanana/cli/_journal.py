@@ -103,6 +103,25 @@ def _field(raw: dict[str, Any], where: str) -> dict[str, Any]:
     return fields
 
 
+def _refuse_json_non_object(text: str, where: str) -> None:
+    """A line that is JSON but no object (``["a"]``, ``"a"``) is a mistake, not a prompt.
+
+    Sent as is, it would be paid for as the literal prompt ``["a"]``. Text that merely
+    starts with ``[`` or ``"`` and is not JSON (``[draft] a cat``) is a prompt.
+    """
+    if not text.startswith(("[", '"')):
+        return
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return
+    kind = "an array" if isinstance(value, list) else "a string"
+    raise InputError(
+        f"{where}: JSON {kind}, not an object; write the prompt as plain text, "
+        'or as {"prompt": "..."}'
+    )
+
+
 def _digest(fields: dict[str, Any]) -> str:
     canonical = json.dumps(
         {k: list(v) if isinstance(v, tuple) else v for k, v in fields.items()},
@@ -129,6 +148,7 @@ def parse_items(lines: Iterable[str], *, name: str) -> list[Item]:
                 raise InputError(f"{where}: not valid JSON ({exc})") from None
             fields = _field(raw, where)
         else:
+            _refuse_json_non_object(text, where)
             fields = {"prompt": text}
         key = fields.pop("key", None)
         if key is None:
