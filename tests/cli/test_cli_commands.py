@@ -219,3 +219,14 @@ def test_ctrl_c_during_a_wait_exits_130_and_names_the_generation(sim, tmp_path):
     generation_id = sim.generations[-1].id
     assert f"nanobanana poll --id {generation_id} --wait" in stderr
     assert stdout == ""
+
+
+def test_a_possibly_charged_failure_gives_cli_advice_not_python(sim):
+    sim.inject("status", status=500, after_charge=True)
+    result = run("--json", "generate", "a banana", sim=sim)
+    assert result.code == 6
+    line = assert_one_error_line(result.stderr)
+    assert "`nanobanana credits`" in line
+    assert "credits()" not in line
+    assert "get_generation()" not in line
+    assert result.json()["error"]["may_have_been_charged"] is True

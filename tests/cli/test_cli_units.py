@@ -11,10 +11,11 @@ import pytest
 
 import nanobanana
 import nanobanana.cli
+from nanobanana._errors import CHARGE_WARNING
 from nanobanana.cli import _app, main
 from nanobanana.cli._exit import EXIT_CODES_HELP, ExitCode, exit_code_for
 from nanobanana.cli._journal import InputError, Journal, parse_items, read_journal
-from nanobanana.cli._output import Output
+from nanobanana.cli._output import Output, error_json, message_for
 from nanobanana.cli._progress import PlainReporter, Reporter, reporter
 from nanobanana.cli._session import poll_schedule
 
@@ -240,3 +241,21 @@ def test_a_json_line_that_is_not_an_object_is_a_usage_error(line, kind):
     # Text that only looks like it is a prompt as written.
     items = parse_items(["[draft] a cat", '"quoted" words'], name="f")
     assert [item.prompt for item in items] == ["[draft] a cat", '"quoted" words']
+
+
+def test_the_librarys_python_advice_becomes_cli_commands():
+    error = nanobanana.APIConnectionError("Connection dropped", may_have_been_charged=True)
+    assert CHARGE_WARNING in str(error)
+    message = message_for(error)
+    assert "credits()" not in message
+    assert "`nanobanana credits`" in message
+    assert "poll" not in message  # no id known
+    # With an id (from the command, or on the error itself), the poll command too.
+    assert "`nanobanana poll --id g7`" in message_for(error, generation_id="g7")
+    error.generation_id = "g8"  # type: ignore[attr-defined] - the library may add it
+    assert "`nanobanana poll --id g8`" in message_for(error)
+    assert error_json(error)["generation_id"] == "g8"
+    cut = nanobanana.SSETooLargeError(
+        "Too large. Generation g9 goes on: fetch it with client.job('g9').wait()."
+    )
+    assert message_for(cut).endswith("fetch it with `nanobanana poll --id g9 --wait`.")

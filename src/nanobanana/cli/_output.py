@@ -8,17 +8,14 @@ stderr.
 from __future__ import annotations
 
 import json
+import re
+import shlex
 import sys
 from typing import TYPE_CHECKING, Any, TextIO
 
 import attrs
 
-from nanobanana._errors import (
-    ContentSafetyError,
-    DownloadError,
-    GenerationFailedError,
-    JobTimeoutError,
-)
+from nanobanana._errors import CHARGE_WARNING, DownloadError, JobTimeoutError
 from nanobanana.cli._exit import ExitCode, exit_code_for
 
 if TYPE_CHECKING:
@@ -88,30 +85,51 @@ def one_line(text: str) -> str:
     return " ".join(text.split())
 
 
-def message_for(error: BaseException) -> str:
+# The library's advice names Python calls; the CLI names its own commands instead.
+_PYTHON_RESUME = re.compile(r"client\.job\(['\"]([^'\"]+)['\"]\)\.wait\(\)")
+
+
+def _cli_charge_warning(generation_id: str | None) -> str:
+    where = "check `nanobanana credits`"
+    if generation_id:
+        where += f" and `{shlex.join(['nanobanana', 'poll', '--id', generation_id])}`"
+    return f"The generation may have been charged; it was not resent: {where} before trying again."
+
+
+def message_for(error: BaseException, *, generation_id: str | None = None) -> str:
     """The one-line message the CLI shows for an error.
 
-    The library's messages speak Python (``client.job(...).wait()``); where they do,
-    the CLI says it in its own words and gives the command instead.
+    The library's messages speak Python (``client.job(...).wait()``, ``credits()``);
+    where they do, the CLI says it in its own words and gives the command instead.
+    ``generation_id`` is the id the command knows, when the error does not carry one.
     """
+    known = getattr(error, "generation_id", None) or generation_id
     if isinstance(error, JobTimeoutError):
         return (
             f"generation {error.generation_id} did not finish within the wait; "
             "it may still complete"
         )
-    return one_line(str(error)) or type(error).__name__
+    text = one_line(str(error))
+    if CHARGE_WARNING in text:
+        text = text.replace(CHARGE_WARNING, _cli_charge_warning(known))
+    text = _PYTHON_RESUME.sub(
+        lambda match: f"`{shlex.join(['nanobanana', 'poll', '--id', match[1], '--wait'])}`", text
+    )
+    return text or type(error).__name__
 
 
-def error_json(error: BaseException) -> dict[str, Any]:
-    """An error as data: its type, message, exit code and generation id when known."""
-    generation_id = None
-    if isinstance(error, (GenerationFailedError, ContentSafetyError, JobTimeoutError)):
-        generation_id = error.generation_id
+def error_json(error: BaseException, *, generation_id: str | None = None) -> dict[str, Any]:
+    """An error as data: its type, message, exit code and generation id when known.
+
+    ``generation_id`` is the id the command knows, when the error does not carry one
+    (a failed download of a finished generation, a cut stream).
+    """
+    known = getattr(error, "generation_id", None) or generation_id
     document: dict[str, Any] = {
         "type": type(error).__name__,
-        "message": message_for(error),
+        "message": message_for(error, generation_id=known),
         "exit_code": int(exit_code_for(error)),
-        "generation_id": generation_id,
+        "generation_id": known if isinstance(known, str) else None,
     }
     if getattr(error, "may_have_been_charged", False):
         document["may_have_been_charged"] = True  # a re-run may pay for it again
