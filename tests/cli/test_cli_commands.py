@@ -7,6 +7,7 @@ several things at once; prompts carry the simulator's markers (``[fail]``,
 
 from __future__ import annotations
 
+import json
 import signal
 
 import pytest
@@ -219,6 +220,123 @@ def test_ctrl_c_during_a_wait_exits_130_and_names_the_generation(sim, tmp_path):
     generation_id = sim.generations[-1].id
     assert f"nanobanana poll --id {generation_id} --wait" in stderr
     assert stdout == ""
+
+
+def _generate_requests(sim) -> list:
+    return [r for r in sim.requests if r.path.endswith("/generate")]
+
+
+@pytest.mark.parametrize("command", ["generate", "poll"])
+def test_a_download_dir_that_is_a_file_is_refused_before_anything_is_paid(sim, tmp_path, command):
+    afile = tmp_path / "afile"
+    afile.write_text("not a folder")
+    if command == "generate":
+        args = ("generate", "x", "--mode", "async", "--wait", *FAST)
+    else:
+        args = ("poll", "--id", "some-id", "--wait", *FAST)
+    result = run("--json", *args, "--download-dir", str(afile), sim=sim)
+    assert result.code == 2, result.stderr
+    assert "not a directory" in assert_one_error_line(result.stderr)
+    assert result.json()["error"]["exit_code"] == 2
+    assert _generate_requests(sim) == []
+    assert sim.credits() == 100
+
+
+def test_a_failed_download_still_prints_the_paid_generation_and_how_to_save_it(sim, tmp_path):
+    images = tmp_path / "images"
+    sim.inject("cdn_html")  # the CDN answers one image request with an HTML page
+    result = run(
+        "--json", "generate", "a banana", "--mode", "async", "--wait", *FAST,
+        "--download-dir", str(images), sim=sim,
+    )  # fmt: skip
+    assert result.code == 6, result.stderr
+    document = result.json()  # one document: the generation, and what went wrong
+    generation_id = sim.generations[-1].id
+    assert (document["id"], document["status"], document["files"]) == (
+        generation_id, "completed", []
+    )  # fmt: skip
+    assert document["image_urls"]
+    assert document["error"]["generation_id"] == generation_id
+    assert document["error"]["exit_code"] == 6
+    assert_one_error_line(result.stderr)
+    hint = f"nanobanana poll --id {generation_id} --download-dir {images}"
+    assert hint in result.stderr
+
+    # The hint works, and costs nothing.
+    again = run(*hint.split()[1:], sim=sim)
+    assert again.code == 0, again.stderr
+    assert_png(again.json()["files"][0])
+    assert sim.credits() == 99
+
+
+def test_a_download_dir_removed_during_the_wait_keeps_the_generation(sim, tmp_path):
+    images = tmp_path / "images"
+    with sim.hold() as hold:
+        process = start(
+            "generate", "a banana", "--mode", "async", "--wait", *FAST,
+            "--download-dir", str(images), sim=sim,
+        )  # fmt: skip
+        sim.wait_for(lambda: any(r.method == "GET" for r in _generate_requests(sim)), timeout=20)
+        assert images.is_dir()  # created before the generation was sent
+        images.rmdir()
+        images.write_text("now a file")
+        hold.release()
+        stdout, stderr = process.communicate(timeout=20)
+    assert process.returncode == 6, stderr
+    generation_id = sim.generations[-1].id
+    document = json.loads(stdout)
+    assert (document["id"], document["status"], document["files"]) == (
+        generation_id, "completed", []
+    )  # fmt: skip
+    assert "cannot save the images" in assert_one_error_line(stderr)
+    assert f"nanobanana poll --id {generation_id} --download-dir {images}" in stderr
+
+
+def test_max_polls_counts_polls_when_resuming_an_id(sim):
+    with sim.hold():
+        submitted = run("generate", "a banana", "--mode", "async", sim=sim)
+        generation_id = submitted.json()["id"]
+        result = run(
+            "poll", "--id", generation_id, "--wait", "--max-polls", "2", "--poll-interval",
+            "0.05", sim=sim,
+        )  # fmt: skip
+        polls = [r for r in _generate_requests(sim) if r.method == "GET"]
+    assert result.code == 5, result.stderr
+    assert len(polls) == 2
+
+
+def test_a_timeout_hint_keeps_the_download_dir(sim, tmp_path):
+    images = tmp_path / "my images"
+    with sim.hold():
+        result = run(
+            "generate", "a banana", "--mode", "async", "--wait", "--poll-interval", "0.05",
+            "--max-polls", "2", "--download-dir", str(images), sim=sim,
+        )  # fmt: skip
+    assert result.code == 5
+    generation_id = sim.generations[-1].id
+    resume = f"nanobanana poll --id {generation_id} --wait --download-dir '{images}'"
+    assert resume in result.stderr
+    assert len([r for r in _generate_requests(sim) if r.method == "GET"]) == 2
+
+
+def test_ctrl_c_with_json_prints_an_error_document_and_a_hint_with_the_download_dir(sim, tmp_path):
+    images = tmp_path / "images"
+    with sim.hold():
+        process = start(
+            "--json", "generate", "a banana", "--mode", "async", "--wait", *FAST,
+            "--download-dir", str(images), sim=sim,
+        )  # fmt: skip
+        sim.wait_for(lambda: any(r.method == "GET" for r in _generate_requests(sim)), timeout=20)
+        process.send_signal(signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=20)
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    generation_id = sim.generations[-1].id
+    error = json.loads(stdout)["error"]
+    assert (error["exit_code"], error["generation_id"]) == (130, generation_id)
+    resume = f"nanobanana poll --id {generation_id} --wait --download-dir {images}"
+    assert resume in stderr
+    assert resume in error["hints"][0]
 
 
 def test_a_possibly_charged_failure_gives_cli_advice_not_python(sim):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import random
 import subprocess
 import sys
 
@@ -12,12 +13,15 @@ import pytest
 import nanobanana
 import nanobanana.cli
 from nanobanana._errors import CHARGE_WARNING
+from nanobanana._models import Generation, GenerationStatus
 from nanobanana.cli import _app, main
-from nanobanana.cli._exit import EXIT_CODES_HELP, ExitCode, exit_code_for
+from nanobanana.cli._batch import BusyRetry
+from nanobanana.cli._exit import EXIT_CODES_HELP, ExitCode, UsageError, exit_code_for
 from nanobanana.cli._journal import InputError, Journal, parse_items, read_journal
 from nanobanana.cli._output import Output, error_json, message_for
+from nanobanana.cli._polling import PollCount, poll_schedule, wait_for_job
 from nanobanana.cli._progress import PlainReporter, Reporter, reporter
-from nanobanana.cli._session import poll_schedule
+from nanobanana.cli._session import check_download_dir, without_api_key
 
 
 @pytest.mark.parametrize(
@@ -138,14 +142,158 @@ def test_the_last_journal_record_of_a_key_wins(tmp_path):
     assert read_journal(str(tmp_path / "missing.jsonl")) == {}
 
 
-def test_poll_interval_and_max_polls_map_onto_a_fixed_schedule():
-    assert poll_schedule(None, None) == (None, None)
-    policy, timeout = poll_schedule(0.5, 4)
-    assert policy is not None
-    assert (policy.first_delay, policy.max_interval, policy.growth) == (0.5, 0.5, 1.0)
-    assert timeout == policy.timeout == 2.0
-    _, timeout = poll_schedule(None, 2)
-    assert timeout == 6.0
+def test_poll_interval_and_max_polls_are_a_count_of_polls():
+    assert poll_schedule(None, None) is None  # the client's own schedule
+    assert poll_schedule(0.5, 4) == PollCount(interval=0.5, max_polls=4)
+    assert poll_schedule(None, 2) == PollCount(interval=3.0, max_polls=2)
+    assert poll_schedule(0.5, None) == PollCount(interval=0.5, max_polls=60)
+
+
+class _FakeJob:
+    """A job whose generation is still processing for ``processing`` refreshes."""
+
+    def __init__(self, processing: int) -> None:
+        self.id = "g1"
+        self.refreshes = 0
+        self.processing = processing
+
+    async def refresh(self) -> Generation:
+        self.refreshes += 1
+        done = self.refreshes > self.processing
+        status = GenerationStatus.COMPLETED if done else GenerationStatus.PROCESSING
+        return Generation(
+            id=self.id, status=status, image_urls=("https://cdn/x.png",) if done else ()
+        )
+
+
+@pytest.mark.parametrize(("resumed", "first"), [(True, 0.0), (False, 0.5)])
+async def test_max_polls_sends_exactly_that_many_polls_then_times_out(resumed, first):
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    job = _FakeJob(processing=10)
+    with pytest.raises(nanobanana.JobTimeoutError) as info:
+        await wait_for_job(
+            job,
+            PollCount(interval=0.5, max_polls=2),
+            resumed=resumed,
+            sleep=sleep,  # type: ignore[arg-type]
+        )
+    assert job.refreshes == 2
+    assert slept == [first, 0.5]  # a resumed job is polled at once, a new one after 0.5 s
+    assert info.value.generation_id == "g1"
+
+    done = _FakeJob(processing=1)
+    generation = await wait_for_job(
+        done,
+        PollCount(interval=0.5, max_polls=2),
+        resumed=True,
+        sleep=sleep,  # type: ignore[arg-type]
+    )
+    assert (generation.status, done.refreshes) == (GenerationStatus.COMPLETED, 2)
+
+
+@pytest.mark.parametrize(
+    ("argv", "kept"),
+    [
+        (["--api-key", "nb_k", "batch", "f"], ["batch", "f"]),
+        (["batch", "f", "--api-key=nb_k", "-o", "o"], ["batch", "f", "-o", "o"]),
+        (["--api-k", "nb_k", "batch", "f"], ["batch", "f"]),  # argparse takes prefixes
+        (["--api=nb_k", "batch", "f"], ["batch", "f"]),
+        (["batch", "f", "--aspect-ratio", "1:1"], ["batch", "f", "--aspect-ratio", "1:1"]),
+    ],
+)
+def test_printed_commands_leave_the_api_key_out(argv, kept):
+    assert without_api_key(argv) == kept
+
+
+def test_the_librarys_python_advice_becomes_cli_commands():
+    error = nanobanana.APIConnectionError("Connection dropped", may_have_been_charged=True)
+    assert CHARGE_WARNING in str(error)
+    message = message_for(error)
+    assert "credits()" not in message
+    assert "`nanobanana credits`" in message
+    assert "poll" not in message  # no id known
+    # With an id (from the command, or on the error itself), the poll command too.
+    assert "`nanobanana poll --id g7`" in message_for(error, generation_id="g7")
+    error.generation_id = "g8"  # type: ignore[attr-defined] - the library may add it
+    assert "`nanobanana poll --id g8`" in message_for(error)
+    assert error_json(error)["generation_id"] == "g8"
+    cut = nanobanana.SSETooLargeError(
+        "Too large. Generation g9 goes on: fetch it with client.job('g9').wait()."
+    )
+    assert message_for(cut).endswith("fetch it with `nanobanana poll --id g9 --wait`.")
+
+
+@pytest.mark.parametrize(
+    ("tries", "retry_after", "low", "high"),
+    [(1, 2.5, 2.5, 2.5), (1, None, 0.0, 0.5), (3, None, 0.0, 2.0), (10, None, 0.0, 10.0)],
+)
+def test_a_refused_batch_item_waits_retry_after_or_jittered_backoff(tries, retry_after, low, high):
+    policy = BusyRetry(initial=0.5, max_wait=10.0)
+    delays = [policy.delay(tries, retry_after, random.Random(seed)) for seed in range(50)]
+    assert all(low <= delay <= high for delay in delays)
+
+
+@pytest.mark.parametrize(
+    ("line", "kind"), [('["a"]', "JSON an array"), ('"a banana"', "JSON a string")]
+)
+def test_a_json_line_that_is_not_an_object_is_a_usage_error(line, kind):
+    with pytest.raises(InputError, match="line 2") as info:
+        parse_items(["ok", line], name="prompts.txt")
+    assert kind in str(info.value)
+    # Text that only looks like it is a prompt as written.
+    items = parse_items(["[draft] a cat", '"quoted" words'], name="f")
+    assert [item.prompt for item in items] == ["[draft] a cat", '"quoted" words']
+
+
+def test_the_download_dir_is_created_or_refused_before_anything_is_sent(tmp_path):
+    check_download_dir(str(tmp_path / "new" / "deep"))
+    assert (tmp_path / "new" / "deep").is_dir()
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    with pytest.raises(UsageError, match="not a directory"):
+        check_download_dir(str(afile))
+    with pytest.raises(UsageError, match="cannot create"):
+        check_download_dir(str(afile / "below"))
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["simulate", "--generation-time", "-1"],
+        ["simulate", "--port", "99999"],
+        ["simulate", "--cdn-port", "-1"],
+        ["simulate", "--credits", "-5"],
+        ["simulate", "--heartbeat-interval", "0"],
+        ["simulate", "--max-async-tasks", "0"],
+    ],
+)
+def test_bad_simulator_options_are_usage_errors(argv, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_simulate_passes_its_options_to_a_simulator_that_accepts_them(monkeypatch):
+    import nanobanana.testing  # noqa: PLC0415
+    from nanobanana.testing import Simulator  # noqa: PLC0415
+
+    seen: dict[str, object] = {}
+
+    def fake_serve(*, host: str, port: int, **options: object) -> None:
+        seen.update(options, host=host, port=port)
+        Simulator(host=host, port=port, **options)  # type: ignore[arg-type] - never started
+
+    monkeypatch.setattr(nanobanana.testing, "serve", fake_serve)
+    argv = ["simulate", "--port", "0", "--heartbeat-interval", "0.5", "--max-async-tasks", "3"]
+    assert main([*argv, "--credits", "0", "--generation-time", "0"]) == 0
+    assert seen["heartbeat_interval"] == 0.5
+    assert seen["max_async_tasks"] == 3
+    assert (seen["credits"], seen["generation_time"], seen["port"]) == (0, 0.0, 0)
 
 
 @pytest.mark.parametrize(
@@ -193,69 +341,3 @@ def test_without_rich_a_terminal_gets_plain_lines_and_quiet_gets_nothing(monkeyp
     ]
     quiet = reporter(Output(quiet=True, stderr=err), "percent")
     assert type(quiet) is Reporter
-
-
-@pytest.mark.parametrize(
-    "argv",
-    [
-        ["simulate", "--generation-time", "-1"],
-        ["simulate", "--port", "99999"],
-        ["simulate", "--cdn-port", "-1"],
-        ["simulate", "--credits", "-5"],
-        ["simulate", "--heartbeat-interval", "0"],
-        ["simulate", "--max-async-tasks", "0"],
-    ],
-)
-def test_bad_simulator_options_are_usage_errors(argv, capsys):
-    with pytest.raises(SystemExit) as info:
-        main(argv)
-    assert info.value.code == 2
-    assert "Traceback" not in capsys.readouterr().err
-
-
-def test_simulate_passes_its_options_to_a_simulator_that_accepts_them(monkeypatch):
-    import nanobanana.testing  # noqa: PLC0415
-    from nanobanana.testing import Simulator  # noqa: PLC0415
-
-    seen: dict[str, object] = {}
-
-    def fake_serve(*, host: str, port: int, **options: object) -> None:
-        seen.update(options, host=host, port=port)
-        Simulator(host=host, port=port, **options)  # type: ignore[arg-type] - never started
-
-    monkeypatch.setattr(nanobanana.testing, "serve", fake_serve)
-    argv = ["simulate", "--port", "0", "--heartbeat-interval", "0.5", "--max-async-tasks", "3"]
-    assert main([*argv, "--credits", "0", "--generation-time", "0"]) == 0
-    assert seen["heartbeat_interval"] == 0.5
-    assert seen["max_async_tasks"] == 3
-    assert (seen["credits"], seen["generation_time"], seen["port"]) == (0, 0.0, 0)
-
-
-@pytest.mark.parametrize(
-    ("line", "kind"), [('["a"]', "JSON an array"), ('"a banana"', "JSON a string")]
-)
-def test_a_json_line_that_is_not_an_object_is_a_usage_error(line, kind):
-    with pytest.raises(InputError, match="line 2") as info:
-        parse_items(["ok", line], name="prompts.txt")
-    assert kind in str(info.value)
-    # Text that only looks like it is a prompt as written.
-    items = parse_items(["[draft] a cat", '"quoted" words'], name="f")
-    assert [item.prompt for item in items] == ["[draft] a cat", '"quoted" words']
-
-
-def test_the_librarys_python_advice_becomes_cli_commands():
-    error = nanobanana.APIConnectionError("Connection dropped", may_have_been_charged=True)
-    assert CHARGE_WARNING in str(error)
-    message = message_for(error)
-    assert "credits()" not in message
-    assert "`nanobanana credits`" in message
-    assert "poll" not in message  # no id known
-    # With an id (from the command, or on the error itself), the poll command too.
-    assert "`nanobanana poll --id g7`" in message_for(error, generation_id="g7")
-    error.generation_id = "g8"  # type: ignore[attr-defined] - the library may add it
-    assert "`nanobanana poll --id g8`" in message_for(error)
-    assert error_json(error)["generation_id"] == "g8"
-    cut = nanobanana.SSETooLargeError(
-        "Too large. Generation g9 goes on: fetch it with client.job('g9').wait()."
-    )
-    assert message_for(cut).endswith("fetch it with `nanobanana poll --id g9 --wait`.")

@@ -14,7 +14,8 @@ from nanobanana._errors import JobTimeoutError, NanoBananaError
 from nanobanana._version import __version__
 from nanobanana.cli._exit import EXIT_CODES_HELP, ExitCode, UsageError
 from nanobanana.cli._output import Output, one_line
-from nanobanana.cli._session import DEFAULT_MAX_POLLS, DEFAULT_POLL_INTERVAL, Session
+from nanobanana.cli._polling import DEFAULT_MAX_POLLS, DEFAULT_POLL_INTERVAL
+from nanobanana.cli._session import Session, check_download_dir
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
@@ -305,6 +306,8 @@ def _check(args: argparse.Namespace) -> None:
         raise UsageError("--max-retries must be 0 or more")
     if args.command == "poll" and not args.id.strip():
         raise UsageError("--id must not be empty")
+    if args.command in ("generate", "poll") and args.download_dir is not None:
+        check_download_dir(args.download_dir)  # before anything is paid for
 
 
 async def _dispatch(session: Session) -> int:
@@ -324,9 +327,9 @@ async def _dispatch(session: Session) -> int:
         return await handler(session, client)
 
 
-def _hints(error: BaseException) -> list[str]:
+def _hints(session: Session, error: BaseException) -> list[str]:
     if isinstance(error, JobTimeoutError):
-        resume = f"nanobanana poll --id {error.generation_id} --wait"
+        resume = session.poll_command(error.generation_id)
         return [f"the generation may still complete; resume with: {resume}"]
     return []
 
@@ -354,15 +357,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as error:
         return output.usage_error(str(error))
     except KeyboardInterrupt:
-        output.stderr.write("interrupted\n")
-        for hint in session.interrupted_hints():
-            output.stderr.write(hint + "\n")
-        output.stderr.flush()
-        return ExitCode.INTERRUPTED
+        return output.interrupted(session.interrupted_hints(), generation_id=session.interrupted_id)
     except NanoBananaError as error:
-        return output.fail(error, hints=_hints(error))
+        return output.fail(error, hints=_hints(session, error))
     except OSError as error:
-        # A download dir that cannot be created, an output file that cannot be written.
+        # Before anything is sent: a batch output file that cannot be opened, a
+        # simulator port in use. (Images that cannot be saved later are not usage
+        # errors: the commands catch those and keep the generation.)
         return output.usage_error(one_line(str(error)))
     except Exception:  # noqa: BLE001 - a bug: show the traceback, exit 1
         sys.stderr.write(traceback.format_exc())

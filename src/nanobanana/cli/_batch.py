@@ -9,8 +9,9 @@ the submitted ones, so neither a crash nor Ctrl-C loses anything paid for.
 
 from __future__ import annotations
 
-import shlex
+import random
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,13 +27,17 @@ from nanobanana._errors import (
     JobTimeoutError,
     MissingAPIKeyError,
     NanoBananaError,
+    NotFoundError,
     PermissionDeniedError,
+    RateLimitError,
+    ServerBusyError,
     UnexpectedResponseError,
 )
-from nanobanana.cli._exit import ExitCode
+from nanobanana.cli._exit import ExitCode, SaveError
 from nanobanana.cli._journal import (
     COMPLETED,
     FAILED,
+    LOST,
     InputError,
     Item,
     Journal,
@@ -40,23 +45,50 @@ from nanobanana.cli._journal import (
     read_journal,
 )
 from nanobanana.cli._output import error_json
+from nanobanana.cli._polling import DEFAULT_WAIT, wait_for_job
 from nanobanana.cli._progress import Reporter, RichReporter, finish, reporter
+from nanobanana.cli._session import check_download_dir
 
 if TYPE_CHECKING:
     import argparse
-    from collections.abc import Callable
+    from collections.abc import Awaitable, Callable
 
     from nanobanana._client import AsyncNanoBanana
-    from nanobanana._jobs import Job, PollPolicy
+    from nanobanana._jobs import Job
     from nanobanana._models import Generation
+    from nanobanana.cli._polling import PollCount
     from nanobanana.cli._session import Session
 
-__all__ = ["add_batch_arguments", "cmd_batch", "prepare"]
+__all__ = ["BusyRetry", "add_batch_arguments", "cmd_batch", "prepare"]
 
 DEFAULT_CONCURRENCY = 8
 
 # Errors after which every other item would fail the same way: stop starting new ones.
 _FATAL = (AuthenticationError, PermissionDeniedError, MissingAPIKeyError, InsufficientCreditsError)
+
+# Refusals that charged nothing, so sending the item again is free: 429 (the account's
+# limit) and 503 (the async queue is full; "consumed credits are automatically
+# refunded": async-mode docs). The client retries them a few times (~3 s); a batch
+# that fans out past the server's cap needs to keep trying for longer.
+_REFUSED_FREE = (ServerBusyError, RateLimitError)
+
+
+@attrs.frozen(kw_only=True)
+class BusyRetry:
+    """When ``batch`` sends an item again after a 429 or 503 (nothing was charged).
+
+    ``Retry-After`` when the server gave one, else full-jitter exponential backoff
+    from ``initial`` up to ``max_wait``; never past the item's wait budget.
+    """
+
+    initial: float = 0.5
+    max_wait: float = 10.0
+
+    def delay(self, tries: int, retry_after: float | None, rand: random.Random) -> float:
+        """Seconds to wait before sending again, after ``tries`` refusals."""
+        if retry_after is not None:
+            return max(0.0, retry_after)
+        return rand.uniform(0.0, min(self.max_wait, self.initial * 2 ** (tries - 1)))
 
 
 def add_batch_arguments(
@@ -109,6 +141,8 @@ def prepare(session: Session) -> None:
     args = session.args
     if args.concurrency < 1:
         raise InputError("--concurrency must be at least 1")
+    if args.download_dir is not None:
+        check_download_dir(args.download_dir)  # before anything is paid for
     if args.file == "-":
         args.batch_items = parse_items(sys.stdin.read().splitlines(), name="stdin")
     else:
@@ -118,7 +152,7 @@ def prepare(session: Session) -> None:
             raise InputError(f"cannot read {args.file}: {exc.strerror or exc}") from None
         args.batch_items = parse_items(text.splitlines(), name=args.file)
     if args.output is not None:
-        session.resume_command = shlex.join(["nanobanana", *session.argv])
+        session.set_resume_command()
 
 
 @attrs.define
@@ -127,6 +161,7 @@ class _Attempt:
 
     item: Item
     generation_id: str | None = None
+    streamed: bool = False  # a stream event arrived: the request was accepted
 
 
 @attrs.define
@@ -136,13 +171,15 @@ class _Batch:
     journal: Journal
     progress: Reporter
     total: int
-    policy: PollPolicy | None
-    timeout: float | None
+    schedule: PollCount | None
     done: int = 0
     counts: Counter[str] = attrs.Factory(Counter)
     codes: list[int] = attrs.Factory(list)
     fatal: NanoBananaError | None = None
     not_started: int = 0
+    busy_retry: BusyRetry = attrs.Factory(BusyRetry)
+    rand: random.Random = attrs.Factory(random.Random)
+    sleep: Callable[[float], Awaitable[None]] = anyio.sleep
 
     def options(self, item: Item) -> dict[str, Any]:
         args = self.session.args
@@ -165,17 +202,22 @@ class _Batch:
         generation_id: str | None = None,
         files: list[Path] | None = None,
         error: BaseException | None = None,
+        message: str | None = None,
     ) -> dict[str, Any]:
+        known = generation.id if generation else generation_id
+        document = error_json(error, generation_id=known) if error is not None else None
+        if document is not None and message is not None:
+            document["message"] = message
         return {
             "key": item.key,
             "line": item.line,
             "prompt": item.prompt,
             "status": status,
-            "generation_id": generation.id if generation else generation_id,
+            "generation_id": known,
             "image_urls": list(generation.image_urls) if generation else [],
             "files": [str(path) for path in files or ()],
             "credits_used": generation.credits_used if generation else None,
-            "error": error_json(error) if error is not None else None,
+            "error": document,
         }
 
     def finished(self, record: dict[str, Any], *, earlier: bool = False) -> None:
@@ -215,10 +257,23 @@ class _Batch:
             try:
                 if isinstance(resume_id, str) and resume_id:
                     attempt.generation_id = resume_id
-                    generation = await self.wait(attempt)
+                    try:
+                        generation = await self.wait(attempt, resumed=True)
+                    except NotFoundError as exc:
+                        self.lost(attempt, resume_id, exc)
+                        return
                 else:
                     generation = await self.generate(attempt)
                 files = await self.download(generation)
+            except OSError as exc:
+                # The folder changed under us (it was checked first): the generation is
+                # done and paid for; its line keeps the id, so a re-run only downloads.
+                error = SaveError(
+                    f"cannot save the images in {self.session.args.download_dir}: "
+                    f"{exc.strerror or exc}"
+                )
+                known = attempt.generation_id
+                self.finished(self.record(item, "error", generation_id=known, error=error))
             except (GenerationFailedError, ContentSafetyError) as exc:
                 known = exc.generation_id or attempt.generation_id
                 self.finished(self.record(item, FAILED, generation_id=known, error=exc))
@@ -233,7 +288,33 @@ class _Batch:
             else:
                 self.finished(self.record(item, COMPLETED, generation=generation, files=files))
 
+    def lost(self, attempt: _Attempt, generation_id: str, exc: NotFoundError) -> None:
+        """A recorded id the server no longer knows (404): say so; --retry-failed redoes it."""
+        message = (
+            f"generation {generation_id} is no longer known to the server (404); "
+            "--retry-failed generates this item again (costs credits)"
+        )
+        self.finished(
+            self.record(attempt.item, LOST, generation_id=generation_id, error=exc, message=message)
+        )
+
     async def generate(self, attempt: _Attempt) -> Generation:
+        """Generate one item; sent again while the server refuses it for free (429, 503)."""
+        deadline = time.monotonic() + (self.session.wait_budget or DEFAULT_WAIT)
+        tries = 0
+        while True:
+            try:
+                return await self.generate_once(attempt)
+            except _REFUSED_FREE as exc:  # noqa: PERF203 - a retry loop: the except is the point
+                if attempt.generation_id is not None or attempt.streamed:
+                    raise  # refused after it was accepted (a poll): not a free refusal
+                tries += 1
+                delay = self.busy_retry.delay(tries, exc.retry_after, self.rand)
+                if time.monotonic() + delay > deadline:
+                    raise
+                await self.sleep(delay)
+
+    async def generate_once(self, attempt: _Attempt) -> Generation:
         """Generate one item in the batch's mode; its id is journaled once known."""
         item = attempt.item
         mode = self.session.args.mode
@@ -251,6 +332,7 @@ class _Batch:
         with self.session.anonymous():
             async with self.client.stream(item.prompt, **options) as events:
                 async for event in events:
+                    attempt.streamed = True
                     if event.generation_id and attempt.generation_id is None:
                         self.submitted(attempt, event.generation_id)
                     if event.type == "complete":
@@ -268,13 +350,15 @@ class _Batch:
         self.session.track(generation_id)
         self.journal.write(self.record(attempt.item, "submitted", generation_id=generation_id))
 
-    async def wait(self, attempt: _Attempt, job: Job | None = None) -> Generation:
+    async def wait(
+        self, attempt: _Attempt, job: Job | None = None, *, resumed: bool = False
+    ) -> Generation:
         """Poll the attempt's generation until it completes or fails."""
         assert attempt.generation_id is not None  # noqa: S101 - set before any wait
         job = job or self.client.job(attempt.generation_id)
         self.session.track(job.id)
         try:
-            generation = await job.wait(timeout=self.timeout, poll_policy=self.policy)
+            generation = await wait_for_job(job, self.schedule, resumed=resumed)
         except NanoBananaError:
             self.session.untrack(job.id)  # settled: its line says what happened
             raise
@@ -296,7 +380,7 @@ def _is_done(
     if record is None:
         return False
     status = record.get("status")
-    if status == FAILED:
+    if status in (FAILED, LOST):
         return not retry_failed
     if status != COMPLETED:
         return False
@@ -313,7 +397,6 @@ async def cmd_batch(session: Session, client: AsyncNanoBanana) -> int:
     args = session.args
     items: list[Item] = args.batch_items
     earlier = read_journal(args.output) if args.output else {}
-    policy, timeout = session.poll_schedule()
     journal = Journal(args.output)
     progress = reporter(session.output, "count", title="batch", total=len(items))
     batch = _Batch(
@@ -322,8 +405,7 @@ async def cmd_batch(session: Session, client: AsyncNanoBanana) -> int:
         journal=journal,
         progress=progress,
         total=len(items),
-        policy=policy,
-        timeout=timeout,
+        schedule=session.poll_schedule(),
     )
     try:
         with progress:
@@ -333,7 +415,7 @@ async def cmd_batch(session: Session, client: AsyncNanoBanana) -> int:
                 if _is_done(record, retry_failed=args.retry_failed, download_dir=args.download_dir):
                     assert record is not None  # noqa: S101 - _is_done said so
                     batch.finished(record, earlier=True)
-                elif record is not None and record.get("status") == FAILED:
+                elif record is not None and record.get("status") in (FAILED, LOST):
                     todo.append((item, None))  # --retry-failed: a new generation
                 else:
                     todo.append((item, record))  # with a generation id: resume polling
@@ -354,10 +436,9 @@ def _summary(session: Session, batch: _Batch) -> int:
         parts.append(f"{batch.not_started} not started")
     output.info(f"batch: {batch.total} items: {', '.join(parts) or 'nothing to do'}")
     if batch.fatal is not None:
-        hint = "fix it and re-run"
-        if session.resume_command:
-            hint += f": {session.resume_command}"
-        code = output.fail(batch.fatal, hints=[f"stopped starting new items; {hint}"])
+        hints = session.resume_hints("stopped starting new items; fix it and re-run")
+        hints = hints or ["stopped starting new items; fix it and re-run"]
+        code = output.fail(batch.fatal, hints=hints)
         return int(code)
     if session.args.output:
         output.info(f"results: {session.args.output}")

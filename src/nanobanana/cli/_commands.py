@@ -7,10 +7,16 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from nanobanana._errors import GenerationFailedError, NanoBananaError, UnexpectedResponseError
+from nanobanana._errors import (
+    DownloadError,
+    GenerationFailedError,
+    NanoBananaError,
+    UnexpectedResponseError,
+)
 from nanobanana._models import GenerationStatus
-from nanobanana.cli._exit import ExitCode
-from nanobanana.cli._output import generation_json, job_json, model_json
+from nanobanana.cli._exit import ExitCode, SaveError
+from nanobanana.cli._output import error_json, generation_json, job_json, model_json
+from nanobanana.cli._polling import wait_for_job
 from nanobanana.cli._progress import finish, reporter
 
 if TYPE_CHECKING:
@@ -29,6 +35,7 @@ __all__ = [
     "cmd_generate",
     "cmd_models",
     "cmd_poll",
+    "deliver",
     "download",
     "generation_options",
     "run_stream",
@@ -74,21 +81,18 @@ async def cmd_generate(session: Session, client: AsyncNanoBanana) -> int:
         session.track(job.id)
         if not args.wait:
             session.output.info(
-                f"submitted generation {job.id}; wait for it with: "
-                f"nanobanana poll --id {job.id} --wait"
+                f"submitted generation {job.id}; wait for it with: {session.poll_command(job.id)}"
             )
             session.untrack(job.id)
             session.output.emit(job_json(job, prompt=prompt, model=args.model))
             return ExitCode.OK
-        generation = await wait_job(session, client, job)
+        generation = await wait_job(session, client, job, resumed=False)
         generation = attrs.evolve(
             generation,
             credits_used=_first(generation.credits_used, job.credits_used),
             remaining_credits=_first(generation.remaining_credits, job.remaining_credits),
         )
-    files = await download(session, client, generation)
-    session.output.emit(generation_json(generation, files=files))
-    return ExitCode.OK
+    return await deliver(session, client, generation)
 
 
 async def cmd_poll(session: Session, client: AsyncNanoBanana) -> int:
@@ -96,7 +100,7 @@ async def cmd_poll(session: Session, client: AsyncNanoBanana) -> int:
     args = session.args
     job = client.job(args.id)
     if args.wait:
-        generation = await wait_job(session, client, job)
+        generation = await wait_job(session, client, job, resumed=True)
     else:
         generation = await job.refresh()
     if generation.status is GenerationStatus.FAILED:
@@ -107,9 +111,41 @@ async def cmd_poll(session: Session, client: AsyncNanoBanana) -> int:
             f"generation {generation.id} failed: {reason}", generation_id=generation.id
         )
         return session.output.fail(error, document=False)
-    files = await download(session, client, generation)
+    return await deliver(session, client, generation)
+
+
+async def deliver(session: Session, client: AsyncNanoBanana, generation: Generation) -> int:
+    """Save the images (with ``--download-dir``) and print the generation.
+
+    The generation was paid for: if saving fails, the document is printed all the
+    same (``files`` empty), with the command that saves the images later, and the
+    command exits 6. With ``--json`` the one document also carries the ``error``.
+    """
+    session.downloading[generation.id] = None  # Ctrl-C now says how to save them later
+    try:
+        files = await download(session, client, generation)
+    except (DownloadError, OSError) as exc:
+        error = exc if isinstance(exc, DownloadError) else _save_error(session, exc)
+        document = generation_json(generation)
+        if session.output.json_mode:
+            document["error"] = error_json(error, generation_id=generation.id)
+        session.output.emit(document)
+        hint = (
+            f"generation {generation.id} completed and is paid for; save its images with: "
+            f"{session.poll_command(generation.id, wait=False)}"
+        )
+        return session.output.fail(error, hints=[hint], document=False, generation_id=generation.id)
+    finally:
+        session.downloading.pop(generation.id, None)
     session.output.emit(generation_json(generation, files=files))
     return ExitCode.OK
+
+
+def _save_error(session: Session, exc: OSError) -> SaveError:
+    directory = getattr(session.args, "download_dir", None)
+    error = SaveError(f"cannot save the images in {directory}: {exc.strerror or exc}")
+    error.__cause__ = exc
+    return error
 
 
 async def run_sync(
@@ -174,9 +210,14 @@ def _count_polls(client: AsyncNanoBanana, generation_id: str, on_poll: Any) -> I
         hooks.remove(hook)
 
 
-async def wait_job(session: Session, client: AsyncNanoBanana, job: Job) -> Generation:
-    """Wait for an async generation, showing the elapsed time and the poll count."""
-    policy, timeout = session.poll_schedule()
+async def wait_job(
+    session: Session, client: AsyncNanoBanana, job: Job, *, resumed: bool
+) -> Generation:
+    """Wait for an async generation, showing the elapsed time and the poll count.
+
+    ``resumed``: the id comes from an earlier command (``poll``), so poll at once.
+    """
+    schedule = session.poll_schedule()
     session.track(job.id)
     progress = reporter(session.output, "wait", title=f"waiting for {job.id}")
 
@@ -185,7 +226,7 @@ async def wait_job(session: Session, client: AsyncNanoBanana, job: Job) -> Gener
 
     try:
         with progress, _count_polls(client, job.id, on_poll):
-            generation = await job.wait(timeout=timeout, poll_policy=policy)
+            generation = await wait_for_job(job, schedule, resumed=resumed)
             finish(progress, f"completed {job.id}")
     except NanoBananaError:
         session.untrack(job.id)  # its failure or timeout is reported with the next step

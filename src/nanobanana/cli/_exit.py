@@ -25,11 +25,20 @@ from nanobanana._errors import (
     PermissionDeniedError,
 )
 
-__all__ = ["EXIT_CODES_HELP", "ExitCode", "UsageError", "exit_code_for"]
+__all__ = ["EXIT_CODES_HELP", "ExitCode", "SaveError", "UsageError", "exit_code_for"]
 
 
 class UsageError(Exception):
     """Raised for a usage mistake found after parsing (exit code 2); nothing was sent."""
+
+
+class SaveError(Exception):
+    """Raised when finished images could not be written to ``--download-dir`` (exit 6).
+
+    The folder is checked before anything is sent, so this is a folder that changed
+    under the command (removed, replaced by a file, disk full): the generation itself
+    was paid for and is fine, only saving it failed, like a failed download.
+    """
 
 
 class ExitCode(enum.IntEnum):
@@ -74,6 +83,7 @@ _TABLE: tuple[tuple[type[BaseException], ExitCode], ...] = (
     (APIStatusError, ExitCode.NETWORK),  # 5xx, 429 and 503 once retries are spent
     (APIConnectionError, ExitCode.NETWORK),
     (DownloadError, ExitCode.NETWORK),
+    (SaveError, ExitCode.NETWORK),
     (NanoBananaError, ExitCode.NETWORK),  # UnexpectedResponseError: the server's fault
 )
 

@@ -31,7 +31,17 @@ from nanobanana.cli._exit import UsageError
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
-__all__ = ["ITEM_FIELDS", "InputError", "Item", "Journal", "parse_items", "read_journal"]
+__all__ = [
+    "COMPLETED",
+    "FAILED",
+    "ITEM_FIELDS",
+    "LOST",
+    "InputError",
+    "Item",
+    "Journal",
+    "parse_items",
+    "read_journal",
+]
 
 # Accepted per-item fields, the protocol's camelCase names too, mapped to ours.
 ITEM_FIELDS = {
@@ -47,9 +57,12 @@ ITEM_FIELDS = {
 }
 
 # Outcomes that are final: a re-run skips them (a failed generation was paid for;
-# --retry-failed runs it again).
+# --retry-failed runs it again). LOST: the journal had the item's generation id, but
+# the server no longer knows it (404), e.g. the embedded simulator of --simulate
+# stopped with an interrupted run; polling it again can never succeed.
 COMPLETED = "completed"
 FAILED = "failed"
+LOST = "lost"
 
 
 class InputError(UsageError):

@@ -204,22 +204,49 @@ class Output:
             self.info(message)
 
     def fail(
-        self, error: BaseException, *, hints: Sequence[str] = (), document: bool = True
+        self,
+        error: BaseException,
+        *,
+        hints: Sequence[str] = (),
+        document: bool = True,
+        generation_id: str | None = None,
     ) -> ExitCode:
         """Report an expected failure in one line (plus hints), and return its exit code.
 
         With ``--json`` an error document goes to stdout too, unless ``document`` is
-        false because the command already printed its one document.
+        false because the command already printed its one document. ``generation_id``
+        is the id the command knows, when the error does not carry one.
         """
         code = exit_code_for(error)
-        message = message_for(error)
-        self.stderr.write(self.redact(f"error: {message}") + "\n")
+        self.error_lines(message_for(error, generation_id=generation_id), hints)
+        if self.json_mode and document:
+            self.emit({"error": error_json(error, generation_id=generation_id)})
+        return code
+
+    def error_lines(self, message: str, hints: Sequence[str] = ()) -> None:
+        """The ``error: ...`` line and its hints on stderr (shown even with ``--quiet``)."""
+        self.stderr.write(self.redact(f"error: {one_line(message)}") + "\n")
         for hint in hints:
             self.stderr.write(self.redact(hint) + "\n")
         self.stderr.flush()
-        if self.json_mode and document:
-            self.emit({"error": error_json(error)})
-        return code
+
+    def interrupted(self, hints: Sequence[str], *, generation_id: str | None) -> ExitCode:
+        """Report Ctrl-C: what is still running, and with ``--json`` an error document."""
+        self.stderr.write("interrupted\n")
+        for hint in hints:
+            self.stderr.write(self.redact(hint) + "\n")
+        self.stderr.flush()
+        if self.json_mode:
+            error = {
+                "type": "Interrupted",
+                "message": "interrupted (Ctrl-C)",
+                "exit_code": int(ExitCode.INTERRUPTED),
+                "generation_id": generation_id,
+            }
+            if hints:
+                error["hints"] = list(hints)
+            self.emit({"error": error})
+        return ExitCode.INTERRUPTED
 
     def usage_error(self, message: str) -> ExitCode:
         """Report a usage error found after parsing (bad file, bad value)."""
