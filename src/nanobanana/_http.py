@@ -27,6 +27,7 @@ from nanobanana._errors import (
     UnexpectedResponseError,
     make_status_error,
 )
+from nanobanana._redact import forget_key, scrub_body, scrub_error, without_key
 from nanobanana._retry import (
     Outcome,
     RequestKind,
@@ -42,7 +43,7 @@ if TYPE_CHECKING:
     from nanobanana._config import Secret
     from nanobanana._governor import Governor
 
-__all__ = ["AutoTransport", "OutOfTimeError", "Requester", "current_loop_token", "forget_key"]
+__all__ = ["AutoTransport", "OutOfTimeError", "Requester", "current_loop_token"]
 
 log = logging.getLogger("nanobanana")
 
@@ -108,21 +109,6 @@ class AutoTransport(httpx.AsyncBaseTransport):
 
 
 _E = TypeVar("_E", bound=NanoBananaError)
-_REDACTED = "[api key]"
-_MIN_SCRUBBED_KEY = 8
-
-
-def _scrub_value(value: Any, key: str) -> Any:
-    """``value`` (parsed JSON or text) with every occurrence of ``key`` redacted."""
-    if isinstance(value, str):
-        return value.replace(key, _REDACTED)
-    if isinstance(value, dict):
-        return {_scrub_value(k, key): _scrub_value(v, key) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_scrub_value(item, key) for item in value]
-    return value
-
-
 #: The most bytes of an API answer that are read (its JSON is a few kilobytes at most).
 #: Past it, the rest is not read: a 2xx is refused, an error keeps what was read.
 MAX_ANSWER_SIZE = 1024 * 1024
@@ -161,31 +147,6 @@ def _describe(exc: httpx.HTTPError) -> str:
     """``ReadTimeout: the text.``: the exception's name and text, as one sentence."""
     text = str(exc).rstrip(".") or type(exc).__name__
     return f"{type(exc).__name__}: {text}."
-
-
-def forget_key(exc: BaseException) -> None:
-    """Swap the request an httpx error holds for one without the key (errors outlive calls)."""
-    if isinstance(exc, httpx.HTTPError):
-        try:
-            request = exc.request
-        except RuntimeError:  # httpx raises this for an error that has no request
-            return
-        exc.request = _without_key(request)
-
-
-def _without_key(request: httpx.Request) -> httpx.Request:
-    """A copy of ``request`` to keep in an error: the same, but with the key redacted."""
-    if "authorization" not in request.headers:
-        return request
-    headers = request.headers.copy()
-    headers["authorization"] = f"Bearer {_REDACTED}"
-    return httpx.Request(
-        request.method,
-        request.url,
-        headers=headers,
-        content=request.content,
-        extensions=request.extensions,
-    )
 
 
 class _StreamContext:
@@ -345,23 +306,11 @@ class Requester:
 
     def _scrub(self, error: _E) -> _E:
         """Take the key out of an error's text and body, should the server echo it."""
-        key = self.api_key.reveal() if self.api_key is not None else ""
-        if len(key) < _MIN_SCRUBBED_KEY:  # too short to replace without garbling text
-            return error
-        if key in error.message:
-            error.message = error.message.replace(key, _REDACTED)
-            error.args = (error.message,)
-        body = getattr(error, "body", None)
-        if body is not None and key in repr(body):
-            error.body = _scrub_value(body, key)  # type: ignore[attr-defined]
-        return error
+        return scrub_error(error, self.api_key.reveal() if self.api_key is not None else "")
 
     def _scrub_body(self, response: httpx.Response) -> None:
         """Take the key out of an error response's body, before anything reads it."""
-        key = self.api_key.reveal() if self.api_key is not None else ""
-        secret = key.encode()
-        if len(key) >= _MIN_SCRUBBED_KEY and secret in response.content:
-            response._content = response.content.replace(secret, _REDACTED.encode())
+        scrub_body(response, self.api_key.reveal() if self.api_key is not None else "")
 
     def stream(
         self,
@@ -446,7 +395,7 @@ class Requester:
                     forget_key(exc)
                     error: NanoBananaError = cls(
                         f"{method} {path} failed: {_describe(exc)}",
-                        request=_without_key(request),
+                        request=without_key(request),
                         may_have_been_charged=verdict.may_have_been_charged,
                     )
                     error.__cause__ = exc
@@ -473,7 +422,7 @@ class Requester:
                         await _read_at_most(response, MAX_ANSWER_SIZE)
                     outcome = outcome_of_status(status)
                     verdict = decide(kind, outcome)
-                    response.request = _without_key(request)
+                    response.request = without_key(request)
                     self._scrub_body(response)
                     retry_after = parse_retry_after(
                         response.headers.get("retry-after"),

@@ -2,8 +2,9 @@
 
 The events come from one ``POST /generate`` with ``mode: "stream"`` (stream-mode docs):
 ``status`` events with a progress, then ``complete`` (the result) or ``error``. This
-module turns them into `ProgressEvent` values, keeps progress from going
-backwards, and finishes a cut stream by polling when it can.
+module opens the stream, reads it (`nanobanana._sse`), hands each event to
+`nanobanana._events` to become a `ProgressEvent`, finishes a cut stream by polling
+when it can, and closes it on every way out.
 
 Closing is the point of the design. The iteration is an async *generator*, and
 ``GenerationStream.__aiter__`` returns that generator itself. A caller who leaves
@@ -28,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 from typing import TYPE_CHECKING, Any, cast
 
 import anyio
@@ -37,11 +37,11 @@ import httpx
 
 from nanobanana._errors import (
     APIConnectionError,
-    GenerationFailedError,
     UnexpectedResponseError,
 )
-from nanobanana._http import forget_key
-from nanobanana._models import Generation, GenerationStatus, ProgressEvent
+from nanobanana._events import CutError, EventTranslator, payloads
+from nanobanana._models import ProgressEvent
+from nanobanana._redact import forget_key
 from nanobanana._retry import RequestKind
 from nanobanana._sse import (
     DEFAULT_IDLE_TIMEOUT,
@@ -68,22 +68,12 @@ _PEEK = 4096
 # After `complete`, how much more to read while waiting for the end of the response.
 _DRAIN_BYTES = 64 * 1024
 _DRAIN_SECONDS = 0.5
-# At most this many distinct status events are kept for reuse.
-_SEEN_MAX = 256
-
-
-class _CutError(Exception):
-    """Internal: the stream ended before its result in a way polling can finish."""
 
 
 @attrs.define(eq=False)
-class _State:
+class _State(EventTranslator):
     """What one stream has learnt so far; shared by the stream object and its generator."""
 
-    prompt: str | None
-    model: str | None
-    generation_id: str | None = None
-    max_progress: int = 0
     closed: bool = False
     # The scope of the wait the generator is in (opening the response, a read, a
     # poll): `aclose` from another task cancels it, since a running async generator
@@ -91,11 +81,6 @@ class _State:
     scope: anyio.CancelScope | None = attrs.field(default=None, init=False, repr=False)
     # Made by such an `aclose`, set by the generator as it ends.
     ended: anyio.Event | None = attrs.field(default=None, init=False, repr=False)
-    # Status events repeat (heartbeats, the same step again): ProgressEvent is frozen,
-    # so equal ones are shared instead of built anew, which is most of a stream's cost.
-    _seen: dict[tuple[str, int, int, str | None], ProgressEvent] = attrs.field(
-        factory=dict, init=False, repr=False
-    )
 
     def stopped(self) -> bool:
         # `closed`, re-read after an await (a method, so that type checkers do not
@@ -108,128 +93,6 @@ class _State:
         if self.closed:
             scope.cancel()
         return scope
-
-    def note_id(self, event: dict[str, Any], data: Any) -> None:
-        # Any event may carry the id, at the top or in `data` (PROTOCOL.md, mode stream);
-        # once known, a cut stream can be finished with GET /generate?id=.
-        found = event.get("generationId")
-        if type(data) is dict:
-            inner = data.get("generationId")
-            if type(inner) is str and inner:
-                found = inner
-        if type(found) is str and found:
-            self.generation_id = found
-
-    def status(self, event: dict[str, Any]) -> ProgressEvent:
-        # The hot path of a stream: exact type checks first, the general ones after.
-        progress = event.get("progress")
-        if type(progress) is not int or not 0 <= progress <= 100:
-            progress = _progress(progress)
-        message = event.get("message")
-        if type(message) is not str:
-            message = ""
-        top = self.max_progress
-        if progress > top:
-            self.max_progress = top = progress
-        key = (message, progress, top, self.generation_id)
-        reused = self._seen.get(key)
-        if reused is None:
-            if len(self._seen) >= _SEEN_MAX:
-                self._seen.clear()
-            reused = self._seen[key] = ProgressEvent(
-                type="status",
-                message=message,
-                progress=top,
-                raw_progress=progress,
-                # The 15 s heartbeat is a status with progress 0 "indistinguishable from
-                # a status event except that its progress may be lower" (PROTOCOL.md).
-                is_heartbeat=progress < top,
-                generation_id=self.generation_id,
-            )
-        return reused
-
-    def complete(self, event: dict[str, Any], data: Any) -> ProgressEvent:
-        if not isinstance(data, dict):
-            data = {}
-        if data.get("success") is False:
-            self.failed(event, data)
-        urls = data.get("imageUrls")
-        if not isinstance(urls, list) or not all(isinstance(u, str) for u in urls):
-            if self.generation_id is not None:
-                raise _CutError("complete event without imageUrls")
-            raise UnexpectedResponseError(
-                "Unexpected complete event: no list 'imageUrls', and no event carried a "
-                "generationId to fetch the result with.",
-                field="imageUrls",
-                body=event,
-            )
-        generation = Generation(
-            # The docs' complete event may omit generationId ("generationId"?); the
-            # images are still the result, so the id is then "" rather than an error.
-            id=self.generation_id or "",
-            status=GenerationStatus.COMPLETED,
-            image_urls=tuple(urls),
-            prompt=self.prompt,
-            model=self.model,
-            credits_used=_opt_int(data.get("creditsUsed")),
-            remaining_credits=_opt_int(data.get("remainingCredits")),
-        )
-        return self.completed(generation, event.get("message"))
-
-    def completed(self, generation: Generation, message: Any) -> ProgressEvent:
-        self.max_progress = 100
-        return ProgressEvent(
-            type="complete",
-            message=message if isinstance(message, str) else "Generation complete",
-            progress=100,
-            raw_progress=100,
-            generation_id=generation.id or None,
-            generation=generation,
-        )
-
-    def failed(self, event: dict[str, Any], data: Any) -> None:
-        message = event.get("message")
-        detail = data.get("error") if isinstance(data, dict) else None
-        parts = [p for p in (message, detail) if isinstance(p, str) and p.strip()]
-        if len(parts) == 2 and parts[0] == parts[1]:
-            parts.pop()
-        reason = ": ".join(parts) or "no reason given"
-        who = f"Generation {self.generation_id}" if self.generation_id else "The generation"
-        raise GenerationFailedError(
-            f"{who} failed: {reason} (credits are not refunded).",
-            generation_id=self.generation_id,
-        )
-
-
-def _progress(value: Any) -> int:
-    # json.loads reads 1e400 as inf and accepts NaN; int() refuses both.
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return 0
-    if not math.isfinite(value):
-        return 100 if value > 0 else 0
-    return max(0, min(100, int(value)))
-
-
-def _opt_int(value: Any) -> int | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return int(value) if math.isfinite(value) else None
-
-
-def _payloads(data: str) -> list[dict[str, Any]]:
-    """The JSON objects in an event's data; junk is skipped, never fatal (PROTOCOL.md)."""
-    try:
-        value = json.loads(data)
-    except ValueError:
-        value = None
-        if "\n" in data:
-            # Several data lines in one event are joined with \n (SSE spec). When the
-            # join is not JSON, read them one by one, as the docs' own clients do.
-            found: list[dict[str, Any]] = []
-            for line in data.split("\n"):
-                found.extend(_payloads(line))
-            return found
-    return [value] if isinstance(value, dict) else []
 
 
 async def _check_content_type(response: httpx.Response) -> None:
@@ -291,7 +154,7 @@ async def _run(
                     if state.stopped():
                         return
                     if not batch:
-                        cut = _CutError("the stream ended before a complete or error event")
+                        cut = CutError("the stream ended before a complete or error event")
                         break
                     for sse in batch:
                         text = sse.data
@@ -299,7 +162,7 @@ async def _run(
                             found = loads(text)
                         except ValueError:
                             found = None
-                        for event in (found,) if type(found) is dict else _payloads(text):
+                        for event in (found,) if type(found) is dict else payloads(text):
                             data = event.get("data")
                             state.note_id(event, data)
                             kind = event.get("type")
@@ -319,7 +182,7 @@ async def _run(
                     # is right behind, and reading it keeps the connection reusable.
                     with state.guard():
                         await reader.drain(max_bytes=_DRAIN_BYTES, max_seconds=_DRAIN_SECONDS)
-            except (httpx.TransportError, StreamIdleError, _CutError) as exc:
+            except (httpx.TransportError, StreamIdleError, CutError) as exc:
                 forget_key(exc)  # it becomes our error's cause
                 cut = exc
             except SSETooLargeError as exc:

@@ -146,7 +146,8 @@ def test_a_batch_download_dir_broken_mid_run_keeps_the_id_and_a_rerun_only_downl
     [line] = [json.loads(text) for text in stdout.splitlines()]
     generation_id = sim.generations[-1].id
     assert (line["status"], line["generation_id"]) == ("error", generation_id)
-    assert "cannot save the images" in line["error"]["message"]
+    assert "save" in line["error"]["message"].lower()
+    assert str(images) in line["error"]["message"]
 
     images.unlink()
     again = run(*args, sim=sim)
