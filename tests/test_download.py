@@ -350,12 +350,13 @@ async def test_one_failed_image_raises_after_the_others_are_written(make_client,
     router.get("https://cdn.test/ok").respond(200, content=PNG)
     router.get("https://cdn.test/gone").respond(404)
     client = await make_client()
-    with pytest.raises(DownloadError, match="404"):
+    with pytest.raises(DownloadError, match="404") as info:
         await client.download(
             gen("g", "https://cdn.test/ok", "https://cdn.test/gone", "https://cdn.test/ok"),
             tmp_path,
         )
     assert listing(tmp_path) == ["g-0.png", "g-2.png"]
+    assert [path.name for path in info.value.saved] == ["g-0.png", "g-2.png"]
 
 
 @pytest.mark.parametrize("below", [(), ("sub",)], ids=["dest is a file", "dest is under a file"])

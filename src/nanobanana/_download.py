@@ -175,7 +175,8 @@ async def download(
     """Write each image to ``dest`` and return the paths, in the order of the URLs.
 
     All images are fetched (a bounded number at a time) even when one fails; the
-    first failure is then raised, and the images that did arrive stay, whole.
+    first failure is then raised, and the images that did arrive stay, whole (the
+    error's ``saved`` lists them).
     """
     if isinstance(max_size, bool) or not isinstance(max_size, int) or max_size < 1:
         raise ValueError("max_size must be a positive number of bytes")
@@ -212,9 +213,13 @@ async def download(
         async with anyio.create_task_group() as group:
             for index, (url, stem) in enumerate(plan):
                 group.start_soon(one, index, url, stem)
+    saved = [path for path in paths if path is not None]
     if errors:
-        raise min(errors, key=lambda item: item[0])[1]
-    return [path for path in paths if path is not None]
+        first = min(errors, key=lambda item: item[0])[1]
+        if isinstance(first, DownloadError):
+            first.saved = tuple(saved)
+        raise first
+    return saved
 
 
 async def _fetch_with_retries(

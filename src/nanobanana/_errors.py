@@ -39,6 +39,8 @@ import json
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import httpx
 
 __all__ = [
@@ -267,12 +269,15 @@ class DownloadError(NanoBananaError):
     """Raised when an image could not be downloaded, is expired, or is not an image.
 
     ``url`` never includes the query string: signed image URLs carry secrets there.
+    ``saved`` holds the images of the same ``download()`` call that were written
+    whole before it raised (the others are fetched even when one fails).
     """
 
     def __init__(self, message: str, *, url: str, status_code: int | None = None) -> None:
         super().__init__(message)
         self.url = url
         self.status_code = status_code
+        self.saved: tuple[Path, ...] = ()
 
 
 _STATUS_CLASSES: dict[int, type[APIStatusError]] = {

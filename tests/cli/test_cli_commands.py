@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import signal
+from pathlib import Path
 
 import pytest
 from clitools import assert_png, clean_env, run, start
@@ -267,6 +268,21 @@ def test_a_failed_download_still_prints_the_paid_generation_and_how_to_save_it(s
     assert again.code == 0, again.stderr
     assert_png(again.json()["files"][0])
     assert sim.credits() == 99
+
+
+def test_a_partly_failed_download_lists_the_images_that_were_saved(sim, tmp_path):
+    images = tmp_path / "images"
+    sim.inject("cdn_html")  # one of the two image requests gets an HTML page
+    result = run(
+        "--json", "generate", "a banana", "--mode", "async", "--wait", "--quantity", "2",
+        *FAST, "--download-dir", str(images), sim=sim,
+    )  # fmt: skip
+    assert result.code == 6, result.stderr
+    document = result.json()
+    assert len(document["image_urls"]) == 2
+    [saved] = document["files"]
+    assert_png(saved)
+    assert sorted(p.name for p in images.iterdir()) == [Path(saved).name]
 
 
 def test_a_download_dir_removed_during_the_wait_keeps_the_generation(sim, tmp_path):

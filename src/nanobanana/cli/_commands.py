@@ -118,7 +118,7 @@ async def deliver(session: Session, client: AsyncNanoBanana, generation: Generat
     """Save the images (with ``--download-dir``) and print the generation.
 
     The generation was paid for: if saving fails, the document is printed all the
-    same (``files`` empty), with the command that saves the images later, and the
+    same (``files``: those that were saved), with the command that saves them all, and the
     command exits 6. With ``--json`` the one document also carries the ``error``.
     """
     session.downloading[generation.id] = None  # Ctrl-C now says how to save them later
@@ -126,7 +126,8 @@ async def deliver(session: Session, client: AsyncNanoBanana, generation: Generat
         files = await download(session, client, generation)
     except (DownloadError, OSError) as exc:
         error = exc if isinstance(exc, DownloadError) else _save_error(session, exc)
-        document = generation_json(generation)
+        saved = exc.saved if isinstance(exc, DownloadError) else ()
+        document = generation_json(generation, files=list(saved))
         if session.output.json_mode:
             document["error"] = error_json(error, generation_id=generation.id)
         session.output.emit(document)
