@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import os
 import sys
 import traceback
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar
 
 from nanobanana._config import API_KEY_ENV_VARS, BASE_URL_ENV_VARS
 from nanobanana._errors import JobTimeoutError, NanoBananaError
@@ -18,11 +20,13 @@ from nanobanana.cli._polling import DEFAULT_MAX_POLLS, DEFAULT_POLL_INTERVAL
 from nanobanana.cli._session import Session, check_download_dir
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Sequence
+    from collections.abc import Awaitable, Sequence
 
     from nanobanana._client import AsyncNanoBanana
 
 __all__ = ["build_parser", "main"]
+
+_N = TypeVar("_N", int, float)
 
 DESCRIPTION = """\
 Generate images with the Nano Banana API: results as JSON on stdout, progress and
@@ -37,54 +41,33 @@ environment:
        the API's base URL; --base-url overrides"""
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number: {text!r}")
-    return value
+def _number(
+    kind: Callable[[str], _N], *, low: _N, high: float = math.inf, low_ok: bool, what: str
+) -> Callable[[str], _N]:
+    """An argparse type: ``text`` read with ``kind``, then checked against the range."""
+    noun = "whole number" if kind is int else "number"
+
+    def parse(text: str) -> _N:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a {noun}: {text!r}") from None
+        if not (low <= value if low_ok else low < value) or not value <= high:
+            raise argparse.ArgumentTypeError(f"must be {what}: {text!r}")
+        return value
+
+    return parse
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be 0 or more: {text!r}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more: {text!r}")
-    return value
-
-
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
-    if not 0 <= value <= 65535:  # the TCP port range
-        raise argparse.ArgumentTypeError(f"must be a port from 0 to 65535: {text!r}")
-    return value
+_positive_float = _number(
+    float, low=0.0, high=sys.float_info.max, low_ok=False, what="a positive number"
+)
+_positive_int = _number(int, low=1, low_ok=True, what="at least 1")
+_non_negative_float = _number(
+    float, low=0.0, high=sys.float_info.max, low_ok=True, what="0 or more"
+)
+_non_negative_int = _number(int, low=0, low_ok=True, what="0 or more")
+_port = _number(int, low=0, high=65535, low_ok=True, what="a port from 0 to 65535")  # TCP's range
 
 
 def _http_url(text: str) -> str:
