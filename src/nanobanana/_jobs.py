@@ -27,12 +27,12 @@ if TYPE_CHECKING:
 
     from nanobanana._client import AsyncNanoBanana
 
-__all__ = ["Job", "PollPolicy"]
+__all__ = ["PASSING_POLL_ERRORS", "Job", "PollPolicy"]
 
 log = logging.getLogger("nanobanana")
 
-# Failures of a poll that pass: the wait polls again rather than ending.
-_PASSING = (APIConnectionError, InternalServerError, RateLimitError, ServerBusyError)
+#: Failures of a poll that pass: a wait polls again rather than ending.
+PASSING_POLL_ERRORS = (APIConnectionError, InternalServerError, RateLimitError, ServerBusyError)
 
 
 @attrs.frozen(kw_only=True)
@@ -147,7 +147,7 @@ class Job:
                     generation = await client._get_generation(self.id, deadline=deadline)
             except OutOfTimeError as exc:
                 raise self._timeout_error(limit) from exc.error
-            except _PASSING as exc:
+            except PASSING_POLL_ERRORS as exc:
                 if client._closed:
                     raise
                 last_error = exc

@@ -8,6 +8,7 @@ import random
 import subprocess
 import sys
 
+import httpx
 import pytest
 
 import nanobanana
@@ -193,6 +194,51 @@ async def test_max_polls_sends_exactly_that_many_polls_then_times_out(resumed, f
         sleep=sleep,  # type: ignore[arg-type]
     )
     assert (generation.status, done.refreshes) == (GenerationStatus.COMPLETED, 2)
+
+
+class _FlakyJob(_FakeJob):
+    """A job whose first ``failures`` refreshes fail with a 429 (its retries spent)."""
+
+    def __init__(self, processing: int, failures: int) -> None:
+        super().__init__(processing)
+        self.failures = failures
+
+    async def refresh(self) -> Generation:
+        if self.failures:
+            self.failures -= 1
+            self.refreshes += 1
+            raise nanobanana.RateLimitError(
+                "429", response=httpx.Response(429), body={}, retry_after=2.0, limit=1, active=1
+            )
+        return await super().refresh()
+
+
+async def test_a_failed_poll_uses_up_one_poll_and_the_next_waits_its_retry_after():
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    job = _FlakyJob(processing=0, failures=2)
+    generation = await wait_for_job(
+        job,
+        PollCount(interval=0.5, max_polls=3),
+        resumed=True,
+        sleep=sleep,  # type: ignore[arg-type]
+    )
+    assert generation.status is GenerationStatus.COMPLETED
+    assert slept == [0.0, 2.0, 2.0]
+
+    always = _FlakyJob(processing=0, failures=5)
+    with pytest.raises(nanobanana.JobTimeoutError, match="could not be polled") as info:
+        await wait_for_job(
+            always,
+            PollCount(interval=0.5, max_polls=3),
+            resumed=True,
+            sleep=sleep,  # type: ignore[arg-type]
+        )
+    assert always.refreshes == 3
+    assert isinstance(info.value.__cause__, nanobanana.RateLimitError)
 
 
 @pytest.mark.parametrize(

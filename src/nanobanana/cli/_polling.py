@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING
 import anyio
 import attrs
 
-from nanobanana._errors import GenerationFailedError, JobTimeoutError
+from nanobanana._errors import GenerationFailedError, JobTimeoutError, NanoBananaError
+from nanobanana._jobs import PASSING_POLL_ERRORS
 from nanobanana._models import GenerationStatus
 
 if TYPE_CHECKING:
@@ -86,9 +87,19 @@ async def wait_for_job(
     if schedule is None:
         return await job.wait()
     delay = 0.0 if resumed else schedule.interval
+    failed: NanoBananaError | None = None
     for _ in range(schedule.max_polls):
         await sleep(delay)
-        generation = await job.refresh()
+        delay = schedule.interval
+        try:
+            generation = await job.refresh()
+        except PASSING_POLL_ERRORS as exc:
+            # A poll that failed for a passing reason (its retries spent) uses up one
+            # of the polls, as in `Job.wait`; the next waits at least its Retry-After.
+            failed = exc
+            delay = max(delay, getattr(exc, "retry_after", None) or 0.0)
+            continue
+        failed = None
         if generation.status is GenerationStatus.COMPLETED:
             return generation
         if generation.status is GenerationStatus.FAILED:
@@ -96,10 +107,9 @@ async def wait_for_job(
             raise GenerationFailedError(
                 f"Generation {job.id} failed: {reason}", generation_id=job.id
             )
-        delay = schedule.interval
     polls = "poll" if schedule.max_polls == 1 else "polls"
+    state = "was still processing" if failed is None else "could not be polled"
     raise JobTimeoutError(
-        f"Generation {job.id} was still processing after {schedule.max_polls} {polls}; "
-        "it may still complete.",
+        f"Generation {job.id} {state} after {schedule.max_polls} {polls}; it may still complete.",
         generation_id=job.id,
-    )
+    ) from failed
