@@ -123,13 +123,13 @@ async def _read_at_most(response: httpx.Response, limit: int) -> None:
     """
     headers = response.headers
     length = headers.get("content-length", "")
-    if length.isdecimal() and int(length) <= limit and "content-encoding" not in headers:
-        # The common case, and the fast one: the framing already bounds the body.
-        await response.aread()
-        return
     parts: list[bytes] = []
     size = 0
     try:
+        if length.isdecimal() and int(length) <= limit and "content-encoding" not in headers:
+            # The common case, and the fast one: the framing already bounds the body.
+            await response.aread()
+            return
         # Typed as an iterator, it is an async generator: close it when we stop early.
         body = cast("AsyncGenerator[bytes, None]", response.aiter_bytes())
         async with contextlib.aclosing(body) as chunks:
@@ -139,6 +139,8 @@ async def _read_at_most(response: httpx.Response, limit: int) -> None:
                 if size > limit:
                     break
     finally:
+        # Also when the read fails or is cancelled, as httpx's own non-streamed send
+        # does: the connection is then given up, never left checked out.
         await response.aclose()
     response._content = b"".join(parts)  # what httpx's aread sets
 
