@@ -15,7 +15,14 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import attrs
 
-from nanobanana._errors import CHARGE_WARNING, DownloadError, JobTimeoutError
+from nanobanana._config import API_KEY_ENV_VARS
+from nanobanana._errors import (
+    CHARGE_WARNING,
+    BudgetExceededError,
+    DownloadError,
+    JobTimeoutError,
+    MissingAPIKeyError,
+)
 from nanobanana.cli._exit import ExitCode, exit_code_for
 
 if TYPE_CHECKING:
@@ -108,6 +115,17 @@ def message_for(error: BaseException, *, generation_id: str | None = None) -> st
         return (
             f"generation {error.generation_id} did not finish within the wait; "
             "it may still complete"
+        )
+    if isinstance(error, MissingAPIKeyError):
+        first, *others = API_KEY_ENV_VARS
+        return (
+            f"no API key: pass --api-key KEY or set {first} ({' or '.join(others)} are "
+            "read too); or try the command without one, with --simulate"
+        )
+    if isinstance(error, BudgetExceededError):
+        return (
+            f"this generation would cost an estimated {error.needed} credits, but only "
+            f"{error.remaining} remain of --max-credits {error.max_credits}; nothing was sent"
         )
     text = one_line(str(error))
     if CHARGE_WARNING in text:
