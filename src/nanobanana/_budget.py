@@ -51,12 +51,18 @@ __all__ = [
     "Charge",
     "Ledger",
     "check_max_credits",
+    "count_credits",
     "estimate_cost",
 ]
 
 DEFAULT_MODEL = "nano-banana"  # overview docs: selectedModel 'defaults to "nano-banana"'
 DEFAULT_MODEL_COST = 1  # overview docs: "The default model costs 1 credit"
 MAX_QUANTITY = 4  # overview docs: quantity "range 1-backend limit (default max 4)"
+
+
+def count_credits(count: int) -> str:
+    """``"1 credit"``, ``"4 credits"``."""
+    return f"{count} credit" if count == 1 else f"{count} credits"
 
 
 def check_max_credits(value: Any) -> int | None:
@@ -217,7 +223,7 @@ class Ledger:
                 remaining = cap.remaining()
                 if remaining is not None and estimate > remaining:
                     raise BudgetExceededError(
-                        f"This generation would cost an estimated {estimate} credits, but "
+                        f"This generation would cost an estimated {count_credits(estimate)}, but "
                         f"only {remaining} of max_credits={cap.max_credits} remain (the rest "
                         "is spent or reserved by calls under way); nothing was sent.",
                         needed=estimate,

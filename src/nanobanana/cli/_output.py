@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import attrs
 
+from nanobanana._budget import count_credits
 from nanobanana._config import API_KEY_ENV_VARS
 from nanobanana._errors import (
     CHARGE_WARNING,
@@ -124,7 +125,7 @@ def message_for(error: BaseException, *, generation_id: str | None = None) -> st
         )
     if isinstance(error, BudgetExceededError):
         return (
-            f"this generation would cost an estimated {error.needed} credits, but only "
+            f"this generation would cost an estimated {count_credits(error.needed)}, but only "
             f"{error.remaining} remain of --max-credits {error.max_credits}; nothing was sent"
         )
     text = one_line(str(error))
