@@ -129,9 +129,10 @@ async def test_polls_name_their_generation(client, json_log):
     assert records[1]["error"] == "ServerBusyError"
 
 
+@pytest.mark.parametrize("echoed", [KEY, f"gen_{KEY}_1"])
 @respx.mock
-async def test_a_key_echoed_by_the_server_is_never_logged(client, json_log):
-    answer = {"success": True, "generationId": KEY, "imageUrls": ["https://cdn.test/1.png"]}
+async def test_a_key_echoed_by_the_server_is_never_logged(client, json_log, echoed):
+    answer = {"success": True, "generationId": echoed, "imageUrls": ["https://cdn.test/1.png"]}
     respx.post(f"{API}/generate").respond(json=answer)
     await client.generate("x")
     (record,) = json_log()

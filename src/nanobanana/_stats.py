@@ -84,6 +84,7 @@ REASONS: Mapping[Outcome, str] = types.MappingProxyType(
 
 # Bodies larger than this are not parsed for a generation id to log.
 _MAX_PEEK = 64 * 1024
+_MIN_KEY = 8
 
 
 @attrs.frozen(kw_only=True)
@@ -177,8 +178,10 @@ def _generation_id(response: httpx.Response) -> str | None:
                 found = body.get("generationId") if isinstance(body, dict) else None
     if not isinstance(found, str) or not found:
         return None
-    # Never log the key, even if a server were to echo it in place of an id.
-    if found in request.headers.get("authorization", ""):
+    # Never log the key, even if a server were to echo it in (or as) an id. Keys
+    # shorter than the redaction minimum are not looked for, as in _redact.
+    key = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+    if len(key) >= _MIN_KEY and key in found:
         return None
     return found
 
