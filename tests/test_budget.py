@@ -409,3 +409,31 @@ def test_a_copys_cap_narrows_and_the_root_counts_everything():
     with pytest.raises(BudgetExceededError) as info:
         wide.charge(1)  # the copy's wider cap does not widen the client's
     assert info.value.max_credits == 10
+
+
+@respx.mock
+async def test_cancelled_while_fetching_the_catalogue_reserves_nothing_and_frees_the_lock(clock):
+    arrived = asyncio.Event()
+    fetches = 0
+
+    async def hang_once(request):
+        nonlocal fetches
+        fetches += 1
+        if fetches == 1:
+            arrived.set()
+            await asyncio.Event().wait()
+        return httpx.Response(200, json=MODELS)
+
+    respx.get(f"{API}/models").mock(side_effect=hang_once)
+    generate = respx.post(f"{API}/generate").respond(json=sync_ok())
+    async with capped(clock, 5) as client:
+        first = asyncio.ensure_future(client.generate("x"))
+        await arrived.wait()
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        stats = client.stats()
+        assert (stats.credits_reserved, stats.maybe_charged, stats.in_flight) == (0, 0, 0)
+        await client.generate("y")  # the catalogue is fetched again, by this call
+    assert fetches == 2
+    assert generate.call_count == 1
