@@ -103,6 +103,7 @@ async def test_timeout_none_means_no_timeout_and_policies_can_be_replaced(client
         ({"max_retries": 1.5}, TypeError),
         ({"max_credits": -5}, ValueError),
         ({"retry_policy": 3}, TypeError),
+        ({"poll_policy": "fast"}, TypeError),
     ],
 )
 def test_bad_options_are_refused_when_the_copy_is_made(client, options, error):

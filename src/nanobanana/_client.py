@@ -277,6 +277,8 @@ class AsyncNanoBanana:
         if timeout is not NOT_GIVEN:
             copy._timeout = resolve_timeout(timeout)
         if poll_policy is not NOT_GIVEN:
+            if not isinstance(poll_policy, PollPolicy):
+                raise TypeError("poll_policy must be a PollPolicy")
             copy.poll_policy = poll_policy
         if max_credits is not NOT_GIVEN:
             copy._ledger = self._ledger.narrow(check_max_credits(max_credits))
@@ -488,6 +490,8 @@ class AsyncNanoBanana:
 
         Raises:
             GenerationFailedError: the server sent an ``error`` event.
+            BudgetExceededError: (when iteration starts) the estimated cost would pass
+                ``max_credits``; nothing was sent.
         """
         from nanobanana._stream import GenerationStream  # noqa: PLC0415
 
@@ -512,7 +516,11 @@ class AsyncNanoBanana:
         aspect_ratio: str | None = None,
         quantity: int | None = None,
     ) -> Job:
-        """Start a generation in async mode and return its `Job` at once."""
+        """Start a generation in async mode and return its `Job` at once.
+
+        Raises `BudgetExceededError`, sending nothing, if its estimated cost would pass
+        ``max_credits``.
+        """
         body = _generate_body(
             prompt,
             mode="async",
