@@ -18,6 +18,7 @@ from nanobanana import (
     NanoBananaError,
     RateLimitError,
     ServerBusyError,
+    UnknownModelError,
 )
 from nanobanana._budget import Ledger, estimate_cost
 from support import API, KEY
@@ -73,8 +74,11 @@ def test_without_the_default_model_in_the_catalogue_it_costs_the_documented_one_
 
 
 def test_an_unknown_model_cannot_be_estimated():
-    with pytest.raises(ValueError, match=r"unknown model 'nope'.*nano-banana"):
+    with pytest.raises(UnknownModelError, match=r"Unknown model 'nope'.*nano-banana") as info:
         estimate_cost({"nano-banana": 1}, {"selectedModel": "nope"})
+    assert isinstance(info.value, ValueError)
+    assert isinstance(info.value, NanoBananaError)
+    assert (info.value.model, info.value.known) == ("nope", ("nano-banana",))
 
 
 @respx.mock
@@ -111,9 +115,20 @@ async def test_a_model_missing_from_the_kept_catalogue_is_looked_up_once_more(cl
     assert await client.estimate_credits() == 1
     assert await client.estimate_credits(model="brand-new") == 7  # newer than the cache
     assert models.call_count == 2
-    with pytest.raises(ValueError, match="unknown model 'gone'"):
+    with pytest.raises(UnknownModelError, match="Unknown model 'gone'"):
         await client.estimate_credits(model="gone")
     assert models.call_count == 3
+
+
+@respx.mock
+async def test_an_unknown_model_under_a_cap_is_refused_before_sending(clock):
+    respx.get(f"{API}/models").respond(json=MODELS)
+    generate = respx.post(f"{API}/generate").respond(json=sync_ok())
+    async with capped(clock, 5) as client:
+        with pytest.raises(UnknownModelError, match="nothing was sent"):
+            await client.generate("x", model="nope")
+        assert client.stats().credits_reserved == 0
+    assert not generate.called
 
 
 @respx.mock

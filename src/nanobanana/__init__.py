@@ -40,6 +40,7 @@ from nanobanana._errors import (
     SSETooLargeError,
     StreamIdleError,
     UnexpectedResponseError,
+    UnknownModelError,
 )
 from nanobanana._governor import GovernorStats
 from nanobanana._jobs import Job, PollPolicy
@@ -87,6 +88,7 @@ __all__ = [
     "StreamIdleError",
     "SystemClock",
     "UnexpectedResponseError",
+    "UnknownModelError",
     "__version__",
 ]
 

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from nanobanana._errors import BudgetExceededError
+from nanobanana._errors import BudgetExceededError, UnknownModelError
 from nanobanana._stats import CallTrace, tracing
 
 if TYPE_CHECKING:
@@ -80,8 +80,8 @@ def estimate_cost(costs: Mapping[str, int], body: Mapping[str, Any]) -> int:
     """The credits a ``POST /generate`` with ``body`` costs, from the catalogue's ``costs``.
 
     Raises:
-        ValueError: the body names a model that is not in the catalogue (the server
-            would refuse it: the live catalogue is authoritative).
+        UnknownModelError: the body names a model that is not in the catalogue (the
+            server would refuse it: the live catalogue is authoritative).
     """
     name = body.get("selectedModel")
     if name is None:
@@ -91,9 +91,12 @@ def estimate_cost(costs: Mapping[str, int], body: Mapping[str, Any]) -> int:
     elif name in costs:
         unit = costs[name]
     else:
-        known = ", ".join(sorted(costs)) or "none"
-        raise ValueError(
-            f"unknown model {name!r}: GET /models lists {known}; its cost cannot be estimated"
+        known = tuple(sorted(costs))
+        raise UnknownModelError(
+            f"Unknown model {name!r}: GET /models lists {', '.join(known) or 'none'}; its "
+            "cost cannot be estimated, and nothing was sent.",
+            model=str(name),
+            known=known,
         )
     references = body.get("referenceImageUrls") or ()
     unit += max(0, len(references) - 1)

@@ -368,7 +368,7 @@ class AsyncNanoBanana:
         (1 to 4; a stream makes one). Sends nothing but, once, ``GET /models``.
 
         Raises:
-            ValueError: ``model`` is not in the catalogue.
+            UnknownModelError: ``model`` is not in the catalogue (a `ValueError`).
         """
         # The body's own checks, with a stand-in prompt: the estimate reads the rest.
         body = _generate_body(

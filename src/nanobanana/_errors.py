@@ -6,6 +6,7 @@ Every error the library raises on purpose is a `NanoBananaError`:
 NanoBananaError
 ├── MissingAPIKeyError            a call that needs a key found none
 ├── BudgetExceededError           would pass max_credits; nothing sent  .needed, .remaining
+├── UnknownModelError             not in GET /models, so its cost is unknown  .model
 ├── UnexpectedResponseError       a 2xx body we cannot read (not JSON, field missing)
 │   └── SSETooLargeError          an event-stream line or event over the size limit
 ├── APIConnectionError            network failure, nothing usable came back
@@ -66,6 +67,7 @@ __all__ = [
     "ServerBusyError",
     "StreamIdleError",
     "UnexpectedResponseError",
+    "UnknownModelError",
 ]
 
 CHARGE_WARNING = (
@@ -109,6 +111,21 @@ class BudgetExceededError(NanoBananaError):
         self.needed = needed
         self.remaining = remaining
         self.max_credits = max_credits
+
+
+class UnknownModelError(NanoBananaError, ValueError):
+    """Raised when a model's cost is needed and the catalogue (``GET /models``) lacks it.
+
+    A spend cap (``max_credits``) and ``estimate_credits()`` need the model's price;
+    the live catalogue is authoritative, so a model it does not list (after one more
+    look) is refused before anything is sent, as the server would refuse it. It is a
+    `ValueError` too, like the other bad arguments.
+    """
+
+    def __init__(self, message: str, *, model: str, known: tuple[str, ...]) -> None:
+        super().__init__(message)
+        self.model = model
+        self.known = known
 
 
 class UnexpectedResponseError(NanoBananaError):

@@ -103,3 +103,15 @@ def test_max_credits_lets_a_generation_within_it_through(sim, capsys):
     assert code == 0
     assert json.loads(capsys.readouterr().out)["credits_used"] == 2
     assert sim.credits() == 98
+
+
+def test_an_unknown_model_under_max_credits_exits_3_like_the_servers_400(sim, capsys):
+    assert main(_cli(sim, "--max-credits", "5", "generate", "a cat", "--model", "nope")) == 3
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert "error: unknown model 'nope': `nanobanana models` lists " in err
+    assert "nano-banana" in err
+    assert not [r for r in sim.requests if r.method == "POST"]
+    # Without a cap the server says the same, with its 400.
+    assert main(_cli(sim, "generate", "a cat", "--model", "nope")) == 3
+    assert "Unknown model: nope" in capsys.readouterr().err

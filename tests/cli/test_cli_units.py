@@ -39,6 +39,7 @@ from nanobanana.cli._session import check_download_dir, without_api_key
         (nanobanana.APITimeoutError("x"), 5),
         (nanobanana.MissingAPIKeyError("x"), 3),
         (nanobanana.BudgetExceededError("x", needed=2, remaining=1), 3),
+        (nanobanana.UnknownModelError("x", model="m", known=()), 3),
         (nanobanana.APIConnectionError("x"), 6),
         (nanobanana.UnexpectedResponseError("x"), 6),
         (nanobanana.DownloadError("x", url="https://cdn/x"), 6),

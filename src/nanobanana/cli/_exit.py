@@ -24,6 +24,7 @@ from nanobanana._errors import (
     NanoBananaError,
     NotFoundError,
     PermissionDeniedError,
+    UnknownModelError,
 )
 
 __all__ = ["EXIT_CODES_HELP", "ExitCode", "SaveError", "UsageError", "exit_code_for"]
@@ -78,6 +79,7 @@ _TABLE: tuple[tuple[type[BaseException], ExitCode], ...] = (
     (APITimeoutError, ExitCode.TIMEOUT),
     (MissingAPIKeyError, ExitCode.API_ERROR),
     (BudgetExceededError, ExitCode.API_ERROR),  # like 402, but decided here: nothing sent
+    (UnknownModelError, ExitCode.API_ERROR),  # the 400 the server would give, decided here
     (AuthenticationError, ExitCode.API_ERROR),
     (InsufficientCreditsError, ExitCode.API_ERROR),
     (PermissionDeniedError, ExitCode.API_ERROR),

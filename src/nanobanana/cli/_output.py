@@ -23,6 +23,7 @@ from nanobanana._errors import (
     DownloadError,
     JobTimeoutError,
     MissingAPIKeyError,
+    UnknownModelError,
 )
 from nanobanana.cli._exit import ExitCode, exit_code_for
 
@@ -127,6 +128,11 @@ def message_for(error: BaseException, *, generation_id: str | None = None) -> st
         return (
             f"this generation would cost an estimated {count_credits(error.needed)}, but only "
             f"{error.remaining} remain of --max-credits {error.max_credits}; nothing was sent"
+        )
+    if isinstance(error, UnknownModelError):
+        return (
+            f"unknown model {error.model!r}: `nanobanana models` lists "
+            f"{', '.join(error.known) or 'none'}; nothing was sent"
         )
     text = one_line(str(error))
     if CHARGE_WARNING in text:
