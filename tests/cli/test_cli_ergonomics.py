@@ -37,7 +37,12 @@ def test_a_commands_help_shows_its_own_options_and_points_to_the_main_help(comma
     for option in ("--base-url", "--timeout", "--max-retries", "--json", "--simulate"):
         assert option not in text.split("\n\n")[0], option  # not in the usage line
     if command != "simulate":
-        assert "`nanobanana --help`" in text
+        epilog = " ".join(text.rsplit("\n\n", 1)[1].split())
+        assert "`nanobanana --help`" in epilog
+        globals_ = _app.build_parser()._action_groups[-1]
+        assert globals_.title == "global options"
+        for action in globals_._group_actions:  # named from the parser: none forgotten
+            assert max(action.option_strings, key=len) in epilog
 
 
 def test_simulate_offers_its_own_options_not_the_clients(capsys):

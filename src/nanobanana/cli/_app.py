@@ -7,6 +7,7 @@ import asyncio
 import math
 import os
 import sys
+import textwrap
 import traceback
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
@@ -33,12 +34,25 @@ Generate images with the Nano Banana API: results as JSON on stdout, progress an
 messages on stderr. Try it without a key or credits: nanobanana --simulate generate
 --prompt "a banana" --mode stream --download-dir images"""
 
-# A subcommand's help shows its own options; the global ones and the exit codes are
-# shown once, in `nanobanana --help`, instead of in every command's.
-COMMAND_EPILOG = """\
-Global options (--api-key, --base-url, --timeout, --max-retries, --max-credits, --json,
---quiet, --simulate) go before or after the command; they, the environment variables
-and the exit codes are listed once, in `nanobanana --help`."""
+
+def _command_epilog(parser: argparse.ArgumentParser) -> str:
+    """The end of a command's help: where the global options and exit codes are.
+
+    A subcommand's help shows its own options; the global ones (named here, as
+    `_add_globals` made them) and the exit codes are shown once, in `nanobanana --help`.
+    """
+    names = [
+        max(action.option_strings, key=len)
+        for group in parser._action_groups
+        if group.title == "global options"
+        for action in group._group_actions
+    ]
+    return textwrap.fill(
+        f"Global options ({', '.join(names)}) go before or after the command; they, the "
+        "environment variables and the exit codes are listed once, in `nanobanana --help`.",
+        width=88,
+    )
+
 
 ENVIRONMENT_HELP = f"""\
 environment:
@@ -216,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
             name,
             help=help_text,
             description=help_text,
-            epilog=COMMAND_EPILOG if globals_ else None,
+            epilog=_command_epilog(parser) if globals_ else None,
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         if globals_:
