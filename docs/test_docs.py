@@ -261,6 +261,14 @@ def test_every_public_name_has_a_reference_entry() -> None:
     assert not missing, f"no `::: nanobanana.NAME` entry in docs/ for {missing}"
 
 
+def test_every_admin_call_of_the_simulator_is_documented() -> None:
+    from nanobanana.testing._admin import ROUTES  # noqa: PLC0415
+
+    page = (DOCS / "testing.md").read_text(encoding="utf-8")
+    missing = [f"{r.method} {r.path}" for r in ROUTES if f"| `{r.method} {r.path}` |" not in page]
+    assert not missing, f"admin calls missing from the table in docs/testing.md: {missing}"
+
+
 def test_the_examples_were_found() -> None:
     # A broken fence parser would make every example test vanish silently.
     assert len(PYTHON_BLOCKS) >= 10

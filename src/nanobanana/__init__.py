@@ -24,6 +24,7 @@ from nanobanana._errors import (
     APITimeoutError,
     AuthenticationError,
     BadRequestError,
+    BudgetExceededError,
     ContentSafetyError,
     DownloadError,
     GenerationFailedError,
@@ -39,11 +40,13 @@ from nanobanana._errors import (
     SSETooLargeError,
     StreamIdleError,
     UnexpectedResponseError,
+    UnknownModelError,
 )
 from nanobanana._governor import GovernorStats
 from nanobanana._jobs import Job, PollPolicy
 from nanobanana._models import Generation, GenerationStatus, Model, ProgressEvent
 from nanobanana._retry import RetryPolicy
+from nanobanana._stats import ClientStats
 from nanobanana._version import __version__
 
 if TYPE_CHECKING:
@@ -56,6 +59,8 @@ __all__ = [
     "AsyncNanoBanana",
     "AuthenticationError",
     "BadRequestError",
+    "BudgetExceededError",
+    "ClientStats",
     "Clock",
     "ContentSafetyError",
     "DownloadError",
@@ -83,6 +88,7 @@ __all__ = [
     "StreamIdleError",
     "SystemClock",
     "UnexpectedResponseError",
+    "UnknownModelError",
     "__version__",
 ]
 

@@ -10,14 +10,22 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from nanobanana._budget import Catalogue, Charge, Ledger, check_max_credits
 from nanobanana._clock import Clock, SystemClock
-from nanobanana._config import DEFAULT_TIMEOUT, resolve_api_key, resolve_base_url
+from nanobanana._config import (
+    DEFAULT_TIMEOUT,
+    resolve_api_key,
+    resolve_base_url,
+    resolve_timeout,
+    with_max_retries,
+)
 from nanobanana._errors import ContentSafetyError, GenerationFailedError, UnexpectedResponseError
 from nanobanana._governor import Governor, GovernorStats
 from nanobanana._http import AutoTransport, Requester
 from nanobanana._jobs import Job, PollPolicy
 from nanobanana._models import Generation, Model
 from nanobanana._retry import RequestKind, RetryPolicy
+from nanobanana._stats import ClientStats, Recorder
 from nanobanana._version import __version__
 
 if TYPE_CHECKING:
@@ -125,6 +133,10 @@ class AsyncNanoBanana:
             `RetryPolicy`).
         max_concurrency: at most this many API requests in flight. Default: learned
             from the server, starting at the documented account limit of 1.
+        max_credits: a spend cap: a generation whose estimated cost (see
+            `estimate_credits`) would take the credits spent and reserved by this
+            client and its ``with_options()`` copies past it raises
+            `BudgetExceededError` and is not sent. Default: no cap.
         http_client: your own ``httpx.AsyncClient``; it is used as is and not closed.
         retry_policy: backoff and budgets for retries.
         poll_policy: how ``job.wait()`` polls.
@@ -140,6 +152,7 @@ class AsyncNanoBanana:
         timeout: float | httpx.Timeout | None = NOT_GIVEN,
         max_retries: int = NOT_GIVEN,
         max_concurrency: int | None = None,
+        max_credits: int | None = None,
         http_client: httpx.AsyncClient | None = None,
         retry_policy: RetryPolicy | None = None,
         poll_policy: PollPolicy | None = None,
@@ -149,22 +162,11 @@ class AsyncNanoBanana:
     ) -> None:
         self._api_key = resolve_api_key(api_key)
         self._base_url = resolve_base_url(base_url)
+        if retry_policy is None and max_retries is NOT_GIVEN:
+            max_retries = DEFAULT_MAX_RETRIES
         policy = retry_policy or RetryPolicy()
         if max_retries is not NOT_GIVEN:
-            if isinstance(max_retries, bool) or not isinstance(max_retries, int):
-                raise TypeError("max_retries must be an int")
-            if max_retries < 0:
-                raise ValueError("max_retries must be >= 0")
-            policy = RetryPolicy(
-                attempts=max_retries + 1,
-                wait_initial=policy.wait_initial,
-                wait_max=policy.wait_max,
-                wait_exp_base=policy.wait_exp_base,
-                retry_after_max=policy.retry_after_max,
-                timeout=policy.timeout,
-            )
-        elif retry_policy is None:
-            policy = RetryPolicy(attempts=DEFAULT_MAX_RETRIES + 1)
+            policy = with_max_retries(policy, max_retries)
         if max_concurrency is not None and (
             isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int)
         ):
@@ -174,17 +176,15 @@ class AsyncNanoBanana:
         self._clock: Clock = clock or SystemClock()
         self._rand = rng or random.Random()
         self._download_concurrency = download_concurrency
-
-        if timeout is NOT_GIVEN:
-            # Also for a borrowed http_client: httpx's own 5 s default would fail every
-            # sync generation (10-60 s, sync-mode docs). Pass timeout= to choose.
-            resolved_timeout: httpx.Timeout | None = DEFAULT_TIMEOUT
-        elif timeout is None or isinstance(timeout, httpx.Timeout):
-            resolved_timeout = timeout if timeout is not None else httpx.Timeout(None)
-        elif isinstance(timeout, (int, float)) and not isinstance(timeout, bool):
-            resolved_timeout = httpx.Timeout(float(timeout))
-        else:
-            raise TypeError("timeout must be a number, an httpx.Timeout or None")
+        # Shared with every with_options() copy: the spend ledger, the model costs it
+        # is estimated from, and the counters of stats().
+        self._ledger = Ledger.root(check_max_credits(max_credits))
+        self._catalogue = Catalogue()
+        self._recorder = Recorder()
+        # Also for a borrowed http_client: httpx's own 5 s default would fail every
+        # sync generation (10-60 s, sync-mode docs). Pass timeout= to choose.
+        self._timeout = resolve_timeout(DEFAULT_TIMEOUT if timeout is NOT_GIVEN else timeout)
+        resolved_timeout = self._timeout
 
         self._owns_http = http_client is None
         pool = max(DEFAULT_POOL_SIZE, max_concurrency or 0)
@@ -210,8 +210,10 @@ class AsyncNanoBanana:
             rand=self._rand,
             timeout=resolved_timeout,
             headers={"User-Agent": self.user_agent, "Accept": "application/json"},
+            recorder=self._recorder,
         )
         self._closed = False
+        self._root = True
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -227,8 +229,69 @@ class AsyncNanoBanana:
 
     @property
     def is_closed(self) -> bool:
-        """Whether `aclose` was called."""
-        return self._closed
+        """Whether `aclose` was called (on this client, or on the one it was copied from)."""
+        return self._closed or self._requester.closed
+
+    def with_options(
+        self,
+        *,
+        timeout: float | httpx.Timeout | None = NOT_GIVEN,
+        max_retries: int = NOT_GIVEN,
+        max_credits: int | None = NOT_GIVEN,
+        retry_policy: RetryPolicy = NOT_GIVEN,
+        poll_policy: PollPolicy = NOT_GIVEN,
+    ) -> Self:
+        """A client with other defaults for its calls, sharing everything else with this one.
+
+        The copy shares the connection pool, the concurrency governor, the credits
+        ledger, the model catalogue and the `stats` counters; only the options passed
+        change (openai-python's pattern). It costs no connection: make one per call
+        site freely. Closing the copy does not close the pool (closing this client
+        closes the copies too).
+
+        ```python
+        patient = client.with_options(timeout=600, max_retries=8)
+        generation = await patient.generate("a very detailed banana")
+        ```
+
+        Args:
+            timeout: seconds or an `httpx.Timeout` for the copy's requests.
+            max_retries: retries of a call that is safe to retry.
+            max_credits: a cap of the copy's own on what it (and copies made from it)
+                spends from now on, on top of the caps of this client: a copy can
+                narrow the budget, never widen it. None: no cap of its own.
+            retry_policy: the copy's `RetryPolicy` (``max_retries`` overrides its
+                attempts).
+            poll_policy: the copy's `PollPolicy` for ``job.wait()``.
+        """
+        copy = object.__new__(type(self))
+        copy.__dict__.update(self.__dict__)
+        copy._owns_http = False  # the pool is this client's to close
+        copy._closed = copy._root = False
+        if retry_policy is not NOT_GIVEN:
+            if not isinstance(retry_policy, RetryPolicy):
+                raise TypeError("retry_policy must be a RetryPolicy")
+            copy.retry_policy = retry_policy
+        if max_retries is not NOT_GIVEN:
+            copy.retry_policy = with_max_retries(copy.retry_policy, max_retries)
+        if timeout is not NOT_GIVEN:
+            copy._timeout = resolve_timeout(timeout)
+        if poll_policy is not NOT_GIVEN:
+            if not isinstance(poll_policy, PollPolicy):
+                raise TypeError("poll_policy must be a PollPolicy")
+            copy.poll_policy = poll_policy
+        if max_credits is not NOT_GIVEN:
+            copy._ledger = self._ledger.narrow(check_max_credits(max_credits))
+        copy._requester = self._requester.derive(retry=copy.retry_policy, timeout=copy._timeout)
+        return copy
+
+    def stats(self) -> ClientStats:
+        """Counters since the client was created: requests, retries, credits, queueing.
+
+        Cheap (a copy of a few counters) and safe to call from any task or thread. A
+        client and its ``with_options()`` copies share them; see `ClientStats`.
+        """
+        return self._recorder.snapshot(governor=self._governor.stats(), ledger=self._ledger)
 
     def governor_stats(self) -> GovernorStats:
         """The concurrency governor's state: limit, active and waiting requests."""
@@ -239,11 +302,16 @@ class AsyncNanoBanana:
         return f"<AsyncNanoBanana base_url={self.base_url!r} api_key={key}>"
 
     async def aclose(self) -> None:
-        """Close the connection pool (unless it was borrowed). Closing twice is harmless."""
+        """Close the connection pool (unless it was borrowed). Closing twice is harmless.
+
+        A ``with_options()`` copy only closes itself: the pool stays open for the rest.
+        """
         if self._closed:
             return
         self._closed = True
         self._requester.closed = True
+        if self._root:
+            self._requester.binding.closed = True  # and every copy with it
         if self._owns_http:
             await self._http.aclose()
 
@@ -281,7 +349,43 @@ class AsyncNanoBanana:
             raise UnexpectedResponseError(
                 "Unexpected response to GET /models: 'data' is not a list.", field="data", body=body
             )
-        return [Model.from_json(item) for item in data]
+        models = [Model.from_json(item) for item in data]
+        self._catalogue.store(models)  # the costs that spend caps are estimated from
+        return models
+
+    async def estimate_credits(
+        self,
+        *,
+        model: str | None = None,
+        quantity: int | None = None,
+        reference_image_urls: Sequence[str] | None = None,
+    ) -> int:
+        """The credits a generation with these options would cost, as a spend cap counts.
+
+        The model's ``creditsCost`` from `models` (fetched once per client and kept;
+        without ``model``, the documented default ``nano-banana``), plus one credit per
+        reference image beyond the first, times the quantity the server will make
+        (1 to 4; a stream makes one). Sends nothing but, once, ``GET /models``.
+
+        Raises:
+            UnknownModelError: ``model`` is not in the catalogue (a `ValueError`).
+        """
+        # The body's own checks, with a stand-in prompt: the estimate reads the rest.
+        body = _generate_body(
+            "estimate",
+            mode="sync",
+            model=model,
+            reference_image_urls=reference_image_urls,
+            aspect_ratio=None,
+            quantity=quantity,
+        )
+        return await self._catalogue.cost_of(body, self.models)
+
+    async def _charge(self, body: dict[str, Any]) -> Charge:
+        """Reserve what ``body`` will cost, under every cap that applies (`_budget`)."""
+        capped = self._ledger.capped
+        estimate = await self._catalogue.cost_of(body, self.models) if capped else None
+        return self._ledger.charge(estimate)
 
     async def credits(self) -> int:
         """The account's credit balance (``GET /credits``)."""
@@ -314,6 +418,8 @@ class AsyncNanoBanana:
             ContentSafetyError: the safety check refused the result (credits spent).
             InternalServerError: a 500; the generation may have been charged and was
                 not resent.
+            BudgetExceededError: the estimated cost would pass ``max_credits``;
+                nothing was sent.
         """
         body = _generate_body(
             prompt,
@@ -323,9 +429,11 @@ class AsyncNanoBanana:
             aspect_ratio=aspect_ratio,
             quantity=quantity,
         )
-        answer = await self._requester.call(
-            "POST", "/generate", kind=RequestKind.GENERATE, json_body=body
-        )
+        with await self._charge(body) as charge:
+            answer = await self._requester.call(
+                "POST", "/generate", kind=RequestKind.GENERATE, json_body=body
+            )
+            charge.answered(answer)
         # A 200 is a refusal only when it says so: an answer without ``success`` but with
         # the images is a result (and one with neither is an unreadable, charged answer).
         if isinstance(answer, dict) and (answer.get("success") is False or answer.get("warning")):
@@ -382,6 +490,8 @@ class AsyncNanoBanana:
 
         Raises:
             GenerationFailedError: the server sent an ``error`` event.
+            BudgetExceededError: (when iteration starts) the estimated cost would pass
+                ``max_credits``; nothing was sent.
         """
         from nanobanana._stream import GenerationStream  # noqa: PLC0415
 
@@ -406,7 +516,11 @@ class AsyncNanoBanana:
         aspect_ratio: str | None = None,
         quantity: int | None = None,
     ) -> Job:
-        """Start a generation in async mode and return its `Job` at once."""
+        """Start a generation in async mode and return its `Job` at once.
+
+        Raises `BudgetExceededError`, sending nothing, if its estimated cost would pass
+        ``max_credits``.
+        """
         body = _generate_body(
             prompt,
             mode="async",
@@ -415,9 +529,11 @@ class AsyncNanoBanana:
             aspect_ratio=aspect_ratio,
             quantity=quantity,
         )
-        answer = await self._requester.call(
-            "POST", "/generate", kind=RequestKind.GENERATE, json_body=body
-        )
+        with await self._charge(body) as charge:
+            answer = await self._requester.call(
+                "POST", "/generate", kind=RequestKind.GENERATE, json_body=body
+            )
+            charge.answered(answer)
         generation_id = answer.get("generationId") if isinstance(answer, dict) else None
         if not isinstance(generation_id, str) or not generation_id:
             raise UnexpectedResponseError(

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
+import attrs
 import httpx
+
+if TYPE_CHECKING:
+    from nanobanana._retry import RetryPolicy
 
 __all__ = [
     "API_KEY_ENV_VARS",
@@ -14,6 +19,8 @@ __all__ = [
     "Secret",
     "resolve_api_key",
     "resolve_base_url",
+    "resolve_timeout",
+    "with_max_retries",
 ]
 
 # Ours first, then the names the service's own agent CLI reads (api-reference-agent-notes).
@@ -95,3 +102,23 @@ def resolve_base_url(base_url: str | httpx.URL | None) -> httpx.URL:
     if url.query or url.fragment:
         raise ValueError("base_url must not have a query or fragment")
     return url.copy_with(path=url.path.rstrip("/") or "")
+
+
+def resolve_timeout(timeout: float | httpx.Timeout | None) -> httpx.Timeout:
+    """The ``timeout`` argument as an `httpx.Timeout` (None: no timeout at all)."""
+    if timeout is None:
+        return httpx.Timeout(None)
+    if isinstance(timeout, httpx.Timeout):
+        return timeout
+    if isinstance(timeout, (int, float)) and not isinstance(timeout, bool):
+        return httpx.Timeout(float(timeout))
+    raise TypeError("timeout must be a number, an httpx.Timeout or None")
+
+
+def with_max_retries(policy: RetryPolicy, max_retries: int) -> RetryPolicy:
+    """``policy`` with ``max_retries + 1`` attempts."""
+    if isinstance(max_retries, bool) or not isinstance(max_retries, int):
+        raise TypeError("max_retries must be an int")
+    if max_retries < 0:
+        raise ValueError("max_retries must be >= 0")
+    return attrs.evolve(policy, attempts=max_retries + 1)

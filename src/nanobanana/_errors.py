@@ -5,6 +5,8 @@ Every error the library raises on purpose is a `NanoBananaError`:
 ```text
 NanoBananaError
 ├── MissingAPIKeyError            a call that needs a key found none
+├── BudgetExceededError           would pass max_credits; nothing sent  .needed, .remaining
+├── UnknownModelError             not in GET /models, so its cost is unknown  .model
 ├── UnexpectedResponseError       a 2xx body we cannot read (not JSON, field missing)
 │   └── SSETooLargeError          an event-stream line or event over the size limit
 ├── APIConnectionError            network failure, nothing usable came back
@@ -49,6 +51,7 @@ __all__ = [
     "APITimeoutError",
     "AuthenticationError",
     "BadRequestError",
+    "BudgetExceededError",
     "ContentSafetyError",
     "DownloadError",
     "GenerationFailedError",
@@ -64,6 +67,7 @@ __all__ = [
     "ServerBusyError",
     "StreamIdleError",
     "UnexpectedResponseError",
+    "UnknownModelError",
 ]
 
 CHARGE_WARNING = (
@@ -89,6 +93,39 @@ class NanoBananaError(Exception):
 
 class MissingAPIKeyError(NanoBananaError):
     """Raised when a call that needs an API key is made and none was configured."""
+
+
+class BudgetExceededError(NanoBananaError):
+    """Raised before a generation is sent when its estimated cost would pass ``max_credits``.
+
+    Nothing was sent, so nothing was charged. ``needed`` is the estimate (see
+    ``client.estimate_credits()``), ``remaining`` what the cap still allows (credits
+    neither spent nor reserved by calls in flight), and ``max_credits`` the cap that
+    refused: the client's, or that of the ``with_options()`` copy the call was made on.
+    """
+
+    def __init__(
+        self, message: str, *, needed: int, remaining: int, max_credits: int | None = None
+    ) -> None:
+        super().__init__(message)
+        self.needed = needed
+        self.remaining = remaining
+        self.max_credits = max_credits
+
+
+class UnknownModelError(NanoBananaError, ValueError):
+    """Raised when a model's cost is needed and the catalogue (``GET /models``) lacks it.
+
+    A spend cap (``max_credits``) and ``estimate_credits()`` need the model's price;
+    the live catalogue is authoritative, so a model it does not list (after one more
+    look) is refused before anything is sent, as the server would refuse it. It is a
+    `ValueError` too, like the other bad arguments.
+    """
+
+    def __init__(self, message: str, *, model: str, known: tuple[str, ...]) -> None:
+        super().__init__(message)
+        self.model = model
+        self.known = known
 
 
 class UnexpectedResponseError(NanoBananaError):

@@ -8,6 +8,7 @@ asks `nanobanana._retry.decide` what to do after each failure.
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import logging
 import random
@@ -37,13 +38,14 @@ from nanobanana._retry import (
     outcome_of_status,
     parse_retry_after,
 )
+from nanobanana._stats import Recorder
 
 if TYPE_CHECKING:
     from nanobanana._clock import Clock
     from nanobanana._config import Secret
     from nanobanana._governor import Governor
 
-__all__ = ["AutoTransport", "OutOfTimeError", "Requester", "current_loop_token"]
+__all__ = ["AutoTransport", "Binding", "OutOfTimeError", "Requester", "current_loop_token"]
 
 log = logging.getLogger("nanobanana")
 
@@ -179,6 +181,14 @@ class _StreamContext:
             self._governor.release()
 
 
+class Binding:
+    """What a client and its ``with_options()`` copies share: closed, and the event loop."""
+
+    def __init__(self) -> None:
+        self.closed = False
+        self.loop: object | None = None
+
+
 class Requester:
     """Sends API requests for one client; holds no per-request state."""
 
@@ -194,6 +204,7 @@ class Requester:
         rand: random.Random,
         timeout: httpx.Timeout | None,
         headers: Mapping[str, str],
+        recorder: Recorder | None = None,
     ) -> None:
         self.http = http
         self.base_url = str(base_url)
@@ -206,16 +217,39 @@ class Requester:
         self._extensions: dict[str, Any] = (
             {"timeout": timeout.as_dict()} if timeout is not None else {}
         )
-        self._loop: object | None = None
-        self.closed = False
+        self.recorder = recorder or Recorder()
+        self.binding = Binding()
+        self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        """Whether this requester, or the client it was derived from, was closed."""
+        return self._closed or self.binding.closed
+
+    @closed.setter
+    def closed(self, value: bool) -> None:
+        self._closed = value
+
+    def derive(self, *, retry: RetryPolicy, timeout: httpx.Timeout | None) -> Requester:
+        """A requester for a ``with_options()`` copy: its own retry policy and timeout.
+
+        It shares all else: the pool, the governor, the counters, and the `Binding`
+        (closing the client closes its copies; all are bound to one event loop).
+        """
+        derived = copy.copy(self)
+        derived.retry = retry
+        derived._extensions = {"timeout": timeout.as_dict()} if timeout is not None else {}
+        derived._closed = False
+        return derived
 
     def _check_usable(self) -> None:
         if self.closed:
             raise NanoBananaError("This AsyncNanoBanana client is closed; create a new one.")
         token = current_loop_token()
-        if self._loop is None:
-            self._loop = token
-        elif token is not self._loop:
+        binding = self.binding
+        if binding.loop is None:
+            binding.loop = token
+        elif token is not binding.loop:
             raise NanoBananaError(
                 "This AsyncNanoBanana client was first used in another event loop. Its "
                 "connections belong to that loop: create one client per event loop "
@@ -360,7 +394,7 @@ class Requester:
         clock = self.clock
         budget_end = clock.monotonic() + policy.timeout if policy.timeout is not None else None
         governor = self.governor
-        debug = log.isEnabledFor(logging.DEBUG)
+        recorder = self.recorder
         attempt = 0
         while True:
             attempt += 1
@@ -368,13 +402,15 @@ class Requester:
                 method, path, json_body=json_body, params=params, auth=auth, accept=accept
             )
             retry_after: float | None = None
+            queued_at = clock.monotonic()
             await governor.acquire()
             if self.closed:  # closed while this call waited for a slot or a retry
                 governor.release()
                 raise self._closed_error(method, path)
+            recorder.sending(method, path, queued=clock.monotonic() - queued_at)
             keep_slot = False
             try:
-                started = clock.monotonic() if debug else 0.0
+                started = clock.monotonic()
                 try:
                     # Always streamed, so that no answer is read past MAX_ANSWER_SIZE.
                     response = await self.http.send(request, stream=True)
@@ -401,18 +437,11 @@ class Requester:
                         may_have_been_charged=verdict.may_have_been_charged,
                     )
                     error.__cause__ = exc
-                    if debug:
-                        log.debug("%s %s -> %s", method, path, type(exc).__name__)
+                    recorder.failed(method, path, attempt, exc, verdict)
                 else:
                     status = response.status_code
-                    if debug:
-                        log.debug(
-                            "%s %s -> %d in %.0f ms",
-                            method,
-                            path,
-                            status,
-                            (clock.monotonic() - started) * 1000,
-                        )
+                    elapsed = clock.monotonic() - started
+                    recorder.answered(method, path, kind, attempt, response, elapsed=elapsed)
                     header_limit = response.headers.get("x-ratelimit-limit")
                     if header_limit is not None and header_limit.isdecimal():
                         governor.learn(int(header_limit))
@@ -457,16 +486,7 @@ class Requester:
                 raise OutOfTimeError(error)
             if budget_end is not None and now + wait > budget_end:
                 raise error
-            if debug:
-                log.debug(
-                    "retrying %s %s in %.2f s after %s (attempt %d of %d)",
-                    method,
-                    path,
-                    wait,
-                    outcome.value,
-                    attempt + 1,
-                    policy.attempts,
-                )
+            recorder.retrying(method, path, attempt, outcome, wait, attempts=policy.attempts)
             await clock.sleep(wait)
 
     def _learn_from_429(self, error: APIStatusError) -> None:

@@ -20,6 +20,7 @@ from nanobanana._errors import (
 from nanobanana._http import OutOfTimeError
 from nanobanana._models import Generation, GenerationStatus
 from nanobanana._retry import none_or_at_least_zero
+from nanobanana._stats import poll_failed_fields
 
 if TYPE_CHECKING:
     import random
@@ -152,7 +153,12 @@ class Job:
                     raise
                 last_error = exc
                 not_before = getattr(exc, "retry_after", None) or 0.0
-                log.debug("poll of %s failed (%s); polling again", self.id, type(exc).__name__)
+                log.debug(
+                    "poll of %s failed (%s); polling again",
+                    self.id,
+                    type(exc).__name__,
+                    extra=poll_failed_fields(self.id, exc),
+                )
                 continue
             if scope.cancelled_caught:
                 break

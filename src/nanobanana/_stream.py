@@ -58,6 +58,7 @@ if TYPE_CHECKING:
 
     from typing_extensions import Self
 
+    from nanobanana._budget import Charge
     from nanobanana._client import AsyncNanoBanana
 
 __all__ = ["GenerationStream"]
@@ -133,13 +134,16 @@ async def _run(
     """
     final: ProgressEvent | None = None
     cut: BaseException | None = None
+    charge: Charge | None = None  # the spend cap's reservation (_budget)
     opening = client._requester.stream(
         "POST", "/generate", kind=RequestKind.GENERATE, json_body=body
     )
     try:
         try:
             with state.guard():
-                response = await opening.__aenter__()
+                charge = await client._charge(body)
+                with charge.sending():
+                    response = await opening.__aenter__()
                 await _check_content_type(response)
             if state.stopped():
                 return
@@ -203,6 +207,9 @@ async def _run(
         if state.stopped():
             return  # closed on purpose: no result, and no polling for one
         if final is not None:
+            if charge is not None and final.generation is not None:
+                charge.report(final.generation.credits_used)
+                charge.finish()  # settled now, not when the caller closes the stream
             yield final
             return
         generation_id = state.generation_id
@@ -216,10 +223,15 @@ async def _run(
         # GET /api/v1/generate?id=" (stream-mode docs): finish by polling.
         with state.guard():
             generation = await client.job(generation_id).wait()
+        if charge is not None:
+            charge.report(generation.credits_used)
+            charge.finish()
         if state.stopped():
             return
         yield state.completed(generation, "Generation complete (fetched after the stream was cut)")
     finally:
+        if charge is not None:
+            charge.finish()
         state.scope = None
         if state.ended is not None:
             state.ended.set()

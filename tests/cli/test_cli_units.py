@@ -38,6 +38,8 @@ from nanobanana.cli._session import check_download_dir, without_api_key
         (nanobanana.JobTimeoutError("x", generation_id="g"), 5),
         (nanobanana.APITimeoutError("x"), 5),
         (nanobanana.MissingAPIKeyError("x"), 3),
+        (nanobanana.BudgetExceededError("x", needed=2, remaining=1), 3),
+        (nanobanana.UnknownModelError("x", model="m", known=()), 3),
         (nanobanana.APIConnectionError("x"), 6),
         (nanobanana.UnexpectedResponseError("x"), 6),
         (nanobanana.DownloadError("x", url="https://cdn/x"), 6),
@@ -310,6 +312,12 @@ def test_the_download_dir_is_created_or_refused_before_anything_is_sent(tmp_path
     "argv",
     [
         ["simulate", "--generation-time", "-1"],
+        ["simulate", "--generation-time", "2-1"],
+        ["simulate", "--generation-time", "1-3@9"],
+        ["simulate", "--generation-time", "soon"],
+        ["simulate", "--simulate"],
+        ["--max-credits", "-1", "credits"],
+        ["credits", "--max-credits", "many"],
         ["simulate", "--port", "99999"],
         ["simulate", "--cdn-port", "-1"],
         ["simulate", "--credits", "-5"],
@@ -326,7 +334,7 @@ def test_bad_simulator_options_are_usage_errors(argv, capsys):
 
 def test_simulate_passes_its_options_to_a_simulator_that_accepts_them(monkeypatch):
     import nanobanana.testing  # noqa: PLC0415
-    from nanobanana.testing import Simulator  # noqa: PLC0415
+    from nanobanana.testing import GenerationTime, Simulator  # noqa: PLC0415
 
     seen: dict[str, object] = {}
 
@@ -339,7 +347,14 @@ def test_simulate_passes_its_options_to_a_simulator_that_accepts_them(monkeypatc
     assert main([*argv, "--credits", "0", "--generation-time", "0"]) == 0
     assert seen["heartbeat_interval"] == 0.5
     assert seen["max_async_tasks"] == 3
-    assert (seen["credits"], seen["generation_time"], seen["port"]) == (0, 0.0, 0)
+    assert (seen["credits"], seen["generation_time"], seen["port"]) == (
+        0,
+        GenerationTime.fixed(0),
+        0,
+    )
+    assert main([*argv, "--generation-time", "0.5-2", "--seed", "4"]) == 0
+    assert seen["generation_time"] == GenerationTime(low=0.5, high=2.0)
+    assert seen["seed"] == 4
 
 
 @pytest.mark.parametrize(

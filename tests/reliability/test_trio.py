@@ -234,3 +234,33 @@ def test_errors_on_trio_are_ours(sim):
 
     error = run(main)
     assert type(error).__name__ == "AuthenticationError"
+
+
+def test_the_spend_cap_and_stats_hold_on_trio(sim):
+    from nanobanana import BudgetExceededError  # noqa: PLC0415
+
+    async def main():
+        results: list[object] = []
+        async with fast_client(sim, max_credits=5, max_concurrency=3) as client:
+
+            async def one(i: int) -> None:
+                try:
+                    results.append(await client.generate(f"banana {i}", quantity=2))
+                except BudgetExceededError as exc:
+                    results.append(exc)
+
+            async with trio.open_nursery() as nursery:
+                for i in range(3):
+                    nursery.start_soon(one, i)
+            assert sum(isinstance(r, BudgetExceededError) for r in results) == 1
+            # Cancelled while its request is out: it may have been charged.
+            with sim.hold(), trio.move_on_after(5) as scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(client.generate, "held")
+                    await sim.wait_for_async(lambda: sim.in_flight() == 1)
+                    scope.cancel()
+            stats = client.stats()
+        assert (stats.credits_spent, stats.credits_remaining, stats.maybe_charged) == (5, 0, 1)
+        assert stats.requests["POST /generate"] == 3
+
+    run(main)

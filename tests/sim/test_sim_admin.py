@@ -155,3 +155,46 @@ async def test_unknown_admin_routes_and_bad_bodies(admin):
 @pytest.mark.nanobanana_sim(admin=False)
 async def test_admin_api_can_be_turned_off(admin):
     assert (await admin.get("/requests")).status_code == 404
+
+
+async def test_the_index_lists_every_call_and_every_listed_read_answers(admin):
+    from nanobanana.testing._admin import ROUTES  # noqa: PLC0415
+
+    for path in ("/", ""):  # /_sim/ as the banner prints it, and /_sim
+        response = await admin.get(path)
+        assert response.status_code == 200
+        index = response.json()["data"]
+        assert index["api"] == "/api/v1"
+        assert [(r["method"], r["path"]) for r in index["routes"]] == [
+            (r.method, r.path) for r in ROUTES
+        ]
+    for route in ROUTES:
+        if route.method == "GET" and "<" not in route.path:
+            answer = await admin.get(route.path.removeprefix("/_sim"))
+            assert answer.status_code == 200, route
+
+
+async def test_generation_time_ranges_over_the_admin_api(admin, api, nanobanana_sim):
+    set_range = await admin.post("/generation-time", json={"seconds": "0.01-0.02"})
+    assert set_range.json()["data"] == {
+        "seconds": "0.01-0.02",
+        "low": 0.01,
+        "high": 0.02,
+        "mode": None,
+        "model": None,
+    }
+    listed = await admin.post(
+        "/generation-time", json={"seconds": [0.03, 0.04], "model": "nanobanan-2"}
+    )
+    assert listed.status_code == 200
+    read = (await admin.get("/generation-time")).json()["data"]
+    assert read["default"]["seconds"] == "0.01-0.02"
+    assert read["models"]["nanobanan-2"]["seconds"] == "0.03-0.04"
+    assert read["models"]["nano-banana"]["seconds"] == "0.01-0.02"
+    submitted = await api.post("/generate", json={"prompt": "a", "mode": "async"})
+    drawn = nanobanana_sim.generation(submitted.json()["generationId"]).generation_time
+    assert 0.01 <= drawn <= 0.02
+    for bad in ("2-1", -1, "soon", [1, 2, 3]):
+        response = await admin.post("/generation-time", json={"seconds": bad})
+        assert response.status_code == 400, bad
+        assert "generation_time" in response.json()["error"]

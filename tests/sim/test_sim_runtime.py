@@ -281,3 +281,23 @@ def test_plugin_fixture_and_marker_in_a_users_suite(pytester):
     )
     result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "-p", "no:hypothesispytest")
     result.assert_outcomes(passed=1)
+
+
+def test_the_banners_admin_url_answers_with_the_list_of_calls():
+    stop, out = threading.Event(), _Output()
+    thread = threading.Thread(target=serve, kwargs={"port": 0, "stop": stop, "out": out})
+    thread.start()
+    try:
+        assert out.printed.wait(10)
+        admin = next(
+            line.split(": ", 1)[1].strip() for line in out.text.splitlines() if "admin" in line
+        )
+        assert admin.endswith("/_sim/")
+        response = httpx.get(admin, verify=TLS)
+        assert response.status_code == 200
+        paths = {route["path"] for route in response.json()["data"]["routes"]}
+        assert {"/_sim/faults/random", "/_sim/generation-time", "/_sim/ledger"} <= paths
+    finally:
+        stop.set()
+        thread.join(10)
+    assert not thread.is_alive()

@@ -7,6 +7,7 @@ import asyncio
 import math
 import os
 import sys
+import textwrap
 import traceback
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
@@ -32,6 +33,26 @@ DESCRIPTION = """\
 Generate images with the Nano Banana API: results as JSON on stdout, progress and
 messages on stderr. Try it without a key or credits: nanobanana --simulate generate
 --prompt "a banana" --mode stream --download-dir images"""
+
+
+def _command_epilog(parser: argparse.ArgumentParser) -> str:
+    """The end of a command's help: where the global options and exit codes are.
+
+    A subcommand's help shows its own options; the global ones (named here, as
+    `_add_globals` made them) and the exit codes are shown once, in `nanobanana --help`.
+    """
+    names = [
+        max(action.option_strings, key=len)
+        for group in parser._action_groups
+        if group.title == "global options"
+        for action in group._group_actions
+    ]
+    return textwrap.fill(
+        f"Global options ({', '.join(names)}) go before or after the command; they, the "
+        "environment variables and the exit codes are listed once, in `nanobanana --help`.",
+        width=88,
+    )
+
 
 ENVIRONMENT_HELP = f"""\
 environment:
@@ -63,9 +84,6 @@ _positive_float = _number(
     float, low=0.0, high=sys.float_info.max, low_ok=False, what="a positive number"
 )
 _positive_int = _number(int, low=1, low_ok=True, what="at least 1")
-_non_negative_float = _number(
-    float, low=0.0, high=sys.float_info.max, low_ok=True, what="0 or more"
-)
 _non_negative_int = _number(int, low=0, low_ok=True, what="0 or more")
 _port = _number(int, low=0, high=65535, low_ok=True, what="a port from 0 to 65535")  # TCP's range
 
@@ -76,11 +94,22 @@ def _http_url(text: str) -> str:
     return text
 
 
+def _generation_time(text: str) -> object:
+    """``--generation-time``: seconds, ``LOW-HIGH`` or ``LOW-HIGH@MODE`` (a `GenerationTime`)."""
+    from nanobanana.testing._timing import GenerationTime  # noqa: PLC0415 - simulate only
+
+    try:
+        return GenerationTime.of(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("generation_time ")) from None
+
+
 def _add_globals(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
     """The options every command takes, before or after the command's name.
 
-    On subcommands their defaults are suppressed, so ``nanobanana --json models`` and
-    ``nanobanana models --json`` mean the same and neither undoes the other.
+    On subcommands (``suppress``) their defaults are suppressed, so ``nanobanana
+    --json models`` and ``nanobanana models --json`` mean the same and neither undoes
+    the other; and so is their help: they are listed once, in ``nanobanana --help``.
     """
 
     def default(value: object) -> object:
@@ -117,6 +146,14 @@ def _add_globals(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
         "may have been charged is never resent)",
     )
     group.add_argument(
+        "--max-credits",
+        metavar="N",
+        type=_non_negative_int,
+        default=default(None),
+        help="spend at most N credits: a generation whose estimated cost would pass it "
+        "fails (exit 3) and is not sent (default: no cap)",
+    )
+    group.add_argument(
         "--json",
         action="store_true",
         default=default(False),
@@ -135,6 +172,9 @@ def _add_globals(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
         default=default(False),
         help="run against an embedded simulator: no key, no credits, real PNG files",
     )
+    if suppress:  # shown once, in `nanobanana --help`, rather than in every command's
+        for action in group._group_actions:
+            action.help = argparse.SUPPRESS
 
 
 def _add_generation_options(parser: argparse.ArgumentParser, *, item_defaults: bool) -> None:
@@ -185,15 +225,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_globals(parser, suppress=False)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+    def command(name: str, help_text: str, *, globals_: bool = True) -> argparse.ArgumentParser:
         sub = commands.add_parser(
             name,
             help=help_text,
             description=help_text,
-            epilog=EXIT_CODES_HELP,
+            epilog=_command_epilog(parser) if globals_ else None,
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
-        _add_globals(sub, suppress=True)
+        if globals_:
+            _add_globals(sub, suppress=True)
         return sub
 
     command("models", "list the models (no key needed)")
@@ -234,7 +275,19 @@ def build_parser() -> argparse.ArgumentParser:
         add_poll_options=_add_poll_options,
     )
 
-    simulate = command("simulate", "serve the simulator over HTTP for other programs")
+    # The simulator takes none of the client's options (nor --simulate, which it is).
+    simulate = command(
+        "simulate", "serve the simulator over HTTP for other programs", globals_=False
+    )
+    simulate.add_argument(
+        "--api-key",
+        metavar="KEY",
+        default=argparse.SUPPRESS,
+        help="the key the simulator accepts (default nb_test_key)",
+    )
+    simulate.add_argument(
+        "-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
+    )
     simulate.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1")
     simulate.add_argument(
         "--port", type=_port, default=8000, help="the API port (default 8000; 0: any free one)"
@@ -248,8 +301,10 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument(
         "--generation-time",
         metavar="S",
-        type=_non_negative_float,
-        help="seconds each generation takes (default 0)",
+        type=_generation_time,
+        help="seconds each generation takes (default 0), or a range each one draws its "
+        "time from: LOW-HIGH (uniform, e.g. 0.5-2) or LOW-HIGH@MODE (peaking at MODE, "
+        "e.g. 10-60@20); reproducible with --seed",
     )
     simulate.add_argument(
         "--heartbeat-interval",
@@ -269,12 +324,16 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_int,
         help="the server-wide cap on running async tasks, beyond which it answers 503 (default 10)",
     )
-    simulate.add_argument("--seed", type=int, help="reproducible ids and image URLs")
+    simulate.add_argument(
+        "--seed", type=int, help="reproducible ids, image URLs and generation times"
+    )
     return parser
 
 
 def _check(args: argparse.Namespace) -> None:
     """Usage rules argparse cannot express."""
+    if args.command == "simulate" and args.simulate:
+        raise UsageError("simulate serves a simulator itself: --simulate is for the other commands")
     if args.command == "generate":
         if args.prompt is not None and args.prompt_arg is not None:
             raise UsageError("give the prompt once: as PROMPT or with --prompt")

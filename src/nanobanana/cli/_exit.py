@@ -14,6 +14,7 @@ from nanobanana._errors import (
     APITimeoutError,
     AuthenticationError,
     BadRequestError,
+    BudgetExceededError,
     ContentSafetyError,
     DownloadError,
     GenerationFailedError,
@@ -23,6 +24,7 @@ from nanobanana._errors import (
     NanoBananaError,
     NotFoundError,
     PermissionDeniedError,
+    UnknownModelError,
 )
 
 __all__ = ["EXIT_CODES_HELP", "ExitCode", "SaveError", "UsageError", "exit_code_for"]
@@ -60,7 +62,8 @@ exit codes:
   1    unexpected error (a bug: please report it with the traceback)
   2    usage error (bad arguments, bad input file)
   3    API error: missing or invalid key, no credits, access not enabled,
-       request rejected (401, 402, 403, 400, 404)
+       request rejected (401, 402, 403, 400, 404), or over --max-credits
+       (then nothing was sent)
   4    the generation failed, or was refused by the content-safety check
   5    timeout: the wait (--max-polls x --poll-interval) or a request ran out of time
   6    network or server error (connection failed, 5xx, rate limit or busy
@@ -75,6 +78,8 @@ _TABLE: tuple[tuple[type[BaseException], ExitCode], ...] = (
     (JobTimeoutError, ExitCode.TIMEOUT),
     (APITimeoutError, ExitCode.TIMEOUT),
     (MissingAPIKeyError, ExitCode.API_ERROR),
+    (BudgetExceededError, ExitCode.API_ERROR),  # like 402, but decided here: nothing sent
+    (UnknownModelError, ExitCode.API_ERROR),  # the 400 the server would give, decided here
     (AuthenticationError, ExitCode.API_ERROR),
     (InsufficientCreditsError, ExitCode.API_ERROR),
     (PermissionDeniedError, ExitCode.API_ERROR),

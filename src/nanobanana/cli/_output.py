@@ -15,7 +15,16 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import attrs
 
-from nanobanana._errors import CHARGE_WARNING, DownloadError, JobTimeoutError
+from nanobanana._budget import count_credits
+from nanobanana._config import API_KEY_ENV_VARS
+from nanobanana._errors import (
+    CHARGE_WARNING,
+    BudgetExceededError,
+    DownloadError,
+    JobTimeoutError,
+    MissingAPIKeyError,
+    UnknownModelError,
+)
 from nanobanana.cli._exit import ExitCode, exit_code_for
 
 if TYPE_CHECKING:
@@ -108,6 +117,22 @@ def message_for(error: BaseException, *, generation_id: str | None = None) -> st
         return (
             f"generation {error.generation_id} did not finish within the wait; "
             "it may still complete"
+        )
+    if isinstance(error, MissingAPIKeyError):
+        first, *others = API_KEY_ENV_VARS
+        return (
+            f"no API key: pass --api-key KEY or set {first} ({' or '.join(others)} are "
+            "read too); or try the command without one, with --simulate"
+        )
+    if isinstance(error, BudgetExceededError):
+        return (
+            f"this generation would cost an estimated {count_credits(error.needed)}, but only "
+            f"{error.remaining} remain of --max-credits {error.max_credits}; nothing was sent"
+        )
+    if isinstance(error, UnknownModelError):
+        return (
+            f"unknown model {error.model!r}: `nanobanana models` lists "
+            f"{', '.join(error.known) or 'none'}; nothing was sent"
         )
     text = one_line(str(error))
     if CHARGE_WARNING in text:

@@ -200,6 +200,9 @@ class Session:
         max_retries = getattr(self.args, "max_retries", None)
         if max_retries is not None:
             options["max_retries"] = max_retries
+        max_credits = getattr(self.args, "max_credits", None)
+        if max_credits is not None:
+            options["max_credits"] = max_credits
         if not self.simulated:
             try:
                 client = AsyncNanoBanana(

@@ -12,7 +12,8 @@ Example:
     ...     ...  # point any HTTP client at sim.base_url with sim.api_key
 
 Prompt markers steer one call without code: ``[fail]`` (the generation fails),
-``[unsafe]`` (the content-safety warning), ``[slow=2.5]`` (takes 2.5 s).
+``[unsafe]`` (the content-safety warning), ``[slow=2.5]`` (takes 2.5 s). For times
+that vary without markers, give a range: ``Simulator(generation_time="0.5-2", seed=1)``.
 
 For pytest, the plugin `nanobanana.testing.pytest_plugin` (registered automatically)
 provides the ``nanobanana_sim`` and ``nanobanana_client`` fixtures.
@@ -34,6 +35,7 @@ from nanobanana.testing._records import (
 )
 from nanobanana.testing._serve import serve
 from nanobanana.testing._simulator import Simulator
+from nanobanana.testing._timing import GenerationTime
 
 __all__ = [
     "DEFAULT_MODELS",
@@ -42,6 +44,7 @@ __all__ = [
     "FAULT_PRESETS",
     "Fault",
     "GenerationRecord",
+    "GenerationTime",
     "Hold",
     "LedgerEntry",
     "RequestRecord",

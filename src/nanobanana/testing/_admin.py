@@ -1,24 +1,9 @@
 """The admin API under ``/_sim/`` on the API origin: steer a simulator from outside.
 
 Bodies and answers are JSON with snake_case names that mirror the keyword arguments of
-the in-process methods (`Simulator.inject` and friends):
-
-| call | body | does |
-|---|---|---|
-| ``GET /_sim/requests`` | | the request log |
-| ``GET /_sim/ledger`` | | the credit ledger |
-| ``GET /_sim/generations[/<id>]`` | | generations (or one) |
-| ``GET /_sim/accounts`` | | accounts (key fingerprints, never keys) |
-| ``POST /_sim/accounts`` | ``api_key, credits, api_access, concurrency_limit, pro`` | add/update |
-| ``GET /_sim/faults`` | | armed faults |
-| ``POST /_sim/faults`` | ``kind`` and `Fault` fields | arm a fault |
-| ``POST /_sim/faults/random`` | ``rate, seed, kinds`` | random faults |
-| ``DELETE /_sim/faults`` | | disarm all |
-| ``GET /_sim/clock`` | | the simulated time |
-| ``POST /_sim/clock/advance`` | ``seconds`` | move the clock |
-| ``POST /_sim/generation-time`` | ``seconds, model`` | set generation time |
-| ``POST /_sim/hold`` / ``POST /_sim/release`` | | hold / release generations |
-| ``POST /_sim/reset`` | | forget everything |
+the in-process methods (`Simulator.inject` and friends). `ROUTES` lists every call,
+and ``GET /_sim/`` (the address the ``nanobanana simulate`` banner prints) answers
+with that list, so the API can be discovered from a browser or with curl.
 """
 
 from __future__ import annotations
@@ -26,14 +11,66 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import attrs
+
 from nanobanana.testing._asgi import Exchange
 from nanobanana.testing._clock import iso8601
 from nanobanana.testing._faults import DEFAULT_RANDOM_KINDS, Fault
 from nanobanana.testing._state import State
 
-__all__ = ["handle_admin"]
+__all__ = ["ROUTES", "AdminRoute", "handle_admin"]
 
 _PREFIX = "/_sim"
+
+
+@attrs.frozen(kw_only=True)
+class AdminRoute:
+    """One call of the admin API: ``method path``, its JSON body's fields, what it does."""
+
+    method: str
+    path: str
+    body: str = ""
+    does: str
+
+
+#: Every call of the admin API (``GET /_sim/`` lists them; docs/testing.md documents them).
+ROUTES: tuple[AdminRoute, ...] = (
+    AdminRoute(method="GET", path="/_sim/", does="this list of calls"),
+    AdminRoute(method="GET", path="/_sim/requests", does="the request log"),
+    AdminRoute(method="GET", path="/_sim/ledger", does="the credit ledger: charges, refunds"),
+    AdminRoute(method="GET", path="/_sim/generations", does="every generation"),
+    AdminRoute(method="GET", path="/_sim/generations/<id>", does="one generation"),
+    AdminRoute(method="GET", path="/_sim/accounts", does="the accounts (key fingerprints)"),
+    AdminRoute(
+        method="POST",
+        path="/_sim/accounts",
+        body="api_key, credits, api_access, concurrency_limit, pro",
+        does="add an account, or reset one",
+    ),
+    AdminRoute(method="GET", path="/_sim/faults", does="the armed faults"),
+    AdminRoute(method="POST", path="/_sim/faults", body="kind, Fault fields", does="arm a fault"),
+    AdminRoute(
+        method="POST",
+        path="/_sim/faults/random",
+        body="rate, seed, kinds",
+        does="hit each request with probability rate by a fault drawn from kinds",
+    ),
+    AdminRoute(method="DELETE", path="/_sim/faults", does="disarm every fault"),
+    AdminRoute(method="GET", path="/_sim/clock", does="the simulated time"),
+    AdminRoute(method="POST", path="/_sim/clock/advance", body="seconds", does="move the clock"),
+    AdminRoute(
+        method="GET", path="/_sim/generation-time", does="how long generations take, by model"
+    ),
+    AdminRoute(
+        method="POST",
+        path="/_sim/generation-time",
+        body="seconds, model",
+        does='set how long generations take: seconds, or a range ("0.5-2", [0.5, 2])',
+    ),
+    AdminRoute(method="POST", path="/_sim/hold", does="hold generations accepted from now on"),
+    AdminRoute(method="POST", path="/_sim/release", does="release every hold"),
+    AdminRoute(method="POST", path="/_sim/reset", does="forget everything"),
+)
 
 
 class _BadRequestError(Exception):
@@ -57,8 +94,30 @@ def _clock(state: State) -> dict[str, Any]:
     return {"now": iso8601(now), "timestamp": now}
 
 
+def _index() -> dict[str, Any]:
+    return {
+        "simulator": "nanobanana",
+        "api": "/api/v1",
+        "routes": [attrs.asdict(route) for route in ROUTES],
+    }
+
+
+def _generation_times(state: State) -> dict[str, Any]:
+    return {
+        "default": state.generation_time_of(None).to_json(),
+        "models": {
+            model.name: state.generation_time_of(model.name).to_json()
+            for model in state.config.models
+        },
+    }
+
+
 def _get(state: State, route: str) -> Any:
     with state.lock:
+        if route == "/":
+            return _index()
+        if route == "/generation-time":
+            return _generation_times(state)
         if route == "/requests":
             return [record.to_json() for record in state.requests]
         if route == "/ledger":
@@ -96,8 +155,8 @@ def _post(state: State, route: str, payload: dict[str, Any]) -> Any:
             state.clock.advance(float(payload["seconds"]))
             return _clock(state)
         if route == "/generation-time":
-            state.set_generation_time(float(payload["seconds"]), model=payload.get("model"))
-            return {"seconds": float(payload["seconds"]), "model": payload.get("model")}
+            spec = state.set_generation_time(payload["seconds"], model=payload.get("model"))
+            return {**spec.to_json(), "model": payload.get("model")}
         if route == "/hold":
             state.hold()
             return {"holds": len(state.holds)}

@@ -65,7 +65,8 @@ class SimApp:
         path = ex.path
         serves_api = self.origin in ("api", "both")
         serves_cdn = self.origin in ("cdn", "both")
-        if serves_api and path.startswith("/_sim/") and self.state.config.admin:
+        admin = path == "/_sim" or path.startswith("/_sim/")
+        if serves_api and admin and self.state.config.admin:
             await handle_admin(ex, self.state)
         elif serves_api and (path == API_PREFIX or path.startswith(API_PREFIX + "/")):
             await self._logged(Call(ex, self.state, "api"), path.removeprefix(API_PREFIX))

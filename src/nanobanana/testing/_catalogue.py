@@ -6,6 +6,8 @@ from typing import Any
 
 import attrs
 
+from nanobanana.testing._timing import GenerationTime, optional_generation_time
+
 __all__ = ["DEFAULT_MODEL", "DEFAULT_MODELS", "SimModel"]
 
 
@@ -20,8 +22,9 @@ class SimModel:
         supports_image_input: Whether ``referenceImageUrls`` are accepted.
         supports_aspect_ratio: Whether ``aspectRatio`` other than ``default`` is accepted.
         requires_pro: Whether only pro accounts may use it (others get 403).
-        generation_time: Seconds a generation takes with this model; ``None`` uses the
-            simulator's ``generation_time``.
+        generation_time: How long a generation takes with this model (seconds or a
+            range, as `GenerationTime.of` reads it); ``None`` uses the simulator's
+            ``generation_time``.
     """
 
     name: str
@@ -30,7 +33,9 @@ class SimModel:
     supports_image_input: bool = True
     supports_aspect_ratio: bool = True
     requires_pro: bool = False
-    generation_time: float | None = None
+    generation_time: GenerationTime | None = attrs.field(
+        default=None, converter=optional_generation_time
+    )
 
     def to_json(self) -> dict[str, Any]:
         """The model as the service's ``GET /models`` lists it (overview docs, section 5)."""

@@ -8,16 +8,12 @@ from typing import Any
 import attrs
 
 from nanobanana.testing._catalogue import DEFAULT_MODELS, SimModel
+from nanobanana.testing._timing import INSTANT, GenerationTime, generation_time
 
 __all__ = ["URL_TTL", "SimulatorConfig"]
 
 # "Generated image URLs are valid for 15 days" (overview docs, section 7).
 URL_TTL = 15 * 24 * 3600.0
-
-
-def _non_negative(_instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
-    if value < 0:
-        raise ValueError(f"{attribute.name} must not be negative")
 
 
 def _positive(_instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
@@ -38,7 +34,7 @@ class SimulatorConfig:
     api_access: bool = True
     concurrency_limit: int = attrs.field(default=1, validator=_positive)
     pro: bool = False
-    generation_time: float = attrs.field(default=0.0, validator=_non_negative)
+    generation_time: GenerationTime = attrs.field(default=INSTANT, converter=generation_time)
     heartbeat_interval: float = attrs.field(default=15.0, validator=_positive)
     seed: int | None = None
     models: tuple[SimModel, ...] = attrs.field(default=DEFAULT_MODELS, converter=_models)

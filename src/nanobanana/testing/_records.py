@@ -123,6 +123,7 @@ class GenerationRecord:
         image_urls: The signed CDN URLs (also before completion, for tests).
         error_message: Why it failed, for failures.
         created_at: The simulated clock when it was accepted.
+        generation_time: The seconds it takes (drawn when a range was set).
     """
 
     id: str
@@ -139,6 +140,7 @@ class GenerationRecord:
     image_urls: tuple[str, ...]
     error_message: str | None
     created_at: dt.datetime
+    generation_time: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
         """The snapshot as the admin API shows it."""

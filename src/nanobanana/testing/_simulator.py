@@ -22,6 +22,7 @@ from nanobanana.testing._hold import Hold
 from nanobanana.testing._records import GenerationRecord, LedgerEntry, RequestRecord
 from nanobanana.testing._server import HttpServer
 from nanobanana.testing._state import Account, State
+from nanobanana.testing._timing import INSTANT, GenerationTime
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -59,11 +60,14 @@ class Simulator:
         api_access: Whether that account may use the API (else 403).
         concurrency_limit: That account's limit on requests in flight (else 429).
         pro: Whether that account may use models that require pro.
-        generation_time: Seconds a generation takes (real time): sync requests are
+        generation_time: How long a generation takes (real time): sync requests are
             held that long, streams send their status events over it, async tasks
-            finish after it. Also settable per model and per call.
+            finish after it. Seconds, or a range to draw each generation's time from
+            (``"0.5-2"``, ``(0.5, 2)``, ``"10-60@20"``: see `GenerationTime`),
+            reproducible with ``seed``. Also settable per model and per call.
         heartbeat_interval: Seconds between stream heartbeats (15 in the stream docs).
-        seed: Makes ids and image URL signatures reproducible.
+        seed: Makes ids, image URL signatures and generation times drawn from a
+            range reproducible.
         models: The catalogue (default: the docs' model and the live ids).
         default_model: The model used when ``selectedModel`` is omitted.
         max_quantity: The server's cap on ``quantity`` (values above are clamped).
@@ -89,7 +93,7 @@ class Simulator:
         api_access: bool = True,
         concurrency_limit: int = 1,
         pro: bool = False,
-        generation_time: float = 0.0,
+        generation_time: float | str | tuple[float, float] | GenerationTime = INSTANT,
         heartbeat_interval: float = 15.0,
         seed: int | None = None,
         models: Iterable[SimModel] = DEFAULT_MODELS,
@@ -335,8 +339,20 @@ class Simulator:
         with self._state.lock:
             return self._account(api_key).max_in_flight
 
-    def set_generation_time(self, seconds: float, *, model: str | None = None) -> None:
-        """Make generations take ``seconds`` (of ``model``, or of every model)."""
+    def set_generation_time(
+        self,
+        seconds: float | str | tuple[float, float] | GenerationTime,
+        *,
+        model: str | None = None,
+    ) -> None:
+        """Make generations (of ``model``, or of every model) take ``seconds``.
+
+        ``seconds`` is a number, or a range each generation draws its time from:
+        ``"0.5-2"`` or ``(0.5, 2)`` (uniform), ``"10-60@20"`` (peaking at 20 s).
+
+        Example:
+            >>> sim.set_generation_time("0.5-2")
+        """
         self._state.set_generation_time(seconds, model=model)
 
     @property

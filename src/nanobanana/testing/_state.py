@@ -31,6 +31,7 @@ from nanobanana.testing._records import (
     RequestRecord,
     fingerprint,
 )
+from nanobanana.testing._timing import GenerationTime
 
 __all__ = ["Account", "Generation", "State"]
 
@@ -145,6 +146,7 @@ class Generation:
             image_urls=self.image_urls,
             error_message=self.error_message,
             created_at=utc(self.created_at),
+            generation_time=self.duration,
         )
 
 
@@ -161,12 +163,16 @@ class State:
         seed = config.seed
         self._secret = os.urandom(32) if seed is None else f"nanobanana-sim-{seed}".encode()
         self._rng: random.Random = random.SystemRandom() if seed is None else random.Random(seed)
+        # Generation times are drawn from a stream of their own, so that setting a range
+        # leaves the ids of a seeded simulator as they were.
+        self._timing_seed = None if seed is None else f"nanobanana-sim-{seed}-generation-time"
+        self._timing_rng = random.Random(self._timing_seed)
         self.accounts: dict[str, Account] = {}
         self.generations: dict[str, Generation] = {}
         self.ledger: list[LedgerEntry] = []
         self.requests: list[RequestRecord] = []
         self.holds: list[Hold] = []
-        self.generation_times: dict[str | None, float] = {}
+        self.generation_times: dict[str | None, GenerationTime] = {}
         self.reset()
 
     # -- lifecycle ---------------------------------------------------------------
@@ -186,6 +192,7 @@ class State:
             self.clock.reset()
             if self.config.seed is not None:
                 self._rng.seed(self.config.seed)
+                self._timing_rng.seed(self._timing_seed)
             cfg = self.config
             self.add_account(
                 cfg.api_key,
@@ -296,24 +303,35 @@ class State:
                 if candidate not in self.generations:
                     return candidate
 
-    def generation_time(self, model: str) -> float:
-        """Seconds a generation with ``model`` takes, before per-call overrides."""
+    def generation_time_of(self, model: str | None) -> GenerationTime:
+        """How long generations of ``model`` take (None: models without their own)."""
         with self.lock:
             if model in self.generation_times:
                 return self.generation_times[model]
-            entry = self.config.model(model)
+            entry = None if model is None else self.config.model(model)
             if entry is not None and entry.generation_time is not None:
                 return entry.generation_time
             return self.generation_times.get(None, self.config.generation_time)
 
-    def set_generation_time(self, seconds: float, *, model: str | None = None) -> None:
-        """Make generations (of ``model``, or of every model without its own) take ``seconds``."""
-        if seconds < 0:
-            raise ValueError("seconds must not be negative")
+    def generation_time(self, model: str) -> float:
+        """Seconds the next generation with ``model`` takes, before per-call overrides.
+
+        A range draws from the simulator's timing stream (seeded with ``seed``).
+        """
+        with self.lock:
+            return self.generation_time_of(model).draw(self._timing_rng)
+
+    def set_generation_time(self, seconds: object, *, model: str | None = None) -> GenerationTime:
+        """Make generations (of ``model``, or of every model without its own) take ``seconds``.
+
+        ``seconds``: anything `GenerationTime.of` reads (a number, ``"0.5-2"``, ...).
+        """
+        spec = GenerationTime.of(seconds)
         if model is not None and self.config.model(model) is None:
             raise ValueError(f"unknown model {model!r}")
         with self.lock:
-            self.generation_times[model] = seconds
+            self.generation_times[model] = spec
+        return spec
 
     def signature(self, generation_id: str, index: int, expires: int) -> str:
         """The ``sig`` of an image URL: an HMAC over what the URL names."""

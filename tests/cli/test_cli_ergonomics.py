@@ -1,0 +1,122 @@
+"""What a new user meets first: help, the missing key, the spend cap, the simulator's options."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from nanobanana.cli import _app, main
+from nanobanana.cli._exit import EXIT_CODES_HELP
+from nanobanana.testing import Simulator
+
+COMMANDS = ("models", "credits", "generate", "poll", "batch", "simulate")
+
+
+def _help(*argv: str, capsys: pytest.CaptureFixture[str]) -> str:
+    with pytest.raises(SystemExit) as info:
+        main([*argv, "--help"])
+    assert info.value.code == 0
+    return capsys.readouterr().out
+
+
+def test_global_options_and_exit_codes_are_shown_once_in_the_main_help(capsys):
+    text = _help(capsys=capsys)
+    assert text.count("--api-key KEY") == 2  # the usage line and its description
+    assert "global options:" in text
+    assert "--max-credits N" in text
+    assert EXIT_CODES_HELP in text
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_a_commands_help_shows_its_own_options_and_points_to_the_main_help(command, capsys):
+    text = _help(command, capsys=capsys)
+    assert "global options" not in text
+    assert "exit codes:" not in text
+    assert "130" not in text
+    for option in ("--base-url", "--timeout", "--max-retries", "--json", "--simulate"):
+        assert option not in text.split("\n\n")[0], option  # not in the usage line
+    if command != "simulate":
+        epilog = " ".join(text.rsplit("\n\n", 1)[1].split())
+        assert "`nanobanana --help`" in epilog
+        globals_ = _app.build_parser()._action_groups[-1]
+        assert globals_.title == "global options"
+        for action in globals_._group_actions:  # named from the parser: none forgotten
+            assert max(action.option_strings, key=len) in epilog
+
+
+def test_simulate_offers_its_own_options_not_the_clients(capsys):
+    text = _help("simulate", capsys=capsys)
+    assert "--simulate" not in text
+    assert "--api-key KEY" in text
+    assert "the key the simulator accepts" in text
+    assert "LOW-HIGH" in text
+
+
+def test_hidden_global_options_still_work_after_the_command():
+    args = _app.build_parser().parse_args(
+        ["credits", "--json", "--timeout", "5", "--max-credits", "7", "--simulate"]
+    )
+    assert (args.json, args.timeout, args.max_credits, args.simulate) == (True, 5.0, 7, True)
+    args = _app.build_parser().parse_args(["--max-credits", "3", "credits"])
+    assert args.max_credits == 3  # and before it, undisturbed by the command's defaults
+
+
+def test_simulate_with_simulate_says_why_it_is_refused(capsys):
+    assert main(["--simulate", "simulate"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: simulate serves a simulator itself")
+
+
+def test_a_missing_key_names_the_option_and_the_environment(monkeypatch, capsys):
+    for name in ("NANOBANANA_API_KEY", "NANO_BANANA_API_KEY", "NB_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    assert main(["--base-url", "http://127.0.0.1:9/api/v1", "credits"]) == 3
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    for named in ("--api-key", "NANOBANANA_API_KEY", "NANO_BANANA_API_KEY", "NB_API_KEY"):
+        assert named in err
+    assert "api_key=" not in err
+    assert "--simulate" in err
+
+
+@pytest.fixture
+def sim():
+    with Simulator(credits=100) as simulator:
+        yield simulator
+
+
+def _cli(sim: Simulator, *argv: str) -> list[str]:
+    return ["--base-url", sim.base_url, "--api-key", sim.api_key, *argv]
+
+
+def test_max_credits_refuses_a_generation_over_it_and_sends_nothing(sim, capsys):
+    code = main(_cli(sim, "--max-credits", "2", "generate", "a cat", "--quantity", "3", "--json"))
+    captured = capsys.readouterr()
+    assert code == 3
+    error = json.loads(captured.out)["error"]
+    assert (error["type"], error["exit_code"]) == ("BudgetExceededError", 3)
+    assert "estimated 3 credits" in error["message"]
+    assert "--max-credits 2" in error["message"]
+    assert "nothing was sent" in captured.err
+    assert not [r for r in sim.requests if r.method == "POST"]
+    assert sim.credits() == 100
+
+
+def test_max_credits_lets_a_generation_within_it_through(sim, capsys):
+    code = main(_cli(sim, "generate", "a cat", "--quantity", "2", "--max-credits", "2"))
+    assert code == 0
+    assert json.loads(capsys.readouterr().out)["credits_used"] == 2
+    assert sim.credits() == 98
+
+
+def test_an_unknown_model_under_max_credits_exits_3_like_the_servers_400(sim, capsys):
+    assert main(_cli(sim, "--max-credits", "5", "generate", "a cat", "--model", "nope")) == 3
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert "error: unknown model 'nope': `nanobanana models` lists " in err
+    assert "nano-banana" in err
+    assert not [r for r in sim.requests if r.method == "POST"]
+    # Without a cap the server says the same, with its 400.
+    assert main(_cli(sim, "generate", "a cat", "--model", "nope")) == 3
+    assert "Unknown model: nope" in capsys.readouterr().err
