@@ -38,6 +38,7 @@ from nanobanana._errors import (
     ServerBusyError,
     SSETooLargeError,
     StreamIdleError,
+    TLSCertificateError,
     UnexpectedResponseError,
 )
 from nanobanana._governor import GovernorStats
@@ -82,6 +83,7 @@ __all__ = [
     "ServerBusyError",
     "StreamIdleError",
     "SystemClock",
+    "TLSCertificateError",
     "UnexpectedResponseError",
     "__version__",
 ]

@@ -14,7 +14,7 @@ from nanobanana._clock import Clock, SystemClock
 from nanobanana._config import DEFAULT_TIMEOUT, resolve_api_key, resolve_base_url
 from nanobanana._errors import ContentSafetyError, GenerationFailedError, UnexpectedResponseError
 from nanobanana._governor import Governor, GovernorStats
-from nanobanana._http import AutoTransport, Requester
+from nanobanana._http import Requester
 from nanobanana._jobs import Job, PollPolicy
 from nanobanana._models import Generation, Model
 from nanobanana._retry import RequestKind, RetryPolicy
@@ -22,6 +22,7 @@ from nanobanana._version import __version__
 
 if TYPE_CHECKING:
     import os
+    import ssl
     from pathlib import Path
     from types import TracebackType
 
@@ -126,6 +127,25 @@ class AsyncNanoBanana:
         max_concurrency: at most this many API requests in flight. Default: learned
             from the server, starting at the documented account limit of 1.
         http_client: your own ``httpx.AsyncClient``; it is used as is and not closed.
+            Its default headers, cookies, event hooks and options apply to API
+            requests, but our ``Authorization`` always wins (its ``auth=`` is not
+            used for them), and downloads carry neither. Its own ``User-Agent``, if
+            you set one, is kept (and sent on downloads); httpx's default one is
+            replaced by ours.
+        proxy: a proxy URL or an `httpx.Proxy` for every request (https goes
+            through a CONNECT tunnel, so the proxy never sees the key). Default: the
+            environment's ``HTTPS_PROXY``, ``HTTP_PROXY``, ``ALL_PROXY`` and
+            ``NO_PROXY`` (any case), as ``httpx.AsyncClient()`` reads them.
+        http2: speak HTTP/2 where the server offers it (``pip install
+            'nanobanana[http2]'``). Default: HTTP/1.1.
+        verify: TLS verification: True (certifi's CAs, or ``$SSL_CERT_FILE`` /
+            ``$SSL_CERT_DIR``), a CA bundle file or folder, an `ssl.SSLContext`, or
+            False (never in production).
+        trust_env: read proxies and ``SSL_CERT_FILE`` / ``SSL_CERT_DIR`` from the
+            environment (default True, as httpx).
+        limits: an `httpx.Limits` for the connection pool. Default: as many
+            connections as requests may be in flight (100, or ``max_concurrency``),
+            idle ones kept 4 s (below the 5 s after which Node.js servers close them).
         retry_policy: backoff and budgets for retries.
         poll_policy: how ``job.wait()`` polls.
         clock: time source (tests pass ``FakeClock``).
@@ -141,6 +161,11 @@ class AsyncNanoBanana:
         max_retries: int = NOT_GIVEN,
         max_concurrency: int | None = None,
         http_client: httpx.AsyncClient | None = None,
+        proxy: str | httpx.URL | httpx.Proxy | None = None,
+        http2: bool = False,
+        verify: ssl.SSLContext | str | bool = True,
+        trust_env: bool = True,
+        limits: httpx.Limits | None = None,
         retry_policy: RetryPolicy | None = None,
         poll_policy: PollPolicy | None = None,
         download_concurrency: int = 8,
@@ -189,16 +214,41 @@ class AsyncNanoBanana:
         self._owns_http = http_client is None
         pool = max(DEFAULT_POOL_SIZE, max_concurrency or 0)
         if http_client is None:
-            limits = httpx.Limits(max_connections=pool, max_keepalive_connections=pool)
-            http_client = httpx.AsyncClient(
-                transport=AutoTransport(limits=limits),
+            from nanobanana._transport import (  # noqa: PLC0415 - keeps `import nanobanana` light
+                DEFAULT_LIMITS,
+                build_http_client,
+            )
+
+            if limits is None:
+                limits = httpx.Limits(
+                    max_connections=pool,
+                    max_keepalive_connections=pool,
+                    keepalive_expiry=DEFAULT_LIMITS.keepalive_expiry,
+                )
+            elif not isinstance(limits, httpx.Limits):
+                raise TypeError("limits must be an httpx.Limits")
+            http_client = build_http_client(
                 timeout=resolved_timeout or DEFAULT_TIMEOUT,
-                follow_redirects=False,
+                limits=limits,
+                proxy=proxy,
+                http2=http2,
+                verify=verify,
+                trust_env=trust_env,
             )
         elif not isinstance(http_client, httpx.AsyncClient):
             raise TypeError("http_client must be an httpx.AsyncClient")
+        elif proxy is not None or http2 or verify is not True or not trust_env or limits:
+            raise ValueError(
+                "proxy=, http2=, verify=, trust_env= and limits= configure the client's own "
+                "connection pool; with http_client=, set them on that httpx.AsyncClient."
+            )
         self._http = http_client
-        self.user_agent = f"nanobanana/{__version__} httpx/{httpx.__version__}"
+        ours = f"nanobanana/{__version__} httpx/{httpx.__version__}"
+        theirs = http_client.headers.get("user-agent")
+        # A borrowed client's own User-Agent was set on purpose (a gateway may allow
+        # by it): keep it. httpx's default says nothing about the caller: use ours.
+        borrowed_ua = not self._owns_http and theirs and not theirs.startswith("python-httpx/")
+        self.user_agent = theirs if borrowed_ua and theirs else ours
         self._governor = Governor(max_concurrency=max_concurrency, ceiling=pool)
         self._requester = Requester(
             http=http_client,
