@@ -8,23 +8,20 @@ Each test here runs once per loop (trio has its own suite, tests/reliability/tes
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
+from typing import Any
 
 import pytest
 
 from components import require_module
 
 
-@pytest.fixture(scope="session", params=["asyncio", "uvloop"])
-def event_loop_policy(request: pytest.FixtureRequest) -> asyncio.AbstractEventLoopPolicy:
-    if request.param == "uvloop":
-        require_module("uvloop", "running the end-to-end suite on uvloop")
-        import uvloop  # noqa: PLC0415 - only where it is installed
+def _uvloop() -> asyncio.AbstractEventLoop:
+    require_module("uvloop", "running the end-to-end suite on uvloop")
+    import uvloop  # noqa: PLC0415 - only where it is installed
 
-        return uvloop.EventLoopPolicy()
-    return asyncio.DefaultEventLoopPolicy()
+    return uvloop.new_event_loop()
 
 
-@pytest.fixture
-def loop_name(event_loop_policy: asyncio.AbstractEventLoopPolicy) -> str:
-    """Which loop the test runs on: "uvloop" or "asyncio"."""
-    return "uvloop" if type(event_loop_policy).__module__.startswith("uvloop") else "asyncio"
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> Mapping[str, Any]:
+    return {"asyncio": asyncio.new_event_loop, "uvloop": _uvloop}
