@@ -360,6 +360,23 @@ async def test_closing_a_response_early_discards_its_connection(client, transpor
         assert transport.stats() == IDLE_POOL
 
 
+async def test_closing_a_discarded_response_returns_once_its_socket_is_closed(client, transport):
+    # So that what the caller gives back next (a concurrency slot) is given back after
+    # the connection is really gone, not while its socket still lingers.
+    async def handler(conn: ServerConn) -> None:
+        await conn.read_request()
+        await conn.send(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nabc")
+        assert await conn.reader.read() == b""
+
+    async with ScriptedServer(handler) as server:
+        async with client.stream("GET", server.url) as response:
+            assert await anext(response.aiter_raw()) == b"abc"
+            (conn,) = transport.dispatch.fast.pool._conns
+        # No loop step between the close and here: connection_lost has already run.
+        assert conn._closed
+        assert transport.stats() == IDLE_POOL
+
+
 async def test_large_body_arrives_whole_through_backpressure(client):
     payload = bytes(range(256)) * 8192  # 2 MiB
 
