@@ -6,6 +6,9 @@ respx still seeing requests sent through the default client.
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import httpx
 import pytest
 import respx
@@ -54,8 +57,8 @@ async def test_a_borrowed_client_keeps_its_headers_cookies_hooks_and_our_key_win
     async with http, AsyncNanoBanana(api_key=KEY, base_url=API, http_client=http) as client:
         assert await client.credits() == 5
         await client.generate("borrowed")
-    credits, generate = seen
-    for request in (credits, generate):
+    first, second = seen
+    for request in (first, second):
         assert request.headers["authorization"] == f"Bearer {KEY}"  # ours, not theirs
         assert request.headers["x-team"] == "imaging"
         assert request.headers["cookie"] == "session=abc"
@@ -196,3 +199,30 @@ async def test_respx_sees_requests_of_the_default_client(using):
         assert route.called
         assert route.calls[0].request.headers["authorization"] == f"Bearer {KEY}"
         assert client.http_client._transport.stats().open == 0
+
+
+RESPX_FIRST = """
+import asyncio, respx
+API = "https://api.example.test/api/v1"
+
+async def main():
+    async with respx.mock(base_url=API) as router:
+        router.get("/credits").respond(json={"data": {"credits": 9}})
+        from nanobanana import AsyncNanoBanana  # the transport module loads under the mock
+        async with AsyncNanoBanana(api_key="nb_k", base_url=API, trust_env=False) as client:
+            print(await client.credits())
+
+asyncio.run(main())
+"""
+
+
+def test_respx_active_before_the_transport_is_imported_still_sees_requests():
+    done = subprocess.run(  # noqa: S603 - our own interpreter and script
+        [sys.executable, "-W", "error", "-c", RESPX_FIRST],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "9"

@@ -14,9 +14,10 @@ when all of these hold, checked per request at the cost of two lookups:
 
 - an asyncio event loop runs (asyncio's own, or uvloop); on trio, httpcore's;
 - there is no proxy and no ``http2=True`` (the transport was built without them);
-- httpcore's ``AsyncConnectionPool.handle_async_request`` is still the function it
-  was at import: respx's default mocker, or any other, patches it there, and then
-  the request must reach the mock.
+- httpcore's ``AsyncConnectionPool.handle_async_request`` is httpcore's own function:
+  respx's default mocker, or any other, patches it there, and then the request must
+  reach the mock. (An identity check on the function, or, when a mock was already
+  active as this module was imported, on where the function was defined.)
 
 The one private attribute is checked when the transport is built: if a future httpx
 no longer keeps an httpcore pool in ``_pool``, construction fails with a clear error
@@ -60,7 +61,18 @@ DEFAULT_LIMITS: Final = httpx.Limits(
     max_connections=100, max_keepalive_connections=100, keepalive_expiry=4.0
 )
 
-_ORIGINAL = httpcore.AsyncConnectionPool.handle_async_request
+
+def _is_httpcores(function: object) -> bool:
+    # Where the function was defined: a patch (respx's, unittest.mock's) is not there.
+    module = getattr(function, "__module__", None) or ""
+    return (
+        module.startswith("httpcore.")
+        and getattr(function, "__qualname__", None) == "AsyncConnectionPool.handle_async_request"
+    )
+
+
+_current = httpcore.AsyncConnectionPool.handle_async_request
+_ORIGINAL = _current if _is_httpcores(_current) else None
 
 
 @attrs.frozen(kw_only=True)
@@ -89,8 +101,11 @@ class _Dispatch:
 
     def uses_fast_path(self) -> bool:
         """Whether a request sent now would go through the fast pool."""
-        if self.fast is None or httpcore.AsyncConnectionPool.handle_async_request is not _ORIGINAL:
+        if self.fast is None:
             return False
+        handler = httpcore.AsyncConnectionPool.handle_async_request
+        if handler is not _ORIGINAL and not _is_httpcores(handler):
+            return False  # Patched (a mock is active): the request must reach it.
         asyncio = sys.modules.get("asyncio")
         if asyncio is None:
             return False  # Never imported: not running under asyncio.
