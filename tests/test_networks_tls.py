@@ -18,7 +18,7 @@ import anyio
 import httpx
 import pytest
 
-from components import require_binary, require_module
+from components import require, require_binary, require_module
 from nanobanana import APIConnectionError, AsyncNanoBanana, TLSCertificateError
 from nanobanana._transport import _connect
 from nanobanana.testing import Simulator
@@ -178,6 +178,28 @@ def test_http2_through_httpx_transport_against_hypercorn(loop, tls, tmp_path):
     assert api_versions == {"HTTP/2"}  # every API request; the CDN is plain http/1.1
 
 
+@pytest.mark.parametrize("loop", LOOPS)
+def test_https_on_every_loop(loop, tls):
+    # uvloop's transports are not asyncio's classes: https used to fail there with a
+    # bare AssertionError. asyncio and uvloop go through the fast pool, trio through
+    # httpx's own.
+    require_module("hypercorn", "a real TLS server on loopback")
+    with Simulator(api_key=KEY, credits=9) as sim, ServerThread() as servers:
+        api = servers.serve(HypercornServer(sim.asgi_app(origin="api"), cert_pem=tls.server_pem))
+
+        async def main():
+            async with AsyncNanoBanana(
+                api_key=KEY, base_url=f"https://127.0.0.1:{api.port}/api/v1", verify=str(tls.ca_pem)
+            ) as client:
+                assert await client.credits() == 9
+                generation = await client.generate("over https")
+                return generation, client.http_client._transport.dispatch.uses_fast_path()
+
+        generation, fast = run_on(loop, main)
+    assert generation.image_urls
+    assert fast is (loop != "trio")
+
+
 def test_http2_without_h2_is_a_clear_import_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "h2", None)
     with pytest.raises(ImportError, match=r"nanobanana\[http2\]"):
@@ -187,16 +209,16 @@ def test_http2_without_h2_is_a_clear_import_error(monkeypatch):
 # -- Happy Eyeballs ---------------------------------------------------------------------
 
 
-@pytest.fixture
-def black_holed_ipv6():
-    """A ::1 listener that drops SYNs (its accept queue is full), and its port."""
+@contextlib.contextmanager
+def black_holed_ipv6(port: int):
+    """A ::1 listener on `port` that drops SYNs: its accept queue is full."""
     listener = socket.socket(socket.AF_INET6)
     try:
-        listener.bind(("::1", 0))
-    except OSError:
-        require_module("no such module: ipv6", "an IPv6 loopback address")  # skips
+        listener.bind(("::1", port))
+    except OSError as exc:
+        listener.close()
+        require(False, f"::1 port {port} cannot be bound here ({exc}), needed for a dual stack")
     listener.listen(0)
-    port = listener.getsockname()[1]
     fillers = []
     # Fill the queue: connections the listener never accepts.
     for _ in range(8):
@@ -210,16 +232,17 @@ def black_holed_ipv6():
     with pytest.raises(OSError):  # A new connect now hangs: SYNs are dropped.
         probe.connect(("::1", port))
     probe.close()
-    yield port
-    for sock in [*fillers, listener]:
-        sock.close()
+    try:
+        yield
+    finally:
+        for sock in [*fillers, listener]:
+            sock.close()
 
 
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
-def test_happy_eyeballs_reaches_ipv4_when_ipv6_drops_packets(loop, black_holed_ipv6, monkeypatch):
+def test_happy_eyeballs_reaches_ipv4_when_ipv6_drops_packets(loop, monkeypatch):
     # This machine's "localhost" has no ::1 entry, so the name is resolved here, as a
     # dual-stack name resolves: ::1 first (RFC 6724), then 127.0.0.1.
-    port = black_holed_ipv6
     asked = []
 
     async def resolve(_loop, host, port_):
@@ -227,8 +250,8 @@ def test_happy_eyeballs_reaches_ipv4_when_ipv6_drops_packets(loop, black_holed_i
         return [(socket.AF_INET6, ("::1", port_, 0, 0)), (socket.AF_INET, ("127.0.0.1", port_))]
 
     monkeypatch.setattr(_connect, "resolve", resolve)
-    with Simulator(api_key=KEY, port=port) as sim:
-        assert sim.api_origin.endswith(f":{port}")
+    with Simulator(api_key=KEY) as sim:
+        port = int(sim.api_origin.rsplit(":", 1)[1])
 
         async def main():
             # A connect timeout well above the 250 ms stagger and far below what a
@@ -242,7 +265,8 @@ def test_happy_eyeballs_reaches_ipv4_when_ipv6_drops_packets(loop, black_holed_i
             ) as client:
                 return await client.credits()
 
-        assert run_on(loop, main) == 100
+        with black_holed_ipv6(port):
+            assert run_on(loop, main) == 100
     assert asked == ["dualstack.test"]
 
 

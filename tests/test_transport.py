@@ -289,6 +289,19 @@ async def test_connection_close_is_honoured_both_ways(client, transport, side):
     assert server.connections == 2
 
 
+async def test_a_request_on_an_idle_connection_found_closing_goes_on_a_new_one(client, transport):
+    # The connection is closing (its transport told to close) but the loop has not
+    # run its connection_lost yet: nothing of the request can have been written, so
+    # it is sent again on a fresh connection, transparently (even a POST).
+    async with ScriptedServer(echo) as server:
+        await client.post(server.url, content=b"first")
+        (conn,) = transport.dispatch.fast.pool._conns
+        conn._transport.close()  # No await between this and the next request.
+        response = await client.post(server.url, content=b"second")
+    assert response.content == b"second"
+    assert server.connections == 2
+
+
 async def test_expired_idle_connections_are_not_reused():
     transport = NanoBananaTransport(limits=httpx.Limits(keepalive_expiry=0))
     async with (

@@ -227,21 +227,24 @@ class H1Connection(asyncio.Protocol):
         """Drop the socket at once, without flushing what is still buffered."""
         self._shut(flush=False)
 
-    async def wait_lost(self, timeout: float) -> None:
-        """Wait (at most `timeout` seconds) until the socket is really closed."""
-        if self._closed or self._transport is None:
-            return
+    @property
+    def lost(self) -> bool:
+        """True once the socket is closed (`connection_lost` ran), or never opened."""
+        return self._closed or self._transport is None
+
+    def lost_future(self) -> asyncio.Future[None]:
+        """A future resolved when the socket is closed (done already if it is)."""
         waiter = self._lost_waiter
         if waiter is None:
             waiter = self._lost_waiter = self.loop.create_future()
-        handle = self.loop.call_later(timeout, waiter.cancel)
-        try:
-            await asyncio.shield(waiter)
-        except asyncio.CancelledError:
-            if not waiter.cancelled():
-                raise  # Our caller was cancelled, not the timer.
-        finally:
-            handle.cancel()
+            if self.lost:
+                waiter.set_result(None)
+        return waiter
+
+    async def wait_lost(self, timeout: float) -> None:
+        """Wait (at most `timeout` seconds) until the socket is really closed."""
+        if not self.lost:
+            await asyncio.wait([self.lost_future()], timeout=timeout)
 
     def _shut(self, *, flush: bool) -> None:
         self._keep_alive = False

@@ -23,7 +23,7 @@ import httpcore
 import httpx
 
 from nanobanana._transport._connection import H1Connection, NotSentError
-from nanobanana._transport._pool import ConnectionPool
+from nanobanana._transport._pool import CLOSE_WAIT, ConnectionPool
 from nanobanana._transport._wire import encode_head
 
 if TYPE_CHECKING:
@@ -34,10 +34,6 @@ if TYPE_CHECKING:
 __all__ = ["CLOSE_WAIT", "FastPool", "ResponseStream"]
 
 _SMALL_BODY: Final = 64 * 1024  # Bodies up to this size go out in the head's write.
-
-#: How long closing a response waits for its discarded connection's socket to be
-#: really closed (it is aborted, so this is one loop step unless the loop is stuck).
-CLOSE_WAIT: Final = 1.0
 
 
 class _Complete:

@@ -53,6 +53,9 @@ _GRANTED: Final = 1  # A slot: open a new connection.
 _TIMED_OUT: Final = 2  # The pool timeout passed first.
 _CLOSED: Final = 3  # The transport was closed.
 
+#: How long closing the pool waits for its connections' sockets to be really closed.
+CLOSE_WAIT: Final = 1.0
+
 if sys.version_info >= (3, 11):
 
     async def _with_timeout(coro: Coroutine[Any, Any, _T], timeout: float | None) -> _T:
@@ -163,12 +166,18 @@ class ConnectionPool:
             # ended (its connections were closed as it ended): start afresh.
             self._reset()
             return
-        if self._close_all(abort=False):
-            # Let the loop run the transports' connection_lost callbacks, so that no
-            # socket outlives the close.
+        closing = [conn for conn in self._close_all(abort=False) if not conn.lost]
+        if closing:
+            # Wait for the sockets to be really closed (a TLS connection says goodbye
+            # first), so that none outlives the close, nor its event loop; what is
+            # still open after CLOSE_WAIT is dropped.
+            await asyncio.wait([conn.lost_future() for conn in closing], timeout=CLOSE_WAIT)
+            for conn in closing:
+                if not conn.lost:
+                    conn.abort()
             await asyncio.sleep(0)
 
-    def _close_all(self, *, abort: bool) -> bool:
+    def _close_all(self, *, abort: bool) -> list[H1Connection]:
         if self._sweep_handle is not None:
             self._sweep_handle.cancel()
             self._sweep_handle = None
@@ -187,7 +196,7 @@ class ConnectionPool:
             if not future.done():
                 future.set_result(_CLOSED)
         self._n_waiting = 0
-        return bool(conns)
+        return conns
 
     def bind_loop(self) -> asyncio.AbstractEventLoop:
         """Return the running loop, moving the pool to it if the old one has ended.
