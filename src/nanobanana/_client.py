@@ -260,6 +260,7 @@ class AsyncNanoBanana:
             rand=self._rand,
             timeout=resolved_timeout,
             headers={"User-Agent": self.user_agent, "Accept": "application/json"},
+            borrowed=not self._owns_http,
         )
         self._closed = False
 

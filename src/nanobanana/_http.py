@@ -163,8 +163,10 @@ class Requester:
         rand: random.Random,
         timeout: httpx.Timeout | None,
         headers: Mapping[str, str],
+        borrowed: bool = False,
     ) -> None:
         self.http = http
+        self.borrowed = borrowed
         self.base_url = str(base_url)
         self.api_key = api_key
         self.governor = governor
@@ -203,7 +205,14 @@ class Requester:
     ) -> httpx.Request:
         headers = self.headers
         if accept is not None:
-            headers = {**headers, "Accept": accept, "Cache-Control": "no-store"}
+            # identity: an event stream compressed on the way would arrive in bursts
+            # (build_request adds httpx's default Accept-Encoding: gzip otherwise).
+            headers = {
+                **headers,
+                "Accept": accept,
+                "Cache-Control": "no-store",
+                "Accept-Encoding": "identity",
+            }
         if auth:
             if self.api_key is None:
                 raise MissingAPIKeyError(
@@ -215,9 +224,19 @@ class Requester:
         if json_body is not None:
             content = json.dumps(json_body, separators=(",", ":"), ensure_ascii=False).encode()
             headers = {**headers, "Content-Type": "application/json"}
-        # Built by the client, so that a borrowed client's default headers, cookies
-        # and params apply; ours (Authorization above all) win where both are set.
-        return self.http.build_request(
+        if self.borrowed:
+            # Built by the borrowed client, so that its default headers, cookies and
+            # params apply; ours (Authorization above all) win where both are set.
+            return self.http.build_request(
+                method,
+                self.base_url + path,
+                params=params,
+                headers=headers,
+                content=content,
+                extensions=self._extensions,
+            )
+        # Our own client has nothing to merge: skip the merging (it is measured).
+        return httpx.Request(
             method,
             self.base_url + path,
             params=params,
