@@ -126,26 +126,19 @@ class AsyncNanoBanana:
             `RetryPolicy`).
         max_concurrency: at most this many API requests in flight. Default: learned
             from the server, starting at the documented account limit of 1.
-        http_client: your own ``httpx.AsyncClient``; it is used as is and not closed.
-            Its default headers, cookies, event hooks and options apply to API
-            requests, but our ``Authorization`` always wins (its ``auth=`` is not
-            used for them), and downloads carry neither. Its own ``User-Agent``, if
-            you set one, is kept (and sent on downloads); httpx's default one is
-            replaced by ours.
-        proxy: a proxy URL or an `httpx.Proxy` for every request (https goes
-            through a CONNECT tunnel, so the proxy never sees the key). Default: the
-            environment's ``HTTPS_PROXY``, ``HTTP_PROXY``, ``ALL_PROXY`` and
-            ``NO_PROXY`` (any case), as ``httpx.AsyncClient()`` reads them.
-        http2: speak HTTP/2 where the server offers it (``pip install
-            'nanobanana[http2]'``). Default: HTTP/1.1.
-        verify: TLS verification: True (certifi's CAs, or ``$SSL_CERT_FILE`` /
-            ``$SSL_CERT_DIR``), a CA bundle file or folder, an `ssl.SSLContext`, or
-            False (never in production).
-        trust_env: read proxies and ``SSL_CERT_FILE`` / ``SSL_CERT_DIR`` from the
-            environment (default True, as httpx).
-        limits: an `httpx.Limits` for the connection pool. Default: as many
-            connections as requests may be in flight (100, or ``max_concurrency``),
-            idle ones kept 4 s (below the 5 s after which Node.js servers close them).
+        http_client: your own ``httpx.AsyncClient``, used as is and not closed. Its
+            defaults (headers, cookies, hooks) apply to API requests, but our
+            ``Authorization`` wins; downloads carry neither. Its own ``User-Agent``
+            is kept, httpx's default replaced by ours (see the Networks docs).
+        proxy: a proxy URL or `httpx.Proxy` (https goes through a CONNECT tunnel).
+            Default: ``HTTPS_PROXY``, ``HTTP_PROXY``, ``ALL_PROXY``, ``NO_PROXY``
+            from the environment (any case), as ``httpx.AsyncClient()`` reads them.
+        http2: speak HTTP/2 where offered (``nanobanana[http2]``); default HTTP/1.1.
+        verify: True (certifi's CAs, or ``$SSL_CERT_FILE`` / ``$SSL_CERT_DIR``), a
+            CA bundle file or folder, an `ssl.SSLContext`, or False.
+        trust_env: read proxies and ``SSL_CERT_*`` from the environment (as httpx).
+        limits: an `httpx.Limits` for the pool. Default: 100 connections (or
+            ``max_concurrency``), idle ones kept 4 s (Node.js servers close at 5 s).
         retry_policy: backoff and budgets for retries.
         poll_policy: how ``job.wait()`` polls.
         clock: time source (tests pass ``FakeClock``).
@@ -214,22 +207,12 @@ class AsyncNanoBanana:
         self._owns_http = http_client is None
         pool = max(DEFAULT_POOL_SIZE, max_concurrency or 0)
         if http_client is None:
-            from nanobanana._transport import (  # noqa: PLC0415 - keeps `import nanobanana` light
-                DEFAULT_LIMITS,
-                build_http_client,
-            )
+            from nanobanana._transport import build_http_client  # noqa: PLC0415 - lazily
 
-            if limits is None:
-                limits = httpx.Limits(
-                    max_connections=pool,
-                    max_keepalive_connections=pool,
-                    keepalive_expiry=DEFAULT_LIMITS.keepalive_expiry,
-                )
-            elif not isinstance(limits, httpx.Limits):
-                raise TypeError("limits must be an httpx.Limits")
             http_client = build_http_client(
                 timeout=resolved_timeout or DEFAULT_TIMEOUT,
                 limits=limits,
+                pool_size=pool,
                 proxy=proxy,
                 http2=http2,
                 verify=verify,
@@ -243,12 +226,13 @@ class AsyncNanoBanana:
                 "connection pool; with http_client=, set them on that httpx.AsyncClient."
             )
         self._http = http_client
-        ours = f"nanobanana/{__version__} httpx/{httpx.__version__}"
-        theirs = http_client.headers.get("user-agent")
         # A borrowed client's own User-Agent was set on purpose (a gateway may allow
         # by it): keep it. httpx's default says nothing about the caller: use ours.
-        borrowed_ua = not self._owns_http and theirs and not theirs.startswith("python-httpx/")
-        self.user_agent = theirs if borrowed_ua and theirs else ours
+        theirs = "" if self._owns_http else http_client.headers.get("user-agent", "")
+        explicit = theirs and not theirs.startswith("python-httpx/")
+        self.user_agent = (
+            theirs if explicit else f"nanobanana/{__version__} httpx/{httpx.__version__}"
+        )
         self._governor = Governor(max_concurrency=max_concurrency, ceiling=pool)
         self._requester = Requester(
             http=http_client,

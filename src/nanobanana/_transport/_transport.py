@@ -233,7 +233,8 @@ class NanoBananaTransport(httpx.AsyncHTTPTransport):
 def build_http_client(
     *,
     timeout: httpx.Timeout,
-    limits: httpx.Limits = DEFAULT_LIMITS,
+    limits: httpx.Limits | None = None,
+    pool_size: int = 100,
     proxy: str | httpx.URL | httpx.Proxy | None = None,
     http2: bool = False,
     verify: ssl.SSLContext | str | bool = True,
@@ -244,11 +245,21 @@ def build_http_client(
 
     With no `proxy`, the environment's proxies are used when `trust_env` (as a plain
     ``httpx.AsyncClient()`` does): one proxied transport per pattern, and ``NO_PROXY``
-    hosts direct.
+    hosts direct. Without `limits`, `pool_size` connections, kept `DEFAULT_LIMITS`'s
+    keep-alive expiry.
 
     Raises:
         ImportError: `http2` without the ``h2`` package.
+        TypeError: `limits` is not an `httpx.Limits`.
     """
+    if limits is None:
+        limits = httpx.Limits(
+            max_connections=pool_size,
+            max_keepalive_connections=pool_size,
+            keepalive_expiry=DEFAULT_LIMITS.keepalive_expiry,
+        )
+    elif not isinstance(limits, httpx.Limits):
+        raise TypeError("limits must be an httpx.Limits")
     if http2 and importlib.util.find_spec("h2") is None:
         raise ImportError("http2=True needs the 'h2' package: pip install 'nanobanana[http2]'.")
     context = make_ssl_context(verify, trust_env=trust_env, http2=http2)
