@@ -13,10 +13,30 @@ import socket
 import threading
 from collections.abc import Callable, Coroutine
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 from urllib.parse import urlsplit
 
 LOOPS = ["asyncio", "uvloop", "trio"]
+
+
+def make_tls(folder: Path) -> SimpleNamespace:
+    """A CA made here (trustme), a server certificate for 127.0.0.1 and localhost, as files.
+
+    Attributes of the result: ``ca``, ``cert`` (trustme's), ``ca_pem`` (the CA, for
+    ``verify=`` or ``SSL_CERT_FILE``) and ``server_pem`` (key and chain, for servers).
+    """
+    from components import require_module  # noqa: PLC0415
+
+    require_module("trustme", "a CA made by the test for TLS servers on loopback")
+    import trustme  # noqa: PLC0415
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    ca_pem, server_pem = folder / "ca.pem", folder / "server.pem"
+    ca.cert_pem.write_to_path(str(ca_pem))
+    cert.private_key_and_cert_chain_pem.write_to_path(str(server_pem))
+    return SimpleNamespace(ca=ca, cert=cert, ca_pem=ca_pem, server_pem=server_pem)
 
 
 def run_on(loop: str, main: Callable[[], Coroutine[Any, Any, Any]]) -> Any:

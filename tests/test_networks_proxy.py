@@ -21,7 +21,15 @@ from components import require_module
 from nanobanana import APIConnectionError, AsyncNanoBanana
 from nanobanana._transport._proxies import environment_proxies
 from nanobanana.testing import Simulator
-from network_support import LOOPS, ForwardProxy, HypercornServer, ServerThread, closed_port, run_on
+from network_support import (
+    LOOPS,
+    ForwardProxy,
+    HypercornServer,
+    ServerThread,
+    closed_port,
+    make_tls,
+    run_on,
+)
 
 KEY = "nb_proxy_SECRET_key_5d1f"
 PROXY_VARS = [
@@ -38,17 +46,8 @@ def no_proxy_env(monkeypatch):
 
 @pytest.fixture(scope="module")
 def tls(tmp_path_factory):
-    require_module("trustme", "a CA made by the test for TLS servers on loopback")
     require_module("hypercorn", "a real TLS and HTTP/2 server on loopback")
-    import trustme  # noqa: PLC0415
-
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1", "localhost")
-    folder = tmp_path_factory.mktemp("tls")
-    ca_pem, server_pem = folder / "ca.pem", folder / "server.pem"
-    ca.cert_pem.write_to_path(str(ca_pem))
-    cert.private_key_and_cert_chain_pem.write_to_path(str(server_pem))
-    return SimpleNamespace(ca=ca, ca_pem=ca_pem, server_pem=server_pem)
+    return make_tls(tmp_path_factory.mktemp("tls"))
 
 
 @pytest.fixture

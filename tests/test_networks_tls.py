@@ -12,7 +12,6 @@ import socket
 import ssl
 import subprocess
 import sys
-from types import SimpleNamespace
 
 import anyio
 import httpx
@@ -22,7 +21,7 @@ from components import require, require_binary, require_module
 from nanobanana import APIConnectionError, AsyncNanoBanana, TLSCertificateError
 from nanobanana._transport import _connect
 from nanobanana.testing import Simulator
-from network_support import LOOPS, HypercornServer, ServerThread, run_on
+from network_support import LOOPS, HypercornServer, ServerThread, make_tls, run_on
 from transport_servers import ScriptedServer, ServerConn, keep_alive_ok
 
 KEY = "nb_tls_SECRET_key_77a0"
@@ -36,16 +35,7 @@ def clean_env(monkeypatch):
 
 @pytest.fixture(scope="module")
 def tls(tmp_path_factory):
-    require_module("trustme", "a CA made by the test for TLS servers on loopback")
-    import trustme  # noqa: PLC0415
-
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1", "localhost")
-    folder = tmp_path_factory.mktemp("tls")
-    ca_pem, server_pem = folder / "ca.pem", folder / "server.pem"
-    ca.cert_pem.write_to_path(str(ca_pem))
-    cert.private_key_and_cert_chain_pem.write_to_path(str(server_pem))
-    return SimpleNamespace(ca=ca, cert=cert, ca_pem=ca_pem, server_pem=server_pem)
+    return make_tls(tmp_path_factory.mktemp("tls"))
 
 
 def server_context(tls, alpn=("h2", "http/1.1")) -> ssl.SSLContext:
