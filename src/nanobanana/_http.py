@@ -206,7 +206,7 @@ class Requester:
         headers = self.headers
         if accept is not None:
             # identity: an event stream compressed on the way would arrive in bursts
-            # (build_request adds httpx's default Accept-Encoding: gzip otherwise).
+            # (a borrowed client's defaults would ask for gzip otherwise).
             headers = {
                 **headers,
                 "Accept": accept,
@@ -235,7 +235,8 @@ class Requester:
                 content=content,
                 extensions=self._extensions,
             )
-        # Our own client has nothing to merge: skip the merging (it is measured).
+        # Our own client has nothing to merge: skip the merging (it showed in the
+        # fan-out profile).
         return httpx.Request(
             method,
             self.base_url + path,
