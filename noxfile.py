@@ -19,7 +19,7 @@ def _group(name: str) -> list[str]:
 @nox.session
 def tests(session: nox.Session) -> None:
     """Run the test suite (unit, simulator, end to end, CLI) with coverage."""
-    session.install("-e", ".[cli,sim]", *_group("test"))
+    session.install("-e", ".[cli,sim,speedups,http2]", *_group("test"))
     # `coverage run` rather than pytest-cov: our pytest plugin (an entry point) imports
     # nanobanana before pytest-cov starts, which hid every module-level line; and
     # `patch = subprocess` (pyproject) measures the CLI tests' subprocesses too.
@@ -55,7 +55,7 @@ def docs(session: nox.Session) -> None:
 @nox.session
 def bench(session: nox.Session) -> None:
     """Benchmarks against raw httpx and aiohttp (never part of the default run)."""
-    session.install("-e", ".[cli,sim]", *_group("bench"))
+    session.install("-e", ".[cli,sim,speedups]", *_group("bench"))
     scripts = ["bench_generate.py", "bench_stream.py", "bench_import.py", "bench_ergonomics.py"]
     for script in (f"benchmarks/{name}" for name in scripts):
         session.run("python", script, *session.posargs)

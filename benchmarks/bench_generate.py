@@ -8,8 +8,13 @@ below, runs one warm-up round and keeps the best of three timed rounds:
 - raw httpx with defaults (its pool timeout may fire: reported as failing);
 - raw httpx behind an `asyncio.Semaphore(100)`;
 - httpx over `httpx_aiohttp.AiohttpTransport`, if installed;
-- httpx over nanobanana's `AsyncioTransport`, behind a semaphore of 100;
-- `nanobanana.AsyncNanoBanana(...).generate("x")`, if that class exists yet.
+- httpx over nanobanana's `NanoBananaTransport`, behind a semaphore of 100, once with
+  each response parser (llhttp through httptools, and h11);
+- `nanobanana.AsyncNanoBanana(...).generate("x")`, with the default parser (httptools
+  when installed, as in the `bench` session) and again with h11, the fallback.
+
+`PYTHONPATH=<an older checkout>/src python benchmarks/bench_generate.py` measures an
+older version in the same way (rows it cannot build are skipped).
 
 Every client parses the JSON body, as a real caller would. Besides requests per
 second, the table gives the client process's CPU time per request (best round): on a
@@ -27,7 +32,14 @@ from pathlib import Path
 
 import httpx
 
-from nanobanana._transport import AsyncioTransport
+try:
+    from nanobanana._transport import NanoBananaTransport, build_http_client
+except ImportError:  # An older version, measured for comparison.
+    NanoBananaTransport = build_http_client = None
+try:
+    from nanobanana._transport import AsyncioTransport
+except ImportError:
+    AsyncioTransport = None
 
 try:
     import aiohttp
@@ -122,15 +134,44 @@ async def bench_httpx_aiohttp(url):
 
 
 async def bench_asyncio_transport(url):
+    if AsyncioTransport is None:
+        return None
     async with httpx.AsyncClient(transport=AsyncioTransport()) as client:
         return await _best(_limited(_httpx_one(client, url), 100))
 
 
-async def bench_nanobanana(url):
+def _bench_transport(parser):
+    async def bench(url):
+        if NanoBananaTransport is None:
+            return None
+        transport = NanoBananaTransport(parser=parser)
+        async with httpx.AsyncClient(transport=transport) as client:
+            return await _best(_limited(_httpx_one(client, url), 100))
+
+    return bench
+
+
+def _bench_nanobanana(parser):
+    async def bench(url):
+        return await _nanobanana(url, parser)
+
+    return bench
+
+
+async def _nanobanana(url, parser):
     if AsyncNanoBanana is None:
         return None
     base = url.rsplit("/generate", 1)[0]
-    client = AsyncNanoBanana(api_key="nb_bench", base_url=base, max_concurrency=100)
+    if parser == "auto":
+        client = AsyncNanoBanana(api_key="nb_bench", base_url=base, max_concurrency=100)
+    elif NanoBananaTransport is None:
+        return None
+    else:
+        # The same client, its pool built by hand to pick the parser.
+        http = build_http_client(timeout=httpx.Timeout(180, connect=10), parser=parser)
+        client = AsyncNanoBanana(
+            api_key="nb_bench", base_url=base, max_concurrency=100, http_client=http
+        )
     async with contextlib.AsyncExitStack() as stack:
         if hasattr(client, "__aenter__"):
             await stack.enter_async_context(client)
@@ -139,7 +180,11 @@ async def bench_nanobanana(url):
             await client.generate("x")
             return {"success": True}
 
-        return await _best(one)
+        try:
+            return await _best(one)
+        finally:
+            if parser != "auto":
+                await client.http_client.aclose()
 
 
 BENCHES = [
@@ -147,8 +192,11 @@ BENCHES = [
     ("raw httpx (defaults)", bench_httpx_default),
     ("raw httpx + Semaphore(100)", bench_httpx_semaphore),
     ("httpx + httpx_aiohttp transport", bench_httpx_aiohttp),
-    ("httpx + AsyncioTransport, sem 100", bench_asyncio_transport),
-    ("AsyncNanoBanana.generate", bench_nanobanana),
+    ("httpx + AsyncioTransport (old), sem 100", bench_asyncio_transport),
+    ("httpx + NanoBananaTransport/llhttp, sem 100", _bench_transport("httptools")),
+    ("httpx + NanoBananaTransport/h11, sem 100", _bench_transport("h11")),
+    ("AsyncNanoBanana.generate (default)", _bench_nanobanana("auto")),
+    ("AsyncNanoBanana.generate (h11)", _bench_nanobanana("h11")),
 ]
 
 
@@ -172,14 +220,14 @@ def main():
                 continue
             rows.append((name, result, "skipped (not importable)" if result is None else ""))
         base = rows[0][1][0] if rows[0][1] else None
-        print(f"{'client':<36} {'req/s':>8} {'x aiohttp':>10} {'client CPU us/req':>18}")
+        print(f"{'client':<44} {'req/s':>8} {'x aiohttp':>10} {'client CPU us/req':>18}")
         for name, result, note in rows:
             if result is None:
-                print(f"{name:<36} {'-':>8} {'-':>10} {'-':>18}  {note}")
+                print(f"{name:<44} {'-':>8} {'-':>10} {'-':>18}  {note}")
             else:
                 rate, cpu = result
                 ratio = f"{rate / base:.2f}" if base else "-"
-                print(f"{name:<36} {rate:>8.0f} {ratio:>10} {cpu:>18.0f}")
+                print(f"{name:<44} {rate:>8.0f} {ratio:>10} {cpu:>18.0f}")
     finally:
         server.kill()
         server.wait()

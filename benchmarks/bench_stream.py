@@ -13,7 +13,7 @@ event's JSON (a consumer has to) unless said otherwise:
 - `AsyncNanoBanana.stream()` (its default transport);
 - raw httpx-sse (`httpx_sse.aconnect_sse` + `json.loads`) on httpx's own transport:
   the reference the target is set against (client.stream() >= 0.8x);
-- the same over nanobanana's `AsyncioTransport`, to separate transport from parsing;
+- the same over nanobanana's `NanoBananaTransport`, to separate transport from parsing;
 - raw httpx-sse without `json.loads`, for scale;
 - raw aiohttp: `async for line in response.content` + `json.loads`.
 """
@@ -33,9 +33,9 @@ import httpx_sse
 from nanobanana import AsyncNanoBanana
 
 try:
-    from nanobanana._transport import AsyncioTransport
-except ImportError:  # it is being written; until then the client uses httpx's transport
-    AsyncioTransport = None
+    from nanobanana._transport import NanoBananaTransport
+except ImportError:  # an older version, measured for comparison
+    NanoBananaTransport = None
 
 N = int(sys.argv[1]) if len(sys.argv) > 1 and sys.argv[1] != "--serve" else 20_000
 ROUNDS = 7
@@ -198,7 +198,7 @@ async def _bench_all(readers, base):
 READERS = [
     ("AsyncNanoBanana.stream()", read_nanobanana),
     ("raw httpx-sse + json.loads", _httpx_sse_reader(parse=True)),
-    ("raw httpx-sse + json, AsyncioTransport", "asyncio-transport"),
+    ("raw httpx-sse + json, NanoBananaTransport", "our-transport"),
     ("raw httpx-sse, no json", _httpx_sse_reader(parse=False)),
     ("raw aiohttp lines + json.loads", read_aiohttp),
 ]
@@ -214,11 +214,11 @@ def main():
         print(f"one {N}-event SSE response per round, best of {ROUNDS}, events/s")
         names, readers = [], []
         for name, read in READERS:
-            if read == "asyncio-transport":
-                if AsyncioTransport is None:
+            if read == "our-transport":
+                if NanoBananaTransport is None:
                     continue
                 names.append(name)
-                readers.append(_httpx_sse_reader(parse=True, transport=AsyncioTransport))
+                readers.append(_httpx_sse_reader(parse=True, transport=NanoBananaTransport))
             else:
                 names.append(name)
                 readers.append(read)

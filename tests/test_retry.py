@@ -1,7 +1,9 @@
 import random
+import ssl
 from datetime import datetime, timezone
 from email.utils import format_datetime
 
+import httpcore
 import httpx
 import pytest
 
@@ -14,6 +16,7 @@ from nanobanana._retry import (
     outcome_of_status,
     parse_retry_after,
 )
+from nanobanana._transport._connection import NotSentError
 
 NOW = 1_700_000_000.0  # 2023-11-14T22:13:20Z
 CAP = 60.0
@@ -31,6 +34,7 @@ READ, GEN = RequestKind.READ, RequestKind.GENERATE
         (READ, Outcome.BUSY, True, False),
         (READ, Outcome.SERVER_ERROR, True, False),
         (READ, Outcome.CLIENT_ERROR, False, False),
+        (READ, Outcome.CERTIFICATE, False, False),
         (GEN, Outcome.NOT_SENT, True, False),
         (GEN, Outcome.MAYBE_SENT, False, True),
         (GEN, Outcome.INVALID, False, False),
@@ -38,6 +42,7 @@ READ, GEN = RequestKind.READ, RequestKind.GENERATE
         (GEN, Outcome.BUSY, True, False),
         (GEN, Outcome.SERVER_ERROR, False, True),
         (GEN, Outcome.CLIENT_ERROR, False, False),
+        (GEN, Outcome.CERTIFICATE, False, False),
     ],
 )
 def test_decision_table_resends_generate_only_when_nothing_was_charged(
@@ -93,6 +98,38 @@ REQ = httpx.Request("POST", "https://api.example/generate")
 )
 def test_transport_failures_are_classified_by_whether_the_request_left(exc, outcome):
     assert outcome_of_exception(exc) is outcome
+
+
+def _chained(outer: Exception, *causes: BaseException) -> Exception:
+    # As httpx raises them: httpx's error from httpcore's, from the socket's or ssl's.
+    current = outer
+    for cause in causes:
+        current.__cause__ = cause
+        current = cause
+    return outer
+
+
+def test_a_certificate_failure_down_the_chain_is_permanent():
+    verify = ssl.SSLCertVerificationError(1, "[SSL: CERTIFICATE_VERIFY_FAILED]")
+    exc = _chained(httpx.ConnectError("tls", request=REQ), httpcore.ConnectError("tls"), verify)
+    assert outcome_of_exception(exc) is Outcome.CERTIFICATE
+    # trio wraps the ssl error in its own (__context__ rather than __cause__ is followed too).
+    inner = httpcore.ConnectError("tls")
+    inner.__context__ = verify
+    assert outcome_of_exception(_chained(httpx.ConnectError("x", request=REQ), inner)) is (
+        Outcome.CERTIFICATE
+    )
+    other = _chained(httpx.ConnectError("x", request=REQ), ssl.SSLError(1, "handshake"))
+    assert outcome_of_exception(other) is Outcome.NOT_SENT
+
+
+def test_a_write_the_transport_marks_as_never_sent_may_be_resent():
+    not_sent = NotSentError("Connection closed before the request was sent.")
+    exc = _chained(httpx.WriteError("closed", request=REQ), not_sent)
+    assert outcome_of_exception(exc) is Outcome.NOT_SENT
+    assert decide(GEN, outcome_of_exception(exc)).retry is True
+    plain = _chained(httpx.WriteError("closed", request=REQ), httpcore.WriteError("closed"))
+    assert outcome_of_exception(plain) is Outcome.MAYBE_SENT
 
 
 def _http_date(ts: float) -> str:

@@ -39,6 +39,7 @@ from nanobanana._errors import (
     ServerBusyError,
     SSETooLargeError,
     StreamIdleError,
+    TLSCertificateError,
     UnexpectedResponseError,
     UnknownModelError,
 )
@@ -87,6 +88,7 @@ __all__ = [
     "ServerBusyError",
     "StreamIdleError",
     "SystemClock",
+    "TLSCertificateError",
     "UnexpectedResponseError",
     "UnknownModelError",
     "__version__",

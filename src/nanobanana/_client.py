@@ -21,7 +21,7 @@ from nanobanana._config import (
 )
 from nanobanana._errors import ContentSafetyError, GenerationFailedError, UnexpectedResponseError
 from nanobanana._governor import Governor, GovernorStats
-from nanobanana._http import AutoTransport, Requester
+from nanobanana._http import Requester
 from nanobanana._jobs import Job, PollPolicy
 from nanobanana._models import Generation, Model
 from nanobanana._retry import RequestKind, RetryPolicy
@@ -30,6 +30,7 @@ from nanobanana._version import __version__
 
 if TYPE_CHECKING:
     import os
+    import ssl
     from pathlib import Path
     from types import TracebackType
 
@@ -137,7 +138,19 @@ class AsyncNanoBanana:
             `estimate_credits`) would take the credits spent and reserved by this
             client and its ``with_options()`` copies past it raises
             `BudgetExceededError` and is not sent. Default: no cap.
-        http_client: your own ``httpx.AsyncClient``; it is used as is and not closed.
+        http_client: your own ``httpx.AsyncClient``, used as is and not closed. Its
+            defaults (headers, cookies, hooks) apply to API requests, but our
+            ``Authorization`` wins; downloads carry neither. Its own ``User-Agent``
+            is kept, httpx's default replaced by ours (see the Networks docs).
+        proxy: a proxy URL or `httpx.Proxy` (https goes through a CONNECT tunnel).
+            Default: ``HTTPS_PROXY``, ``HTTP_PROXY``, ``ALL_PROXY``, ``NO_PROXY``
+            from the environment (any case), as ``httpx.AsyncClient()`` reads them.
+        http2: speak HTTP/2 where offered (``nanobanana[http2]``); default HTTP/1.1.
+        verify: True (certifi's CAs, or ``$SSL_CERT_FILE`` / ``$SSL_CERT_DIR``), a
+            CA bundle file or folder, an `ssl.SSLContext`, or False.
+        trust_env: read proxies and ``SSL_CERT_*`` from the environment (as httpx).
+        limits: an `httpx.Limits` for the pool. Default: 100 connections (or
+            ``max_concurrency``), idle ones kept 4 s (Node.js servers close at 5 s).
         retry_policy: backoff and budgets for retries.
         poll_policy: how ``job.wait()`` polls.
         clock: time source (tests pass ``FakeClock``).
@@ -154,6 +167,11 @@ class AsyncNanoBanana:
         max_concurrency: int | None = None,
         max_credits: int | None = None,
         http_client: httpx.AsyncClient | None = None,
+        proxy: str | httpx.URL | httpx.Proxy | None = None,
+        http2: bool = False,
+        verify: ssl.SSLContext | str | bool = True,
+        trust_env: bool = True,
+        limits: httpx.Limits | None = None,
         retry_policy: RetryPolicy | None = None,
         poll_policy: PollPolicy | None = None,
         download_concurrency: int = 8,
@@ -189,16 +207,32 @@ class AsyncNanoBanana:
         self._owns_http = http_client is None
         pool = max(DEFAULT_POOL_SIZE, max_concurrency or 0)
         if http_client is None:
-            limits = httpx.Limits(max_connections=pool, max_keepalive_connections=pool)
-            http_client = httpx.AsyncClient(
-                transport=AutoTransport(limits=limits),
+            from nanobanana._transport import build_http_client  # noqa: PLC0415 - lazily
+
+            http_client = build_http_client(
                 timeout=resolved_timeout or DEFAULT_TIMEOUT,
-                follow_redirects=False,
+                limits=limits,
+                pool_size=pool,
+                proxy=proxy,
+                http2=http2,
+                verify=verify,
+                trust_env=trust_env,
             )
         elif not isinstance(http_client, httpx.AsyncClient):
             raise TypeError("http_client must be an httpx.AsyncClient")
+        elif proxy is not None or http2 or verify is not True or not trust_env or limits:
+            raise ValueError(
+                "proxy=, http2=, verify=, trust_env= and limits= configure the client's own "
+                "connection pool; with http_client=, set them on that httpx.AsyncClient."
+            )
         self._http = http_client
-        self.user_agent = f"nanobanana/{__version__} httpx/{httpx.__version__}"
+        # A borrowed client's own User-Agent was set on purpose (a gateway may allow
+        # by it): keep it. httpx's default says nothing about the caller: use ours.
+        theirs = "" if self._owns_http else http_client.headers.get("user-agent", "")
+        explicit = theirs and not theirs.startswith("python-httpx/")
+        self.user_agent = (
+            theirs if explicit else f"nanobanana/{__version__} httpx/{httpx.__version__}"
+        )
         self._governor = Governor(max_concurrency=max_concurrency, ceiling=pool)
         self._requester = Requester(
             http=http_client,
@@ -211,6 +245,7 @@ class AsyncNanoBanana:
             timeout=resolved_timeout,
             headers={"User-Agent": self.user_agent, "Accept": "application/json"},
             recorder=self._recorder,
+            borrowed=not self._owns_http,
         )
         self._closed = False
         self._root = True

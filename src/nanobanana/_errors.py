@@ -10,8 +10,9 @@ NanoBananaError
 ├── UnexpectedResponseError       a 2xx body we cannot read (not JSON, field missing)
 │   └── SSETooLargeError          an event-stream line or event over the size limit
 ├── APIConnectionError            network failure, nothing usable came back
-│   └── APITimeoutError
-│       └── StreamIdleError       an event stream went silent (no heartbeat either)
+│   ├── APITimeoutError
+│   │   └── StreamIdleError       an event stream went silent (no heartbeat either)
+│   └── TLSCertificateError       the server's certificate failed verification (not retried)
 ├── APIStatusError                .status_code, .body, .response, .generation_id
 │   ├── BadRequestError           400
 │   ├── AuthenticationError       401
@@ -66,6 +67,7 @@ __all__ = [
     "SSETooLargeError",
     "ServerBusyError",
     "StreamIdleError",
+    "TLSCertificateError",
     "UnexpectedResponseError",
     "UnknownModelError",
 ]
@@ -170,6 +172,14 @@ class APIConnectionError(NanoBananaError):
 
 class APITimeoutError(APIConnectionError):
     """Raised when a request timed out (connect, read, write or pool)."""
+
+
+class TLSCertificateError(APIConnectionError):
+    """Raised when the server's TLS certificate failed verification; never retried.
+
+    Nothing was sent (the handshake comes first), so nothing was charged. Behind a
+    proxy that inspects TLS, trust its CA with ``verify=`` or ``SSL_CERT_FILE``.
+    """
 
 
 class SSETooLargeError(UnexpectedResponseError):

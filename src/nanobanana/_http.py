@@ -25,6 +25,7 @@ from nanobanana._errors import (
     MissingAPIKeyError,
     NanoBananaError,
     RateLimitError,
+    TLSCertificateError,
     UnexpectedResponseError,
     make_status_error,
 )
@@ -45,9 +46,15 @@ if TYPE_CHECKING:
     from nanobanana._config import Secret
     from nanobanana._governor import Governor
 
-__all__ = ["AutoTransport", "Binding", "OutOfTimeError", "Requester", "current_loop_token"]
+__all__ = ["Binding", "OutOfTimeError", "Requester", "current_loop_token"]
 
 log = logging.getLogger("nanobanana")
+
+CERTIFICATE_HINT = (
+    "The server's TLS certificate was not trusted, so nothing was sent and nothing is "
+    "retried. Behind a proxy that inspects TLS, trust its CA with verify='ca.pem' or "
+    "SSL_CERT_FILE."
+)
 
 
 class OutOfTimeError(Exception):
@@ -70,44 +77,6 @@ def current_loop_token() -> object:
         if trio is None:
             raise
         return trio.lowlevel.current_trio_token()
-
-
-class AutoTransport(httpx.AsyncBaseTransport):
-    """Our fast asyncio transport on asyncio; httpx's own transport elsewhere (trio).
-
-    The choice is made at the first request, because a client may be built before any
-    event loop runs.
-    """
-
-    def __init__(self, *, limits: httpx.Limits) -> None:
-        self._limits = limits
-        self._inner: httpx.AsyncBaseTransport | None = None
-
-    def _pick(self) -> httpx.AsyncBaseTransport:
-        import asyncio  # noqa: PLC0415 - lazily: keeps `import nanobanana` cheap
-
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            self._inner = httpx.AsyncHTTPTransport(limits=self._limits)
-        else:
-            try:  # TEMPORARY until _transport.py lands
-                from nanobanana._transport import AsyncioTransport  # noqa: PLC0415
-            except ImportError:
-                self._inner = httpx.AsyncHTTPTransport(limits=self._limits)
-            else:
-                self._inner = AsyncioTransport(limits=self._limits)
-        return self._inner
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        """Send through the transport chosen for this event loop."""
-        inner = self._inner or self._pick()
-        return await inner.handle_async_request(request)
-
-    async def aclose(self) -> None:
-        """Close the chosen transport, if any."""
-        if self._inner is not None:
-            await self._inner.aclose()
 
 
 _E = TypeVar("_E", bound=NanoBananaError)
@@ -205,8 +174,10 @@ class Requester:
         timeout: httpx.Timeout | None,
         headers: Mapping[str, str],
         recorder: Recorder | None = None,
+        borrowed: bool = False,
     ) -> None:
         self.http = http
+        self.borrowed = borrowed
         self.base_url = str(base_url)
         self.api_key = api_key
         self.governor = governor
@@ -268,7 +239,14 @@ class Requester:
     ) -> httpx.Request:
         headers = self.headers
         if accept is not None:
-            headers = {**headers, "Accept": accept, "Cache-Control": "no-store"}
+            # identity: an event stream compressed on the way would arrive in bursts
+            # (a borrowed client's defaults would ask for gzip otherwise).
+            headers = {
+                **headers,
+                "Accept": accept,
+                "Cache-Control": "no-store",
+                "Accept-Encoding": "identity",
+            }
         if auth:
             if self.api_key is None:
                 raise MissingAPIKeyError(
@@ -280,6 +258,19 @@ class Requester:
         if json_body is not None:
             content = json.dumps(json_body, separators=(",", ":"), ensure_ascii=False).encode()
             headers = {**headers, "Content-Type": "application/json"}
+        if self.borrowed:
+            # Built by the borrowed client, so that its default headers, cookies and
+            # params apply; ours (Authorization above all) win where both are set.
+            return self.http.build_request(
+                method,
+                self.base_url + path,
+                params=params,
+                headers=headers,
+                content=content,
+                extensions=self._extensions,
+            )
+        # Our own client has nothing to merge: skip the merging (it showed in the
+        # fan-out profile).
         return httpx.Request(
             method,
             self.base_url + path,
@@ -413,7 +404,8 @@ class Requester:
                 started = clock.monotonic()
                 try:
                     # Always streamed, so that no answer is read past MAX_ANSWER_SIZE.
-                    response = await self.http.send(request, stream=True)
+                    # auth=None: a borrowed client's own auth must not replace our key.
+                    response = await self.http.send(request, stream=True, auth=None)
                     if not stream:
                         await _read_at_most(response, MAX_ANSWER_SIZE)
                 except RuntimeError as exc:
@@ -424,15 +416,16 @@ class Requester:
                 except httpx.HTTPError as exc:
                     outcome = outcome_of_exception(exc)
                     verdict = decide(kind, outcome)
-                    cls = (
-                        APITimeoutError
-                        if isinstance(exc, httpx.TimeoutException)
-                        else (APIConnectionError)
-                    )
+                    cls: type[APIConnectionError] = APIConnectionError
+                    hint = ""
+                    if outcome is Outcome.CERTIFICATE:
+                        cls, hint = TLSCertificateError, f" {CERTIFICATE_HINT}"
+                    elif isinstance(exc, httpx.TimeoutException):
+                        cls = APITimeoutError
                     # Errors outlive the call (logs, error trackers): keep no key in them.
                     forget_key(exc)
                     error: NanoBananaError = cls(
-                        f"{method} {path} failed: {_describe(exc)}",
+                        f"{method} {path} failed: {_describe(exc)}{hint}",
                         request=without_key(request),
                         may_have_been_charged=verdict.may_have_been_charged,
                     )

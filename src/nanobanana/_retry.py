@@ -5,7 +5,9 @@ request and what happened to it. Credits are taken when ``POST /generate`` is ac
 and are not refunded when a generation fails (async-mode docs), so a generate request
 is resent only when the server said nothing was charged (429, 503: overview and
 async-mode docs) or when it provably never left this machine (connect error or
-timeout, pool timeout). GETs are always safe to resend.
+timeout, pool timeout, a connection found closed before the first byte was written).
+GETs are always safe to resend. A certificate that fails verification is permanent:
+nothing is retried.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import enum
 import math
 import random
 import re
+import ssl
+from collections.abc import Iterator
 from datetime import timezone
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -47,6 +51,7 @@ class Outcome(enum.Enum):
     NOT_SENT = "not sent"  # connect error/timeout, pool timeout
     MAYBE_SENT = "maybe sent"  # read/write error or timeout, dropped connection
     INVALID = "invalid"  # a request that can never succeed (bad URL, unsupported scheme)
+    CERTIFICATE = "certificate"  # the server's TLS certificate failed verification
     RATE_LIMITED = "429"
     BUSY = "503"
     SERVER_ERROR = "5xx"
@@ -75,6 +80,7 @@ _TABLE: dict[tuple[RequestKind, Outcome], Decision] = {
     (RequestKind.READ, Outcome.NOT_SENT): _RETRY,
     (RequestKind.READ, Outcome.MAYBE_SENT): _RETRY,
     (RequestKind.READ, Outcome.INVALID): _RAISE,
+    (RequestKind.READ, Outcome.CERTIFICATE): _RAISE,
     (RequestKind.READ, Outcome.RATE_LIMITED): _RETRY,
     (RequestKind.READ, Outcome.BUSY): _RETRY,
     (RequestKind.READ, Outcome.SERVER_ERROR): _RETRY,
@@ -82,6 +88,7 @@ _TABLE: dict[tuple[RequestKind, Outcome], Decision] = {
     (RequestKind.GENERATE, Outcome.NOT_SENT): _RETRY,
     (RequestKind.GENERATE, Outcome.MAYBE_SENT): _RAISE_CHARGED,
     (RequestKind.GENERATE, Outcome.INVALID): _RAISE,
+    (RequestKind.GENERATE, Outcome.CERTIFICATE): _RAISE,
     # 429: "nothing was charged" (PROTOCOL.md); 503: "credits are automatically refunded".
     (RequestKind.GENERATE, Outcome.RATE_LIMITED): _RETRY,
     (RequestKind.GENERATE, Outcome.BUSY): _RETRY,
@@ -106,12 +113,32 @@ def outcome_of_status(status: int) -> Outcome:
     return Outcome.CLIENT_ERROR
 
 
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """The exception and what caused it, down the ``__cause__``/``__context__`` chain."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
 def outcome_of_exception(exc: httpx.HTTPError) -> Outcome:
-    """Classify a transport failure by whether the request can have left the machine."""
+    """Classify a transport failure by whether the request can have left the machine.
+
+    httpx's exception is the last of a chain (httpx's, httpcore's, the socket's or
+    ssl's): a certificate that failed verification is found down it, and so is the
+    transport's mark for a connection found closed before any byte was written
+    (``nanobanana_not_sent``).
+    """
     if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)):
+        if any(isinstance(e, ssl.SSLCertVerificationError) for e in _causes(exc)):
+            return Outcome.CERTIFICATE
         return Outcome.NOT_SENT
     if isinstance(exc, (httpx.UnsupportedProtocol, httpx.LocalProtocolError, httpx.InvalidURL)):
         return Outcome.INVALID
+    if any(getattr(e, "nanobanana_not_sent", False) for e in _causes(exc)):
+        return Outcome.NOT_SENT
     return Outcome.MAYBE_SENT
 
 

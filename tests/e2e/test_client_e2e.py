@@ -221,3 +221,18 @@ async def test_the_key_is_sent_to_the_api_with_our_user_agent(sim):
     (record,) = [r for r in sim.requests if r.path.endswith("/credits")]
     assert record.authorization
     assert record.user_agent.startswith("nanobanana/")
+
+
+async def test_calls_go_through_the_fast_pool_on_this_event_loop(sim, request):
+    # The same suite runs on asyncio and uvloop (tests/e2e/conftest.py); on both the
+    # client's own HTTP/1.1 pool carries the requests, not httpcore's.
+    loop = asyncio.get_running_loop()
+    expected = "uvloop" if request.node.name.endswith("[uvloop]") else "asyncio"
+    assert type(loop).__module__.split(".")[0] == expected
+    async with sim.client() as client:
+        assert await client.credits() == 100
+        await client.generate("on this loop")
+        transport = client.http_client._transport
+        assert transport.dispatch.uses_fast_path()
+        assert transport.stats().open == 1
+        assert transport.dispatch.httpcore_pool.connections == []

@@ -213,7 +213,7 @@ async def test_a_watchdog_closing_a_stream_another_task_reads_ends_its_loop_and_
             assert seen[-1] == "loop ended"
             assert set(seen[:-1]) == {"status"}
             assert stream.generation_id is not None
-            pool = client.http_client._transport._inner.stats()
+            pool = client.http_client._transport.stats()
             assert (pool.active, pool.waiting) == (0, 0)
             sim.release_holds()
             # The slot is free and the client goes on.

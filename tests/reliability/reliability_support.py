@@ -61,19 +61,18 @@ class PoolState:
 def pool_state(client: AsyncNanoBanana) -> PoolState:
     """Connections checked out and requests queued in `client`'s pool.
 
-    On asyncio the client sends through our `AsyncioTransport` (with `stats()`); on
-    trio through httpx's own transport, whose httpcore pool is inspected instead.
+    The client's transport is our `NanoBananaTransport`: on asyncio its requests go
+    through the fast pool, on trio through httpx's own httpcore pool, whose queue is
+    inspected too (a private attribute: tests may look).
     """
-    inner = client.http_client._transport._inner  # type: ignore[attr-defined]
-    if inner is None:  # no request was ever sent
-        return PoolState("none", 0, 0)
-    stats = getattr(inner, "stats", None)
-    if stats is not None:
-        s = stats()
-        return PoolState("asyncio", s.active, s.waiting)
-    pool = inner._pool
-    busy = [c for c in pool.connections if not (c.is_idle() or c.is_closed())]
-    return PoolState("httpcore", len(busy), len(pool._requests))
+    transport = client.http_client._transport  # type: ignore[attr-defined]
+    dispatch = transport.dispatch
+    stats = transport.stats()
+    waiting = stats.waiting + len(getattr(dispatch.httpcore_pool, "_requests", ()))
+    kind = "fast" if dispatch.fast is not None and dispatch.fast.pool.open_count else "httpcore"
+    if not stats.open and not waiting:
+        kind = "none"
+    return PoolState(kind, stats.active, waiting)
 
 
 def assert_no_leaks(client: AsyncNanoBanana) -> None:

@@ -220,6 +220,9 @@ class Session:
 
         async with (
             Simulator(**SIMULATOR_DEMO) as sim,
-            AsyncNanoBanana(api_key=sim.api_key, base_url=sim.base_url, **options) as client,
+            # trust_env=False: never through the environment's proxy to our own loopback.
+            AsyncNanoBanana(
+                api_key=sim.api_key, base_url=sim.base_url, trust_env=False, **options
+            ) as client,
         ):
             yield client

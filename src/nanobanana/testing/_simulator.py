@@ -289,6 +289,10 @@ class Simulator:
 
         kwargs.setdefault("api_key", self.api_key)
         kwargs.setdefault("base_url", self.base_url)
+        if "http_client" not in kwargs:
+            # The simulator is on loopback: never reach it through the environment's
+            # proxy (HTTP_PROXY without a NO_PROXY for 127.0.0.1 would send it there).
+            kwargs.setdefault("trust_env", False)
         return AsyncNanoBanana(**kwargs)
 
     def asgi_app(self, *, origin: str = "both") -> SimApp:

@@ -1,4 +1,4 @@
-"""The HTTP/1.1 keep-alive pool under `AsyncioTransport`: slots, idle lists, waiters.
+"""The HTTP/1.1 keep-alive pool of the fast path: slots, idle lists, waiters.
 
 Why it is apart from the transport: the httpx-facing side (encoding a request,
 sending its body, wrapping the response) has nothing to do with the accounting that
@@ -18,7 +18,11 @@ How the pool stays cheap:
   it is skipped when it reaches the head of the queue.
 - Every wait is a plain future, woken by a protocol callback or a timer; no task is
   created per request, and read timers are re-armed lazily (see
-  `nanobanana._connection`).
+  `nanobanana._transport._connection`).
+- Connections die with their event loop. A loop that has ended can run no callback,
+  so a socket cannot be closed through its transport any more; the pool therefore
+  closes its connections as the loop ends, from an async generator that the loop
+  finalizes (`loop.shutdown_asyncgens()`, which `asyncio.run()` calls).
 """
 
 from __future__ import annotations
@@ -26,15 +30,20 @@ from __future__ import annotations
 import asyncio
 import collections
 import sys
+from collections.abc import AsyncGenerator
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
+import httpcore
 import httpx
 
-from nanobanana._connection import H1Connection, Origin
+from nanobanana._transport import _connect
+from nanobanana._transport._connection import H1Connection, Origin
 
 if TYPE_CHECKING:
     import ssl
     from collections.abc import Coroutine
+
+    from nanobanana._transport._parsers import ParserFactory
 
 __all__ = ["ConnectionPool"]
 
@@ -43,6 +52,9 @@ _T = TypeVar("_T")
 _GRANTED: Final = 1  # A slot: open a new connection.
 _TIMED_OUT: Final = 2  # The pool timeout passed first.
 _CLOSED: Final = 3  # The transport was closed.
+
+#: How long closing the pool waits for its connections' sockets to be really closed.
+CLOSE_WAIT: Final = 1.0
 
 if sys.version_info >= (3, 11):
 
@@ -58,6 +70,26 @@ else:  # pragma: no cover - exercised on 3.10 only
         return await asyncio.wait_for(coro, timeout)
 
 
+async def _watch(pool: ConnectionPool, tag: object) -> AsyncGenerator[None, None]:
+    # Suspended at its yield for as long as the pool is bound to a loop; the loop
+    # closes it when it shuts down, and the pool's connections go with it. `_unwatch`
+    # clears the tag first, so that closing it then closes nothing.
+    try:
+        yield
+    finally:
+        if pool._watch_tag is tag:
+            pool._loop_ending()
+
+
+def _step(awaitable: Any) -> None:
+    # Runs an async generator step that awaits nothing, without a task: it ends at
+    # once with StopIteration (or StopAsyncIteration, for a generator already closed).
+    try:
+        awaitable.send(None)
+    except (StopIteration, StopAsyncIteration):
+        return
+
+
 class ConnectionPool:
     """HTTP/1.1 connections to any number of origins, within `httpx.Limits`.
 
@@ -66,11 +98,16 @@ class ConnectionPool:
     `release`. The pool lives on one event loop at a time, bound by `bind_loop`.
 
     Args:
-        limits: As for `nanobanana._transport.AsyncioTransport`, which passes its own.
-        ssl_context: The same.
+        limits: `max_connections` caps open connections across all origins (None: no
+            cap); `max_keepalive_connections` caps idle ones; `keepalive_expiry` is how
+            long, in seconds, an idle connection may be reused (None: forever).
+        ssl_context: For https origins.
+        parser: The response parser backend (`nanobanana._transport._parsers`).
     """
 
-    def __init__(self, *, limits: httpx.Limits, ssl_context: ssl.SSLContext | None) -> None:
+    def __init__(
+        self, *, limits: httpx.Limits, ssl_context: ssl.SSLContext, parser: ParserFactory
+    ) -> None:
         self._max_open = sys.maxsize if limits.max_connections is None else limits.max_connections
         self._max_idle = (
             sys.maxsize
@@ -79,6 +116,9 @@ class ConnectionPool:
         )
         self._expiry = limits.keepalive_expiry
         self._ssl_context = ssl_context
+        self._parser = parser
+        self._watcher: AsyncGenerator[None, None] | None = None
+        self._watch_tag: object = None
         self._reset()
 
     def _reset(self) -> None:
@@ -92,11 +132,6 @@ class ConnectionPool:
         )
         self._n_waiting = 0
         self._sweep_handle: asyncio.TimerHandle | None = None
-
-    @property
-    def ssl_context(self) -> ssl.SSLContext | None:
-        """The SSL context given, or made for the first https connection; else None."""
-        return self._ssl_context
 
     @property
     def open_count(self) -> int:
@@ -125,11 +160,24 @@ class ConnectionPool:
         on, once that one has ended (a client used across `asyncio.run()` calls).
         """
         loop = self._loop
-        if loop is not None and loop.is_closed():
+        self._unwatch()
+        if loop is None or loop.is_closed():
             # Nothing can be waiting on, or release anything to, a loop that has
-            # ended: close the sockets it left and start afresh.
-            self._close_orphans()
+            # ended (its connections were closed as it ended): start afresh.
+            self._reset()
             return
+        closing = [conn for conn in self._close_all(abort=False) if not conn.lost]
+        if closing:
+            # Wait for the sockets to be really closed (a TLS connection says goodbye
+            # first), so that none outlives the close, nor its event loop; what is
+            # still open after CLOSE_WAIT is dropped.
+            await asyncio.wait([conn.lost_future() for conn in closing], timeout=CLOSE_WAIT)
+            for conn in closing:
+                if not conn.lost:
+                    conn.abort()
+            await asyncio.sleep(0)
+
+    def _close_all(self, *, abort: bool) -> list[H1Connection]:
         if self._sweep_handle is not None:
             self._sweep_handle.cancel()
             self._sweep_handle = None
@@ -139,16 +187,16 @@ class ConnectionPool:
         conns = list(self._conns)
         for conn in conns:
             conn.in_pool = False
-            conn.close()
+            if abort:
+                conn.abort()
+            else:
+                conn.close()
         while self._waiters:
             future, _ = self._waiters.popleft()
             if not future.done():
                 future.set_result(_CLOSED)
         self._n_waiting = 0
-        if conns:
-            # Let the loop run the transports' connection_lost callbacks, so that no
-            # socket outlives the close.
-            await asyncio.sleep(0)
+        return conns
 
     def bind_loop(self) -> asyncio.AbstractEventLoop:
         """Return the running loop, moving the pool to it if the old one has ended.
@@ -161,32 +209,44 @@ class ConnectionPool:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             raise RuntimeError(
-                "AsyncioTransport needs a running asyncio event loop; "
-                "under trio, use httpx.AsyncHTTPTransport."
+                "The fast HTTP/1.1 pool needs a running asyncio event loop."
             ) from None
         if loop is not self._loop:
             old = self._loop
             if old is not None and self._open and not old.is_closed():
                 raise RuntimeError(
-                    "AsyncioTransport was used on another event loop that is still open; "
+                    "This transport was used on another event loop that is still open; "
                     "create one transport per event loop."
                 )
             # Whatever the old, closed loop held is dead: start afresh.
-            self._close_orphans()
+            self._unwatch()
+            self._reset()
             self._loop = loop
+            tag = object()
+            watcher = _watch(self, tag)
+            self._watch_tag = tag
+            self._watcher = watcher
+            _step(watcher.asend(None))
         return loop
 
-    def _close_orphans(self) -> None:
-        for conn in list(self._conns):
-            conn.in_pool = False
-            conn.close()
-        self._reset()
+    def _unwatch(self) -> None:
+        # Stop watching the loop, without closing anything.
+        watcher, self._watcher = self._watcher, None
+        self._watch_tag = None
+        if watcher is not None:
+            _step(watcher.aclose())
+
+    def _loop_ending(self) -> None:
+        # The loop is shutting down: close every connection while callbacks can still
+        # run, and fail whoever waits.
+        self._watcher = None
+        self._watch_tag = None
+        self._close_all(abort=True)
 
     async def acquire(
         self,
         loop: asyncio.AbstractEventLoop,
         origin: Origin,
-        request: httpx.Request,
         timeouts: dict[str, float | None],
     ) -> H1Connection:
         """Open a connection to `origin`, or wait for one, when `reuse` found none.
@@ -194,29 +254,28 @@ class ConnectionPool:
         Args:
             loop: The running loop, from `bind_loop`.
             origin: Where the request goes.
-            request: The request, named by the errors raised.
             timeouts: httpx's timeouts; "pool" and "connect" are used here.
 
         Raises:
-            httpx.PoolTimeout: No connection was free within the pool timeout.
-            httpx.ConnectTimeout: Connecting took longer than the connect timeout.
-            httpx.ConnectError: The connection could not be made.
+            httpcore.PoolTimeout: No connection was free within the pool timeout.
+            httpcore.ConnectTimeout: Connecting took longer than the connect timeout.
+            httpcore.ConnectError: The connection could not be made.
             RuntimeError: The pool was closed while the request waited.
         """
         # No idle connection to the origin: open one, or queue for one.
         if not self._n_waiting:
             if self._open < self._max_open:
                 self._open += 1
-                return await self._connect(loop, origin, request, timeouts.get("connect"))
+                return await self._connect(loop, origin, timeouts.get("connect"))
             if self._n_idle:
                 # Full, but with idle connections to other origins: close the oldest
                 # one and use its slot.
                 self._evict_one()
-                return await self._connect(loop, origin, request, timeouts.get("connect"))
-        got = await self._queue(loop, origin, request, timeouts.get("pool"))
+                return await self._connect(loop, origin, timeouts.get("connect"))
+        got = await self._queue(loop, origin, timeouts.get("pool"))
         if isinstance(got, H1Connection):
             return got
-        return await self._connect(loop, origin, request, timeouts.get("connect"))
+        return await self._connect(loop, origin, timeouts.get("connect"))
 
     def _take_idle(
         self, loop: asyncio.AbstractEventLoop, idle: collections.deque[H1Connection]
@@ -227,7 +286,11 @@ class ConnectionPool:
             conn = idle.pop()
             self._n_idle -= 1
             conn.in_pool = False
-            if conn.reusable and (expiry is None or now - conn.idle_since < expiry):
+            if (
+                conn.reusable
+                and (expiry is None or now - conn.idle_since < expiry)
+                and not conn.readable()
+            ):
                 return conn
             self._discard(conn)
         return None
@@ -245,7 +308,6 @@ class ConnectionPool:
         self,
         loop: asyncio.AbstractEventLoop,
         origin: Origin,
-        request: httpx.Request,
         timeout: float | None,
     ) -> H1Connection | int:
         future: asyncio.Future[H1Connection | int] = loop.create_future()
@@ -267,7 +329,7 @@ class ConnectionPool:
             if handle is not None:
                 handle.cancel()
         if got == _TIMED_OUT:
-            raise httpx.PoolTimeout("Timed out waiting for a connection.", request=request)
+            raise httpcore.PoolTimeout("Timed out waiting for a connection.")
         if got == _CLOSED:
             raise RuntimeError("The transport was closed while the request waited.")
         return got
@@ -373,24 +435,22 @@ class ConnectionPool:
         self,
         loop: asyncio.AbstractEventLoop,
         origin: Origin,
-        request: httpx.Request,
         timeout: float | None,
     ) -> H1Connection:
         # The caller holds a slot for this connection; it is given back on failure.
         scheme, raw_host, port = origin
-        conn = H1Connection(loop, origin, self._on_lost)
+        conn = H1Connection(loop, origin, self._on_lost, self._parser)
         # Tracked from now on, so that aclose() also stops connections being opened.
         self._conns.add(conn)
         try:
             host = raw_host.decode("ascii")
-            ssl_context = self._get_ssl_context() if scheme == b"https" else None
             await _with_timeout(
-                loop.create_connection(
+                _connect.connect(
+                    loop,
                     lambda: conn,
                     host,
                     port,
-                    ssl=ssl_context,
-                    server_hostname=host if ssl_context is not None else None,
+                    ssl_context=self._ssl_context if scheme == b"https" else None,
                 ),
                 timeout,
             )
@@ -401,13 +461,8 @@ class ConnectionPool:
             self._grant_slot()
             # asyncio.TimeoutError is TimeoutError only from Python 3.11 on.
             if isinstance(exc, (TimeoutError, asyncio.TimeoutError)):
-                raise httpx.ConnectTimeout("Timed out connecting.", request=request) from exc
+                raise httpcore.ConnectTimeout("Timed out connecting.") from exc
             if isinstance(exc, OSError):
-                raise httpx.ConnectError(str(exc) or repr(exc), request=request) from exc
+                raise httpcore.ConnectError(str(exc) or repr(exc)) from exc
             raise
         return conn
-
-    def _get_ssl_context(self) -> ssl.SSLContext:
-        if self._ssl_context is None:
-            self._ssl_context = httpx.create_ssl_context()
-        return self._ssl_context

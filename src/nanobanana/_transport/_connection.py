@@ -1,31 +1,31 @@
 """One HTTP/1.1 client connection, as a raw `asyncio.Protocol`.
 
-The bytes are parsed inside `data_received` by `nanobanana._h1.H1Parser`, which this
-class extends with the I/O: body bytes are queued for the consumer as they arrive, so
-a server-sent event stream is seen event by event, and the socket stops being read
-while too much is queued (backpressure).
+Bytes are handed to a response parser (`nanobanana._transport._parsers`) inside
+`data_received`, and this class does the I/O around what it parses: body bytes are
+queued for the consumer as they arrive, so a server-sent event stream is seen event
+by event, and the socket stops being read while too much is queued (backpressure).
 
 The connection never sends a second request before the first response is complete
 (no pipelining), so it only ever has one reader and one writer waiting on it. Waits
 are plain futures resolved by the protocol callbacks or by a timer, never tasks.
 
-Why it is a module: it is the one place that touches an asyncio transport. The pool
-in `nanobanana._pool` owns connections; this module only speaks the protocol.
+It only uses what every asyncio event loop's transports offer (asyncio's own and
+uvloop's alike): no `isinstance` checks on the transport, no private methods.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
+import select
 from collections.abc import Callable
-from typing import Final
+from typing import Final, cast
 
-import httpx
+import httpcore
 
-from nanobanana._h1 import DONE, HEAD, IDLE, UNTIL_CLOSE, H1Parser
+from nanobanana._transport._parsers import ParserFactory
 
-__all__ = ["H1Connection", "Origin"]
+__all__ = ["H1Connection", "NotSentError", "Origin"]
 
 # Above this many buffered body bytes the socket is paused, until the consumer takes
 # them (it takes all that is queued at once). High enough that a fast consumer never
@@ -35,17 +35,21 @@ _HIGH_WATER: Final = 256 * 1024
 #: A pool key: scheme, host (IDNA-encoded, as httpx gives it) and port.
 Origin = tuple[bytes, bytes, int]
 
+# The connection's side of one exchange.
+IDLE: Final = 0  # No request in flight: any byte from the server is a protocol error.
+HEAD: Final = 1  # Waiting for the final response head.
+BODY: Final = 2  # Receiving the body.
+DONE: Final = 3  # Response complete (maybe not yet consumed).
 
-def _close_orphan(transport: asyncio.Transport) -> None:
-    # The connection's event loop has been closed (asyncio.run() returned while it
-    # sat in the pool), so transport.close() would raise "Event loop is closed".
-    # asyncio's socket transports release their socket in _call_connection_lost,
-    # which needs no loop. It is private, so it is only tried where it exists; a
-    # transport without it (TLS, other loops) is left to the garbage collector.
-    release = getattr(transport, "_call_connection_lost", None)
-    if release is not None:
-        with contextlib.suppress(Exception):
-            release(None)
+
+class NotSentError(httpcore.WriteError):
+    """The connection was closed before any byte of the request was written.
+
+    Nothing reached the server, so even a ``POST /generate`` may be sent again:
+    `nanobanana._retry` reads the ``nanobanana_not_sent`` mark on the cause.
+    """
+
+    nanobanana_not_sent = True
 
 
 def _wake_on_timeout(waiter: asyncio.Future[bool]) -> None:
@@ -53,7 +57,7 @@ def _wake_on_timeout(waiter: asyncio.Future[bool]) -> None:
         waiter.set_result(False)
 
 
-class H1Connection(H1Parser, asyncio.Protocol):
+class H1Connection(asyncio.Protocol):
     """An HTTP/1.1 connection to one origin, carrying one request at a time.
 
     Attributes:
@@ -61,6 +65,10 @@ class H1Connection(H1Parser, asyncio.Protocol):
         origin: The pool's key for this connection.
         idle_since: Loop time at which the connection last went back to the pool.
         in_pool: True while the pool holds it as idle.
+        status: The final response's status code, once its head is parsed.
+        reason: Its reason phrase.
+        http_version: Its HTTP version, `b"HTTP/1.1"` or `b"HTTP/1.0"`.
+        headers: Its header fields, in order.
     """
 
     def __init__(
@@ -68,17 +76,26 @@ class H1Connection(H1Parser, asyncio.Protocol):
         loop: asyncio.AbstractEventLoop,
         origin: Origin,
         on_lost: Callable[[H1Connection], None],
+        parser: ParserFactory,
     ) -> None:
-        super().__init__()
         self.origin = origin
         self.idle_since = 0.0
         self.in_pool = False
         self.loop = loop
+        self.status = 0
+        self.reason = b""
+        self.http_version = b"HTTP/1.1"
+        self.headers: list[tuple[bytes, bytes]] = []
+        self._parser = parser(self)
         self._on_lost = on_lost
         self._transport: asyncio.Transport | None = None
+        self._poll: select.poll | None = None
+        self._state = IDLE
+        self._keep_alive = True
+        self._got_bytes = False
         self._closed = False
         self._closing = False
-        self._exc: httpx.TransportError | None = None
+        self._exc: httpcore.NetworkError | httpcore.ProtocolError | None = None
         self._body: collections.deque[bytes] = collections.deque()
         self._buffered = 0
         self._read_paused = False
@@ -88,20 +105,34 @@ class H1Connection(H1Parser, asyncio.Protocol):
         self._timer_when = 0.0
         self._write_paused = False
         self._drain_waiter: asyncio.Future[bool] | None = None
+        self._lost_waiter: asyncio.Future[None] | None = None
 
     # -- protocol callbacks -------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)  # noqa: S101 - loop contract
-        self._transport = transport
+        # Any loop's stream transport (asyncio's, uvloop's) has the methods we use,
+        # whatever class it is: no isinstance check (uvloop's are not asyncio's).
+        self._transport = cast("asyncio.Transport", transport)
+        sock = transport.get_extra_info("socket")
+        if sock is not None and hasattr(select, "poll"):
+            poll = select.poll()
+            poll.register(sock.fileno(), select.POLLIN)
+            self._poll = poll
         if self._closing:
             # Closed (by the pool's aclose) while it was still connecting.
             transport.close()
 
     def data_received(self, data: bytes) -> None:
+        if self._state == IDLE:
+            # Bytes with no request in flight: the server is confused, and the
+            # connection must not carry more requests.
+            self._keep_alive = False
+            self.abort()
+            return
+        self._got_bytes = True
         try:
-            self._feed(data)
-        except httpx.RemoteProtocolError as exc:
+            self._parser.feed(data)
+        except httpcore.RemoteProtocolError as exc:
             self._fail(exc)
 
     def eof_received(self) -> None:
@@ -117,6 +148,9 @@ class H1Connection(H1Parser, asyncio.Protocol):
             self._timer = None
         self._end_of_stream(exc)
         self._wake_writer()
+        waiter = self._lost_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
         self._on_lost(self)
 
     def pause_writing(self) -> None:
@@ -126,12 +160,54 @@ class H1Connection(H1Parser, asyncio.Protocol):
         self._write_paused = False
         self._wake_writer()
 
+    # -- what the parser tells us (nanobanana._transport._parsers.ResponseSink) -------
+
+    def on_head(
+        self, status: int, reason: bytes, http_version: bytes, headers: list[tuple[bytes, bytes]]
+    ) -> None:
+        self.status = status
+        self.reason = reason
+        self.http_version = http_version
+        self.headers = headers
+        self._state = BODY
+        self._wake()
+
+    def on_body(self, chunk: bytes) -> None:
+        if not chunk:
+            return
+        self._body.append(chunk)
+        self._buffered += len(chunk)
+        if self._buffered > _HIGH_WATER and not self._read_paused and self._transport is not None:
+            self._read_paused = True
+            self._transport.pause_reading()
+        self._wake()
+
+    def on_complete(self, keep_alive: bool) -> None:
+        if not keep_alive:
+            self._keep_alive = False
+        self._state = DONE
+        self._wake()
+
+    def on_stray(self) -> None:
+        self._keep_alive = False
+
     # -- used by the pool -----------------------------------------------------------
 
     @property
     def reusable(self) -> bool:
         """True when another request may be sent on this connection."""
         return self._keep_alive and not self._closed and self._state == IDLE
+
+    def readable(self) -> bool:
+        """True when the idle socket has something to read: data, or the server's EOF.
+
+        The loop may not have run since the server closed an idle connection (it was
+        blocked, or the close came a moment ago), so `reusable` can still be True for
+        a dead socket. Asked just before reuse, as httpcore does, this catches that;
+        an idle HTTP/1.1 connection with anything to read is unusable either way.
+        """
+        poll = self._poll
+        return poll is not None and bool(poll.poll(0))
 
     @property
     def write_paused(self) -> bool:
@@ -151,55 +227,79 @@ class H1Connection(H1Parser, asyncio.Protocol):
         """Drop the socket at once, without flushing what is still buffered."""
         self._shut(flush=False)
 
+    @property
+    def lost(self) -> bool:
+        """True once the socket is closed (`connection_lost` ran), or never opened."""
+        return self._closed or self._transport is None
+
+    def lost_future(self) -> asyncio.Future[None]:
+        """A future resolved when the socket is closed (done already if it is)."""
+        waiter = self._lost_waiter
+        if waiter is None:
+            waiter = self._lost_waiter = self.loop.create_future()
+            if self.lost:
+                waiter.set_result(None)
+        return waiter
+
+    async def wait_lost(self, timeout: float) -> None:
+        """Wait (at most `timeout` seconds) until the socket is really closed."""
+        if not self.lost:
+            await asyncio.wait([self.lost_future()], timeout=timeout)
+
     def _shut(self, *, flush: bool) -> None:
         self._keep_alive = False
         self._closing = True
         transport = self._transport
-        if transport is None:
+        if transport is None or self.loop.is_closed():
+            # A loop that has ended can run no callback; the pool closes connections
+            # while their loop still runs (see `nanobanana._transport._pool`).
             return
-        if self.loop.is_closed():
-            _close_orphan(transport)
-        elif flush:
+        if flush:
             transport.close()
         else:
             transport.abort()
 
     # -- sending --------------------------------------------------------------------
 
-    def start(self, request: httpx.Request, *, close: bool) -> None:
-        """Prepare to receive the response to `request`, before any byte is sent."""
-        self._request = request
-        self._head_only = request.method == "HEAD"
+    def start(self, *, head_only: bool, close: bool) -> None:
+        """Prepare to receive a response, before any byte of its request is sent."""
+        self._parser.start(head_only=head_only)
         self._got_bytes = False
         self._exc = None
         self._state = HEAD
         if close:
             self._keep_alive = False
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes, *, first: bool = False) -> None:
         """Queue bytes on the socket.
 
+        Args:
+            data: The bytes.
+            first: These are the request's first bytes.
+
         Raises:
-            httpx.WriteError: The connection is already closed.
+            NotSentError: The connection was already closed and `first` is True:
+                nothing of the request left this machine.
+            httpcore.WriteError: The connection was closed while sending.
         """
         transport = self._transport
         if self._closed or transport is None or transport.is_closing():
-            raise self._exc or httpx.WriteError(
-                "Connection closed while sending the request.", request=self._request
-            )
+            if first:
+                raise NotSentError("Connection closed before the request was sent.")
+            raise self._exc or httpcore.WriteError("Connection closed while sending the request.")
         transport.write(data)
 
     async def drain(self, timeout: float | None) -> None:
         """Wait until the socket's write buffer is below its high-water mark.
 
         Raises:
-            httpx.WriteTimeout: It stayed full for `timeout` seconds.
-            httpx.WriteError: The connection was lost meanwhile.
+            httpcore.WriteTimeout: It stayed full for `timeout` seconds.
+            httpcore.WriteError: The connection was lost meanwhile.
         """
         while self._write_paused:
             if self._closed:
-                raise self._exc or httpx.WriteError(
-                    "Connection closed while sending the request.", request=self._request
+                raise self._exc or httpcore.WriteError(
+                    "Connection closed while sending the request."
                 )
             waiter = self.loop.create_future()
             self._drain_waiter = waiter
@@ -213,7 +313,7 @@ class H1Connection(H1Parser, asyncio.Protocol):
                 if handle is not None:
                     handle.cancel()
             if not ok:
-                raise httpx.WriteTimeout("Timed out sending the request.", request=self._request)
+                raise httpcore.WriteTimeout("Timed out sending the request.")
 
     # -- receiving ------------------------------------------------------------------
 
@@ -221,8 +321,9 @@ class H1Connection(H1Parser, asyncio.Protocol):
         """Wait for the final response head; then `status`, `reason`, `headers` are set.
 
         Raises:
-            httpx.ReadTimeout: No head within `timeout` seconds.
-            httpx.TransportError: The server broke the protocol or the connection.
+            httpcore.ReadTimeout: No head within `timeout` seconds.
+            httpcore.NetworkError: The connection broke.
+            httpcore.RemoteProtocolError: The server broke HTTP/1.1.
         """
         while self._state == HEAD and self._exc is None:
             await self._wait(timeout)
@@ -236,8 +337,9 @@ class H1Connection(H1Parser, asyncio.Protocol):
             Bytes, or None once the body is complete and everything has been returned.
 
         Raises:
-            httpx.ReadTimeout: No bytes arrived within `timeout` seconds.
-            httpx.TransportError: The server broke the protocol or the connection.
+            httpcore.ReadTimeout: No bytes arrived within `timeout` seconds.
+            httpcore.NetworkError: The connection broke.
+            httpcore.RemoteProtocolError: The server broke HTTP/1.1.
         """
         body = self._body
         while not body:
@@ -267,7 +369,6 @@ class H1Connection(H1Parser, asyncio.Protocol):
     def finish(self) -> None:
         """Mark the exchange over so that the connection may carry another request."""
         self._state = IDLE
-        self._request = None
         self.headers = []
 
     async def _wait(self, timeout: float | None) -> None:
@@ -294,7 +395,7 @@ class H1Connection(H1Parser, asyncio.Protocol):
         finally:
             self._waiter = None
         if not ok:
-            raise httpx.ReadTimeout("Timed out waiting for the server.", request=self._request)
+            raise httpcore.ReadTimeout("Timed out waiting for the server.")
 
     def _on_timer(self) -> None:
         self._timer = None
@@ -318,11 +419,11 @@ class H1Connection(H1Parser, asyncio.Protocol):
         if waiter is not None and not waiter.done():
             waiter.set_result(True)
 
-    def _fail(self, exc: httpx.TransportError) -> None:
+    def _fail(self, exc: httpcore.NetworkError | httpcore.ProtocolError) -> None:
         if self._exc is None:
             self._exc = exc
         self._keep_alive = False
-        if self._transport is not None:
+        if self._transport is not None and not self.loop.is_closed():
             self._transport.abort()
         self._wake()
 
@@ -330,40 +431,21 @@ class H1Connection(H1Parser, asyncio.Protocol):
         state = self._state
         if state in (IDLE, DONE) or self._exc is not None:
             return
-        if state == UNTIL_CLOSE and exc is None:
+        if state == BODY and exc is None and self._parser.feed_eof():
             self._state = DONE
             self._wake()
             return
-        request = self._request
-        error: httpx.TransportError
+        error: httpcore.NetworkError | httpcore.ProtocolError
         if exc is not None:
-            error = httpx.ReadError(str(exc) or type(exc).__name__, request=request)
+            error = httpcore.ReadError(str(exc) or type(exc).__name__)
         elif state == HEAD and not self._got_bytes:
-            error = httpx.RemoteProtocolError(
-                "Server disconnected without sending a response.", request=request
-            )
+            error = httpcore.RemoteProtocolError("Server disconnected without sending a response.")
         elif state == HEAD:
-            error = httpx.RemoteProtocolError(
-                "Server disconnected while sending the response head.", request=request
+            error = httpcore.RemoteProtocolError(
+                "Server disconnected while sending the response head."
             )
         else:
-            error = httpx.RemoteProtocolError(
-                "Server disconnected before the response body was complete.", request=request
+            error = httpcore.RemoteProtocolError(
+                "Server disconnected before the response body was complete."
             )
         self._fail(error)
-
-    # -- effects of parsing (see H1Parser) ------------------------------------------
-
-    def _push(self, chunk: bytes) -> None:
-        if not chunk:
-            return
-        self._body.append(chunk)
-        self._buffered += len(chunk)
-        if self._buffered > _HIGH_WATER and not self._read_paused and self._transport is not None:
-            self._read_paused = True
-            self._transport.pause_reading()
-        self._wake()
-
-    def _on_stray_bytes(self) -> None:
-        if self._transport is not None:
-            self._transport.abort()
