@@ -175,8 +175,11 @@ def test_faults_are_retried_or_typed_on_trio(sim, tmp_path):
             with pytest.raises(SSETooLargeError):
                 await drain(client.stream("oversize"))
             generation = await client.generate("image")
-            sim.inject("cdn_html")
-            with pytest.raises(DownloadError, match="not a PNG"):
+            sim.inject("cdn_html")  # a page answered 200 passes like a 5xx: retried
+            (path,) = await client.download(generation, tmp_path)
+            assert image_extension(path.read_bytes()[:16]) == "png"
+            sim.inject("cdn_410")
+            with pytest.raises(DownloadError, match="410"):
                 await client.download(generation, tmp_path)
             assert_no_leaks(client)
 

@@ -335,20 +335,22 @@ async def test_cdn_status_410(api, nanobanana_sim):
     assert nanobanana_sim.requests[-1].origin == "cdn"
 
 
-async def test_cdn_cut_sends_the_full_length_then_part_of_the_image_and_drops(
-    api, nanobanana_sim
-):
+async def read_into(response, chunks):
+    async for chunk in response.aiter_raw():
+        chunks.append(chunk)
+
+
+async def test_cdn_cut_sends_the_full_length_then_part_of_the_image_and_drops(api, nanobanana_sim):
     url = await image_url(api)
     async with httpx.AsyncClient(verify=TLS) as cdn:
         whole = (await cdn.get(url)).content
         nanobanana_sim.inject("cdn_cut", size=40)
-        received = b""
-        with pytest.raises(httpx.RemoteProtocolError):
-            async with cdn.stream("GET", url) as response:
-                assert response.headers["content-length"] == str(len(whole))
-                async for chunk in response.aiter_raw():
-                    received += chunk
-        assert received == whole[:40]
+        received: list[bytes] = []
+        async with cdn.stream("GET", url) as response:
+            assert response.headers["content-length"] == str(len(whole))
+            with pytest.raises(httpx.RemoteProtocolError):
+                await read_into(response, received)
+        assert b"".join(received) == whole[:40]
         assert (await cdn.get(url)).content == whole  # used up: whole again
     record = [r for r in nanobanana_sim.requests if r.origin == "cdn"][1]
     assert (record.status, record.outcome, record.faults) == (200, "cut", ("cdn_cut",))

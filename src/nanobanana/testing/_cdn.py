@@ -53,9 +53,7 @@ async def _huge(ex: Exchange, size: int) -> None:
 async def _cut(ex: Exchange, body: bytes, size: int | None) -> None:
     """Send the headers of ``body`` and its first ``size`` bytes, then drop the connection."""
     sent = len(body) // 2 if size is None else max(0, min(size, len(body) - 1))
-    await ex.start(
-        200, [("content-type", "image/png"), ("content-length", str(len(body)))]
-    )
+    await ex.start(200, [("content-type", "image/png"), ("content-length", str(len(body)))])
     if ex.method != "HEAD" and sent:
         await ex.write(body[:sent])
     raise CutConnection

@@ -9,10 +9,12 @@ and a failing generation can hit the same request:
 | category | kinds |
 |---|---|
 | delay | ``delay`` |
-| response | ``status``, ``reset``, ``content_type``, ``cdn_html``, ``cdn_huge``, ``cdn_redirect``, ``cdn_cut`` |
+| response | ``status``, ``reset``, ``content_type``, and the ``cdn_*`` kinds below |
 | after_charge | ``status`` and ``reset`` with ``after_charge=True`` |
 | stream | ``sse_cut``, ``sse_split``, ``sse_junk``, ``sse_heartbeats``, ``sse_oversize`` |
 | generation | ``outcome`` |
+
+The CDN's own kinds are ``cdn_html``, ``cdn_huge``, ``cdn_redirect`` and ``cdn_cut``.
 
 An ``after_charge`` fault is used up only when a request gets as far as the charge (a
 request refused with 400 or 402 leaves it armed for the next one); the others are used
