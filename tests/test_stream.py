@@ -556,14 +556,18 @@ async def test_aclose_from_a_watchdog_task_ends_the_consumers_loop_quietly_and_f
     client = await make_client(api, max_concurrency=1)
     stream = client.stream("p", idle_timeout=None)
     got = []
+    first = anyio.Event()
 
     async def consume():
-        got.extend([event.progress async for event in stream])
+        async for event in stream:
+            got.append(event.progress)
+            first.set()
         got.append("loop ended")
 
     async with anyio.create_task_group() as group:
         group.start_soon(consume)
-        await api.stalled.wait()  # the consumer is inside __anext__, reading
+        await api.stalled.wait()  # the stream is read up to where the server stalls
+        await first.wait()  # and the consumer is inside __anext__, waiting for more
         await stream.aclose()
         # aclose() returns once the response is closed and the slot given back.
         assert api.closed == 1
@@ -608,13 +612,17 @@ def test_aclose_from_a_watchdog_task_ends_the_loop_under_trio_too():
         ) as client:
             stream = client.stream("p", idle_timeout=None)
             got = []
+            first = trio.Event()
 
             async def consume():
-                got.extend([e.progress async for e in stream])
+                async for event in stream:
+                    got.append(event.progress)
+                    first.set()
 
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(consume)
                 await api.stalled.wait()
+                await first.wait()
                 await stream.aclose()
             assert got == [1]
             assert client.governor_stats().active == 0
