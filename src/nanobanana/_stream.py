@@ -222,6 +222,11 @@ async def _run(
                     elif kind == "error":
                         state.failed(event, data)
                     # Other types are newer than this client: skipped.
+            if final is not None:
+                # The pump closes the response, completes the result with one GET
+                # and frees the slot; `aclose()` from another task cuts it short.
+                with state.guard():
+                    await pump.done.wait()
         except CutError as exc:  # a complete event without images, the id known: poll
             cut = exc
         except GeneratorExit:
