@@ -46,9 +46,15 @@ class EventTranslator:
     )
 
     def note_id(self, event: dict[str, Any], data: Any) -> None:
-        # Once known, a cut stream can be finished with GET /generate?id=.
-        found = event_id(event, data)
-        if found is not None:
+        # Any event may carry the id, at the top or in `data` (PROTOCOL.md, mode stream);
+        # once known, a cut stream can be finished with GET /generate?id=. Inline rather
+        # than `event_id`: this runs for every event of every stream.
+        found = event.get("generationId")
+        if type(data) is dict:
+            inner = data.get("generationId")
+            if type(inner) is str and inner:
+                found = inner
+        if type(found) is str and found:
             self.generation_id = found
 
     def status(self, event: dict[str, Any]) -> ProgressEvent:

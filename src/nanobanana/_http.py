@@ -43,13 +43,7 @@ if TYPE_CHECKING:
     from nanobanana._config import Secret
     from nanobanana._governor import Governor
 
-__all__ = [
-    "STREAM_CLOSE_TIMEOUT",
-    "AutoTransport",
-    "OutOfTimeError",
-    "Requester",
-    "current_loop_token",
-]
+__all__ = ["AutoTransport", "OutOfTimeError", "Requester", "current_loop_token"]
 
 log = logging.getLogger("nanobanana")
 

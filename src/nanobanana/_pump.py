@@ -60,6 +60,8 @@ _MAX_PENDING = 1024 * 1024
 # After the last event, how much more to read while waiting for the end of the response.
 _DRAIN_BYTES = 64 * 1024
 _DRAIN_SECONDS = 0.5
+# The events after which the server closes the stream (stream-mode docs).
+_LAST_TYPES = frozenset({"complete", "error"})
 
 #: ``("events", [event, ...])``: parsed events, in order; ``("cut", exception)``: the
 #: stream ended before its last event; ``("error", exception)``: to raise as it is.
@@ -246,14 +248,13 @@ class EventPump:
                         found = None
                     for event in (found,) if type(found) is dict else payloads(text):
                         events.append(event)
-                        seen = event_id(event)
-                        if seen is not None:
-                            self.generation_id = seen
-                        if event.get("type") in ("complete", "error"):
+                        kind = event.get("type")
+                        if kind in _LAST_TYPES:
                             last = event
                             break
                     if last is not None:
                         break
+                self._note_id(events, last)
                 self._push(("events", events), size)
                 if last is not None:
                     self.last_event = last
@@ -270,6 +271,18 @@ class EventPump:
             self._push(("error", exc))
         except Exception as exc:  # noqa: BLE001 - a bug of ours: the consumer raises it
             self._push(("error", exc))
+
+    def _note_id(self, events: list[dict[str, Any]], last: dict[str, Any] | None) -> None:
+        # Per batch, not per event: the id does not change within a stream, so the
+        # events are searched only until one has it, and the last event is read always.
+        if last is not None:
+            self.generation_id = event_id(last) or self.generation_id
+        if self.generation_id is None:
+            for event in events:
+                found = event_id(event)
+                if found is not None:
+                    self.generation_id = found
+                    break
 
     async def _close(self) -> None:
         self._closing = True  # from here on, `stop` leaves the task alone
