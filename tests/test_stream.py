@@ -979,3 +979,59 @@ async def test_an_oversized_event_after_an_id_carries_the_id_and_the_request(mak
     with pytest.raises(SSETooLargeError, match="g_big") as info:
         await collect(client.stream("a kiwi", max_event_size=1000))
     assert (info.value.generation_id, info.value.prompt) == ("g_big", "a kiwi")
+
+
+async def test_reading_ahead_of_a_consumer_that_is_away_is_bounded(make_client):
+    sent = []
+
+    class Counted(Body):
+        async def __aiter__(self):
+            async for chunk in super().__aiter__():
+                sent.append(len(chunk))
+                yield chunk
+
+    statuses = [status(i % 100, f"step {i} of a long stream") for i in range(3000)]
+    api = FakeAPI()
+    api.handler_body = Counted(api, [*statuses, complete()])
+
+    async def handler(request):
+        api.requests.append(request)
+        if request.method == "GET":
+            return httpx.Response(404)
+        return httpx.Response(
+            200, headers={"content-type": "text/event-stream"}, stream=api.handler_body
+        )
+
+    http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+    async with AsyncNanoBanana(api_key=KEY, base_url=API, http_client=http) as client:
+        stream = client.stream("p", idle_timeout=None)
+        assert (await anext(stream)).message == "step 0 of a long stream"
+        await anyio.wait_all_tasks_blocked()
+        # The reader waits for room: some tens of kilobytes ahead, not the whole stream.
+        assert 100 < len(sent) < 1500
+        assert sum(sent) < 200 * 1024
+        assert client.governor_stats().active == 1
+        rest = [event async for event in stream]
+        assert [e.message for e in rest[:-1]] == [
+            f"step {i} of a long stream" for i in range(1, 3000)
+        ]
+        assert rest[-1].type == "complete"
+    await http.aclose()
+
+
+async def test_a_status_that_says_complete_or_error_does_not_end_the_stream(make_client):
+    api = FakeAPI(
+        [
+            status(10, "50% complete, no error so far", generationId="g_w"),
+            status(90, "almost complete") + complete() + status(95, "after the end"),
+        ],
+        polls=[poll_body("g_w")],
+    )
+    client = await make_client(api)
+    events = await collect(client.stream("p"))
+    assert [e.message for e in events] == [
+        "50% complete, no error so far",
+        "almost complete",
+        "Generation complete",
+    ]
+    assert events[-1].generation.created_at is not None

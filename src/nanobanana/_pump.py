@@ -56,15 +56,16 @@ log = logging.getLogger("nanobanana")
 RESULT_TIMEOUT = 5.0
 # Event data read ahead of a consumer that is away, at most (then the socket waits):
 # thousands of this protocol's events, and a bound on what a hostile server costs.
-_MAX_PENDING = 1024 * 1024
+_MAX_PENDING = 64 * 1024
 # After the last event, how much more to read while waiting for the end of the response.
 _DRAIN_BYTES = 64 * 1024
 _DRAIN_SECONDS = 0.5
 # The events after which the server closes the stream (stream-mode docs).
-_LAST_TYPES = frozenset({"complete", "error"})
+_LAST = frozenset({"complete", "error"})
 
-#: ``("events", [event, ...])``: parsed events, in order; ``("cut", exception)``: the
-#: stream ended before its last event; ``("error", exception)``: to raise as it is.
+#: ``("events", [sse, ...])``: the events read, in order (their data still JSON
+#: text); ``("cut", exception)``: the stream ended before its last event;
+#: ``("error", exception)``: to raise as it is.
 Item = tuple[Literal["events", "cut", "error"], Any]
 
 # Tasks are weakly referenced by the event loop: hold them until they end.
@@ -129,6 +130,19 @@ async def fetch_result(requester: Requester, generation_id: str) -> Generation |
     if generation.id != generation_id or generation.status is not GenerationStatus.COMPLETED:
         return None
     return generation
+
+
+def _parse(text: str) -> list[dict[str, Any]]:
+    """The JSON objects of one event's data (`payloads`, with its fast path first)."""
+    try:
+        found = json.loads(text)
+    except ValueError:
+        return payloads(text)
+    return [found] if type(found) is dict else []
+
+
+def _first_id(events: list[dict[str, Any]]) -> str | None:
+    return next((found for event in events if (found := event_id(event))), None)
 
 
 class EventPump:
@@ -225,7 +239,6 @@ class EventPump:
 
     async def _read(self) -> None:
         reader = self._reader
-        loads = json.loads
         try:
             while True:
                 while self._pending >= _MAX_PENDING:
@@ -236,26 +249,22 @@ class EventPump:
                     cut = CutError("the stream ended before a complete or error event")
                     self._push(("cut", cut))
                     return
-                events: list[dict[str, Any]] = []
+                # The consumer parses the events; here only those that may be the
+                # last one or carry the id are: a status event names neither word.
                 size = 0
                 last: dict[str, Any] | None = None
-                for sse in batch:
+                for index, sse in enumerate(batch):
                     text = sse.data
                     size += len(text)
-                    try:
-                        found = loads(text)
-                    except ValueError:
-                        found = None
-                    for event in (found,) if type(found) is dict else payloads(text):
-                        events.append(event)
-                        kind = event.get("type")
-                        if kind in _LAST_TYPES:
-                            last = event
+                    if self.generation_id is None and "generationId" in text:
+                        self.generation_id = _first_id(_parse(text))
+                    if "complete" in text or "error" in text:
+                        last = next((e for e in _parse(text) if e.get("type") in _LAST), None)
+                        if last is not None:
+                            self.generation_id = event_id(last) or self.generation_id
+                            del batch[index + 1 :]  # the server sends nothing after it
                             break
-                    if last is not None:
-                        break
-                self._note_id(events, last)
-                self._push(("events", events), size)
+                self._push(("events", batch), size)
                 if last is not None:
                     self.last_event = last
                     # "After generation completes (complete) or fails (error), the
@@ -271,18 +280,6 @@ class EventPump:
             self._push(("error", exc))
         except Exception as exc:  # noqa: BLE001 - a bug of ours: the consumer raises it
             self._push(("error", exc))
-
-    def _note_id(self, events: list[dict[str, Any]], last: dict[str, Any] | None) -> None:
-        # Per batch, not per event: the id does not change within a stream, so the
-        # events are searched only until one has it, and the last event is read always.
-        if last is not None:
-            self.generation_id = event_id(last) or self.generation_id
-        if self.generation_id is None:
-            for event in events:
-                found = event_id(event)
-                if found is not None:
-                    self.generation_id = found
-                    break
 
     async def _close(self) -> None:
         self._closing = True  # from here on, `stop` leaves the task alone

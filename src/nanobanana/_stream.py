@@ -36,6 +36,7 @@ cancels it, and the generator closes the response and ends in its own task.
 from __future__ import annotations
 
 import contextlib
+import json
 import warnings
 from functools import partial
 from typing import TYPE_CHECKING, Any, cast
@@ -50,7 +51,7 @@ from nanobanana._errors import (
     UnexpectedResponseError,
     note_request,
 )
-from nanobanana._events import CutError, EventTranslator
+from nanobanana._events import CutError, EventTranslator, payloads
 from nanobanana._models import Generation, ProgressEvent
 from nanobanana._pump import EventPump, fetch_result
 from nanobanana._retry import RequestKind
@@ -196,6 +197,7 @@ async def _run(
             pump.start()
             if announce:
                 yield None
+            loads = json.loads
             while final is None:
                 with state.guard():
                     item = await pump.receive()
@@ -204,24 +206,32 @@ async def _run(
                 if item is None:  # cannot happen: the pump ends with its last item
                     cut = CutError("the stream's reader ended without a last event")
                     break
-                kind, payload = item
-                if kind == "cut":
+                what, payload = item
+                if what == "cut":
                     cut = payload
                     break
-                if kind == "error":
+                if what == "error":
                     raise _stream_error(payload, state)
-                for event in payload:
-                    data = event.get("data")
-                    state.note_id(event, data)
-                    kind = event.get("type")
-                    if kind == "status":
-                        yield state.status(event)
-                    elif kind == "complete":
-                        final = state.complete(event, data)
+                for sse in payload:
+                    text = sse.data
+                    try:
+                        found = loads(text)
+                    except ValueError:
+                        found = None
+                    for event in (found,) if type(found) is dict else payloads(text):
+                        data = event.get("data")
+                        state.note_id(event, data)
+                        kind = event.get("type")
+                        if kind == "status":
+                            yield state.status(event)
+                        elif kind == "complete":
+                            final = state.complete(event, data)
+                            break
+                        elif kind == "error":
+                            state.failed(event, data)
+                        # Other types are newer than this client: skipped.
+                    if final is not None:
                         break
-                    elif kind == "error":
-                        state.failed(event, data)
-                    # Other types are newer than this client: skipped.
             if final is not None:
                 # The pump closes the response, completes the result with one GET
                 # and frees the slot; `aclose()` from another task cuts it short.
