@@ -55,7 +55,9 @@ log = logging.getLogger("nanobanana")
 #: The longest the one ``GET /generate?id=`` after a ``complete`` event may take.
 RESULT_TIMEOUT = 5.0
 # Event data read ahead of a consumer that is away, at most (then the socket waits):
-# thousands of this protocol's events, and a bound on what a hostile server costs.
+# hundreds of this protocol's events (a heartbeat every 15 s: hours of them), and a
+# bound on what a hostile server costs. Larger costs a consumer that does read: the
+# more events are alive at once, the more the garbage collector has to walk.
 _MAX_PENDING = 64 * 1024
 # After the last event, how much more to read while waiting for the end of the response.
 _DRAIN_BYTES = 64 * 1024
