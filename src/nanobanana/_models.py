@@ -126,10 +126,11 @@ class Generation:
 
     ``expires_at`` is when the image URLs stop working: "generated image URLs are
     valid for 15 days" (overview docs), so ``created_at`` plus 15 days. Without a
-    ``created_at`` (a sync answer), the client sets it to 15 days after it sent the
-    request, which is at most the generation's duration early: download before it.
-    It is ``None`` only when neither is known. `attrs.evolve` copies it as it is:
-    pass ``expires_at`` too when you change ``created_at``.
+    ``created_at`` (a sync answer; a stream's result whose extra ``GET`` failed), the
+    client sets it to 15 days after it sent the request, which is at most the
+    generation's duration early: download before it. It is ``None`` only when neither
+    is known. `attrs.evolve` copies it as it is: pass ``expires_at`` too when you
+    change ``created_at``.
     """
 
     id: str
