@@ -56,6 +56,12 @@ def docs(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """Benchmarks against raw httpx and aiohttp (never part of the default run)."""
     session.install("-e", ".[cli,sim,speedups]", *_group("bench"))
-    scripts = ["bench_generate.py", "bench_stream.py", "bench_import.py", "bench_ergonomics.py"]
+    scripts = [
+        "bench_generate.py",
+        "bench_stream.py",
+        "bench_import.py",
+        "bench_ergonomics.py",
+        "bench_delivery.py",
+    ]
     for script in (f"benchmarks/{name}" for name in scripts):
         session.run("python", script, *session.posargs)

@@ -2,10 +2,12 @@
 
 Run as `python benchmarks/bench_stream.py [EVENTS]`. The file starts itself again as a
 server subprocess (`--serve`): a raw `asyncio.Protocol` on 127.0.0.1 that answers every
-request with a stream-mode `POST /generate` response, `text/event-stream` with chunked
+`POST` with a stream-mode `POST /generate` response, `text/event-stream` with chunked
 transfer encoding, as fast as the socket takes it: EVENTS-1 `status` events (with
 `generationId`, as the simulator's resumable streams send them) and one `complete`.
-The body is built once, in chunks of 16 KiB, so the server costs next to nothing.
+The body is built once, in chunks of 16 KiB, so the server costs next to nothing. A
+`GET` (the `GET /generate?id=` that `client.stream()` sends after `complete` to
+complete its result) gets the generation's small JSON, as from the service.
 
 Readers, each best of 7 rounds (interleaved) after a warm-up round, each parsing every
 event's JSON (a consumer has to) unless said otherwise:
@@ -74,6 +76,27 @@ def _response(n):
     return head + b"".join(chunks)
 
 
+# `GET /generate?id=`: the generation, as the service answers a poll. `client.stream()`
+# sends one after the `complete` event to complete its result (model, credits, time).
+_POLL = json.dumps(
+    {
+        "data": {
+            "id": "gen_bench",
+            "prompt": "a banana",
+            "outputImageUrls": ["http://127.0.0.1/x.png"],
+            "modelUsed": "nano-banana",
+            "processingStatus": "completed",
+            "creditsUsed": 1,
+            "createdAt": "2026-01-01T00:00:00.000Z",
+        }
+    }
+).encode()
+_POLL_RESPONSE = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(_POLL)
+    + _POLL
+)
+
+
 class _Handler(asyncio.Protocol):
     response = b""
 
@@ -99,7 +122,8 @@ class _Handler(asyncio.Protocol):
             if len(self._buf) < end + 4 + length:
                 return
             self._buf = self._buf[end + 4 + length :]
-            self._transport.write(self.response)
+            poll = head.startswith(b"get ")
+            self._transport.write(_POLL_RESPONSE if poll else self.response)
 
 
 async def _serve(n):

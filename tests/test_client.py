@@ -1,6 +1,7 @@
 import asyncio
 import json
 import logging
+from datetime import datetime, timedelta, timezone
 
 import httpx
 import pytest
@@ -308,6 +309,72 @@ async def test_500_on_generate_is_never_resent_and_says_it_may_have_been_charged
     assert route.call_count == 1
     assert info.value.may_have_been_charged is True
     assert clock.sleeps == []
+
+
+def clock_time(clock):
+    return datetime.fromtimestamp(clock.time(), tz=timezone.utc)
+
+
+@pytest.mark.parametrize(
+    ("answer", "error", "seen_id"),
+    [
+        (httpx.Response(500, json={"error": "boom"}), InternalServerError, None),
+        (
+            httpx.Response(500, json={"error": "failed", "generationId": "gen_500"}),
+            InternalServerError,
+            "gen_500",
+        ),
+        (httpx.ReadTimeout("slow"), APITimeoutError, None),
+        (httpx.RemoteProtocolError("Server disconnected"), APIConnectionError, None),
+        (httpx.Response(200, text="<html>ok</html>"), UnexpectedResponseError, None),
+        (httpx.Response(200, json={"generationId": "gen_x"}), UnexpectedResponseError, "gen_x"),
+    ],
+    ids=["500", "500-with-id", "read-timeout", "dropped", "not-json", "no-images"],
+)
+@respx.mock
+async def test_a_generate_that_may_have_been_charged_says_what_was_asked_and_when(
+    client, clock, answer, error, seen_id
+):
+    respx.post(f"{API}/generate").mock(side_effect=[answer])
+    asked = clock_time(clock)
+    with pytest.raises(error) as info:
+        await client.generate("a lemon", model="nanobanan-2", quantity=2)
+    exc = info.value
+    assert exc.may_have_been_charged is True
+    assert (exc.prompt, exc.model, exc.mode) == ("a lemon", "nanobanan-2", "sync")
+    assert exc.requested_at == asked
+    assert exc.generation_id == seen_id
+
+
+@respx.mock
+async def test_a_submit_that_may_have_been_charged_says_so_too(client, clock):
+    respx.post(f"{API}/generate").mock(
+        side_effect=[httpx.ReadTimeout("slow"), httpx.Response(200, json={"success": True})]
+    )
+    for _ in range(2):
+        with pytest.raises(NanoBananaError) as info:
+            await client.submit("a pear")
+        assert info.value.may_have_been_charged is True
+        assert (info.value.prompt, info.value.model, info.value.mode) == ("a pear", None, "async")
+        assert info.value.requested_at == clock_time(clock)
+
+
+@respx.mock
+async def test_an_error_that_charged_nothing_carries_the_request_too_but_says_not_charged(client):
+    respx.post(f"{API}/generate").respond(402, json={"error": "Insufficient credits"})
+    with pytest.raises(InsufficientCreditsError) as info:
+        await client.generate("a plum")
+    assert info.value.may_have_been_charged is False
+    assert info.value.prompt == "a plum"
+
+
+@respx.mock
+async def test_a_sync_result_expires_15_days_after_the_request_at_the_earliest(client, clock):
+    respx.post(f"{API}/generate").respond(json=SYNC_OK)
+    asked = clock_time(clock)
+    generation = await client.generate("x")
+    assert generation.created_at is None  # a sync answer has no createdAt
+    assert generation.expires_at == asked + timedelta(days=15)
 
 
 @respx.mock
@@ -690,3 +757,15 @@ async def test_errors_keep_a_copy_of_the_request_without_the_key(client):
         assert request.headers["authorization"] == "Bearer [api key]"
         assert request.url == f"{API}/credits"
     assert KEY not in status_error.value.response.text
+
+
+def test_a_polled_generation_expires_15_days_after_it_was_created():
+    data = {"id": "g", "processingStatus": "completed", "createdAt": "2025-01-01T10:00:00.000Z"}
+    generation = nanobanana.Generation.from_json(data)
+    assert generation.expires_at == datetime(2025, 1, 16, 10, tzinfo=timezone.utc)
+    # A createdAt without an offset is UTC too, so that it compares with aware times.
+    naive = nanobanana.Generation.from_json({**data, "createdAt": "2025-01-01T10:00:00"})
+    assert naive.created_at == generation.created_at
+    assert naive.expires_at == generation.expires_at
+    unknown = nanobanana.Generation.from_json({**data, "createdAt": "yesterday"})
+    assert (unknown.created_at, unknown.expires_at) == (None, None)

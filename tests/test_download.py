@@ -2,8 +2,10 @@ import os
 import random
 import re
 import stat
+from datetime import datetime, timedelta, timezone
 
 import anyio
+import attrs
 import httpx
 import pytest
 import respx
@@ -163,24 +165,71 @@ def test_image_extension_recognises_avif_and_rejects_text():
     assert image_extension(b"") is None
 
 
-async def test_an_html_error_page_is_not_saved_as_an_image(make_client, router, tmp_path):
-    router.get("https://cdn.test/a.png").respond(
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [
+        (HTML, "text/html"),
+        (HTML, "image/png"),  # the Content-Type is not trusted: the bytes decide
+        (b"", "image/png"),
+        (b'{"error": "rate limited"}', "application/json"),
+    ],
+    ids=["html", "html-labelled-png", "empty", "json"],
+)
+async def test_a_body_that_is_no_image_is_retried_like_a_5xx_and_never_written(
+    make_client, router, tmp_path, body, content_type
+):
+    route = router.get("https://cdn.test/a.png")
+    route.side_effect = [
+        httpx.Response(200, content=body, headers={"content-type": content_type}),
+        httpx.Response(200, content=body, headers={"content-type": content_type}),
+        httpx.Response(200, content=PNG, headers={"content-type": "image/png"}),
+    ]
+    clock = FakeClock()
+    client = await make_client(clock=clock, max_retries=0)  # max_retries: API calls only
+    (path,) = await client.download(gen("g", "https://cdn.test/a.png"), tmp_path)
+    assert path.read_bytes() == PNG
+    assert route.call_count == 3
+    assert len(clock.sleeps) == 2  # the client's backoff between attempts
+    assert listing(tmp_path) == ["g-0.png"]
+
+
+async def test_a_page_that_stays_no_image_is_a_download_error_when_the_deadline_passes(
+    make_client, router, tmp_path
+):
+    route = router.get("https://cdn.test/a.png").respond(
         200, content=HTML, headers={"content-type": "text/html"}
     )
-    client = await make_client()
+    clock = FakeClock()
+    client = await make_client(clock=clock)
+    start = clock.monotonic()
     with pytest.raises(DownloadError, match="text/html") as info:
-        await client.download(gen("g", "https://cdn.test/a.png" + SIGNED), tmp_path)
+        await client.download(gen("g", "https://cdn.test/a.png" + SIGNED), tmp_path, timeout=60)
+    # Retried for as long as the deadline allows, never past it: not 4 attempts.
+    assert route.call_count > client.retry_policy.attempts
+    assert clock.monotonic() - start <= 60
+    assert clock.monotonic() - start + client.retry_policy.wait_max > 60
     assert info.value.url == "https://cdn.test/a.png"
+    assert info.value.status_code == 200
     assert "s3cr3tsig" not in str(info.value)
     assert listing(tmp_path) == []
 
 
-async def test_an_empty_body_is_not_an_image(make_client, router, tmp_path):
-    router.get("https://cdn.test/a").respond(200, content=b"")
-    client = await make_client()
+async def test_a_timeout_of_zero_tries_each_image_once(make_client, router, tmp_path):
+    route = router.get("https://cdn.test/a").respond(200, content=b"")
+    clock = FakeClock()
+    client = await make_client(clock=clock)
     with pytest.raises(DownloadError, match="empty body"):
-        await client.download("https://cdn.test/a", tmp_path)
+        await client.download("https://cdn.test/a", tmp_path, timeout=0)
+    assert route.call_count == 1
+    assert clock.sleeps == []
     assert listing(tmp_path) == []
+
+
+@pytest.mark.parametrize("bad", [-1, float("nan"), "10", True])
+async def test_a_bad_timeout_is_a_value_error(make_client, tmp_path, bad):
+    client = await make_client()
+    with pytest.raises(ValueError, match="timeout"):
+        await client.download("https://cdn.test/a", tmp_path, timeout=bad)
 
 
 async def test_a_declared_size_over_the_limit_is_refused_before_reading(
@@ -258,14 +307,27 @@ async def test_a_connection_dropped_mid_body_is_retried_from_the_start(
     assert listing(tmp_path) == ["g-0.png"]
 
 
-async def test_retries_give_up_after_the_policys_attempts(make_client, router, tmp_path):
+async def test_retries_go_on_until_the_deadline_not_for_a_count(make_client, router, tmp_path):
     route = router.get("https://cdn.test/a" + SIGNED).respond(500)
-    client = await make_client(retry_policy=RetryPolicy(attempts=3))
+    clock = FakeClock()
+    client = await make_client(clock=clock, retry_policy=RetryPolicy(attempts=3, timeout=120))
     with pytest.raises(DownloadError, match="500") as info:
         await client.download(gen("g", "https://cdn.test/a" + SIGNED), tmp_path)
-    assert route.call_count == 3
+    assert route.call_count > 3
+    assert sum(clock.sleeps) <= 120
+    assert max(clock.sleeps) <= client.retry_policy.wait_max
     assert info.value.status_code == 500
     assert "s3cr3tsig" not in str(info.value)
+
+
+async def test_without_any_deadline_the_policys_attempts_bound_the_retries(
+    make_client, router, tmp_path
+):
+    route = router.get("https://cdn.test/a").respond(503)
+    client = await make_client(retry_policy=RetryPolicy(attempts=3, timeout=None))
+    with pytest.raises(DownloadError, match="503"):
+        await client.download("https://cdn.test/a", tmp_path)
+    assert route.call_count == 3
 
 
 async def test_transport_errors_are_download_errors_chained_to_the_cause(
@@ -350,13 +412,86 @@ async def test_one_failed_image_raises_after_the_others_are_written(make_client,
     router.get("https://cdn.test/ok").respond(200, content=PNG)
     router.get("https://cdn.test/gone").respond(404)
     client = await make_client()
+    gone = "https://cdn.test/gone" + SIGNED
     with pytest.raises(DownloadError, match="404") as info:
         await client.download(
-            gen("g", "https://cdn.test/ok", "https://cdn.test/gone", "https://cdn.test/ok"),
-            tmp_path,
+            gen("g_rec", "https://cdn.test/ok", gone, "https://cdn.test/ok"), tmp_path
         )
-    assert listing(tmp_path) == ["g-0.png", "g-2.png"]
-    assert [path.name for path in info.value.saved] == ["g-0.png", "g-2.png"]
+    assert listing(tmp_path) == ["g_rec-0.png", "g_rec-2.png"]
+    error = info.value
+    # Everything needed to recover: which generation, what was saved, what was not.
+    assert error.generation_id == "g_rec"
+    assert [path.name for path in error.saved] == ["g_rec-0.png", "g_rec-2.png"]
+    assert error.unsaved_urls == (gone,)  # whole, to download again; not in the text
+    assert "s3cr3tsig" not in str(error)
+    assert "s3cr3tsig" not in repr(error)
+
+
+async def test_an_error_before_any_fetch_still_lists_every_url_as_unsaved(
+    make_client, router, tmp_path
+):
+    client = await make_client()
+    (tmp_path / "file").write_text("x")
+    urls = ("https://cdn.test/a", "https://cdn.test/b")
+    with pytest.raises(DownloadError, match="not a folder") as info:
+        await client.download(gen("g", *urls), tmp_path / "file")
+    assert (info.value.generation_id, info.value.saved, info.value.unsaved_urls) == ("g", (), urls)
+    with pytest.raises(DownloadError, match="http") as info:
+        await client.download(["https://cdn.test/a", "ftp://x/b"], tmp_path)
+    assert info.value.generation_id is None  # bare URLs: no generation known
+    assert info.value.unsaved_urls == ("https://cdn.test/a", "ftp://x/b")
+
+
+def created(clock, *, days_ago):
+    return datetime.fromtimestamp(clock.time(), tz=timezone.utc) - timedelta(days=days_ago)
+
+
+async def test_a_gone_link_after_15_days_says_it_expired_and_to_generate_again(
+    make_client, router, tmp_path
+):
+    router.get("https://cdn.test/old.png").respond(403, text="Forbidden: URL expired")
+    clock = FakeClock()
+    client = await make_client(clock=clock)
+    old = attrs.evolve(gen("g_old", "https://cdn.test/old.png"), created_at=None)
+    old = attrs.evolve(old, expires_at=created(clock, days_ago=16) + timedelta(days=15))
+    with pytest.raises(DownloadError, match="expired at") as info:
+        await client.download(old, tmp_path)
+    message = str(info.value)
+    assert old.expires_at.isoformat(timespec="seconds") in message
+    assert "generate the image again" in message
+    assert info.value.generation_id == "g_old"
+
+
+async def test_a_gone_link_before_its_15_days_says_it_has_not_expired_and_what_to_try(
+    make_client, router, tmp_path
+):
+    router.get("https://cdn.test/new.png").respond(404)
+    clock = FakeClock()
+    client = await make_client(clock=clock)
+    fresh = Generation(
+        id="g_new",
+        status=GenerationStatus.COMPLETED,
+        image_urls=("https://cdn.test/new.png",),
+        created_at=created(clock, days_ago=1),
+    )
+    with pytest.raises(DownloadError, match="has not expired") as info:
+        await client.download(fresh, tmp_path)
+    assert "client.job('g_new').wait()" in str(info.value)
+    assert fresh.expires_at.isoformat(timespec="seconds") in str(info.value)
+
+
+async def test_any_failure_after_expiry_mentions_the_expiry(make_client, router, tmp_path):
+    router.get("https://cdn.test/a").respond(500)
+    clock = FakeClock()
+    client = await make_client(clock=clock)
+    old = Generation(
+        id="g",
+        status=GenerationStatus.COMPLETED,
+        image_urls=("https://cdn.test/a",),
+        created_at=created(clock, days_ago=20),
+    )
+    with pytest.raises(DownloadError, match=r"500 .*expired at"):
+        await client.download(old, tmp_path, timeout=1)
 
 
 @pytest.mark.parametrize("below", [(), ("sub",)], ids=["dest is a file", "dest is under a file"])

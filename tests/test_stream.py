@@ -2,6 +2,7 @@ import gc
 import json
 import random
 import warnings
+from datetime import datetime, timedelta, timezone
 
 import anyio
 import httpx
@@ -11,6 +12,7 @@ from nanobanana import (
     APIConnectionError,
     AsyncNanoBanana,
     FakeClock,
+    Generation,
     GenerationFailedError,
     GenerationStatus,
     InsufficientCreditsError,
@@ -71,11 +73,18 @@ class Body(httpx.AsyncByteStream):
             if chunk is STALL:
                 self.api.stalled.set()
                 await anyio.sleep_forever()
+            if isinstance(chunk, anyio.Event):  # a gate: the server sends on once set
+                self.api.stalled.set()
+                await chunk.wait()
+                continue
             if isinstance(chunk, Exception):
                 raise chunk
             yield chunk
 
     async def aclose(self):
+        self.api.closing.set()
+        if self.api.close_gate is not None:
+            await self.api.close_gate.wait()  # a close that takes its time
         self.api.closed += 1
 
 
@@ -89,6 +98,8 @@ class FakeAPI:
         self.opened = 0
         self.closed = 0
         self.stalled = anyio.Event()
+        self.closing = anyio.Event()
+        self.close_gate = None
         self.active_during_poll = []
         self.client = None
 
@@ -97,7 +108,14 @@ class FakeAPI:
         if request.method == "GET":
             if self.client is not None:
                 self.active_during_poll.append(self.client.governor_stats().active)
-            return httpx.Response(200, json=self.polls.pop(0))
+            if not self.polls:  # nothing scripted: as the service for an unknown id
+                return httpx.Response(404, json={"error": "Generation not found"})
+            poll = self.polls.pop(0)
+            if isinstance(poll, Exception):
+                raise poll
+            if isinstance(poll, httpx.Response):
+                return poll
+            return httpx.Response(200, json=poll)
         script = self.streams.pop(0) if len(self.streams) > 1 else self.streams[0]
         if isinstance(script, httpx.Response):
             return script
@@ -556,14 +574,18 @@ async def test_aclose_from_a_watchdog_task_ends_the_consumers_loop_quietly_and_f
     client = await make_client(api, max_concurrency=1)
     stream = client.stream("p", idle_timeout=None)
     got = []
+    first = anyio.Event()
 
     async def consume():
-        got.extend([event.progress async for event in stream])
+        async for event in stream:
+            got.append(event.progress)
+            first.set()
         got.append("loop ended")
 
     async with anyio.create_task_group() as group:
         group.start_soon(consume)
-        await api.stalled.wait()  # the consumer is inside __anext__, reading
+        await api.stalled.wait()  # the stream is read up to where the server stalls
+        await first.wait()  # and the consumer is inside __anext__, waiting for more
         await stream.aclose()
         # aclose() returns once the response is closed and the slot given back.
         assert api.closed == 1
@@ -608,13 +630,17 @@ def test_aclose_from_a_watchdog_task_ends_the_loop_under_trio_too():
         ) as client:
             stream = client.stream("p", idle_timeout=None)
             got = []
+            first = trio.Event()
 
             async def consume():
-                got.extend([e.progress async for e in stream])
+                async for event in stream:
+                    got.append(event.progress)
+                    first.set()
 
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(consume)
                 await api.stalled.wait()
+                await first.wait()
                 await stream.aclose()
             assert got == [1]
             assert client.governor_stats().active == 0
@@ -716,3 +742,296 @@ async def test_many_distinct_status_events_each_keep_their_own_values(make_clien
     assert [e.raw_progress for e in events[:-1]] == [i % 101 for i in range(600)]
     assert events[200].progress == 100
     assert events[200].is_heartbeat
+
+
+# -- a stream's slot follows the server, not the caller --------------------------------
+
+
+async def test_a_stream_kept_after_break_frees_its_slot_once_the_server_has_ended_it(
+    make_client,
+):
+    gate = anyio.Event()
+    api = FakeAPI(
+        [status(10, generationId="g_kept"), gate, status(60), complete()],
+        polls=[poll_body("g_kept"), {"data": {"credits": 7}}],
+    )
+    client = await make_client(api, max_concurrency=1)
+    stream = client.stream("p", idle_timeout=None)
+    async for event in stream:
+        assert event.progress == 10
+        break
+    await api.stalled.wait()
+    await anyio.wait_all_tasks_blocked()
+    # The server is still sending: its count of requests in flight holds the stream.
+    assert client.governor_stats().active == 1
+    assert api.closed == 0
+    gate.set()  # the server sends the rest and ends the stream
+    await anyio.wait_all_tasks_blocked()
+    assert api.closed == 1
+    assert client.governor_stats().active == 0
+    # So the next call goes out at once, the stream still unclosed in its variable.
+    assert await client.credits() == 7
+    # What was read ahead is still there for the loop to go on with.
+    rest = [event async for event in stream]
+    assert [e.progress for e in rest] == [60, 100]
+    assert rest[-1].generation.model == "nanobanan-2"
+    await stream.aclose()
+
+
+async def test_a_stream_dropped_while_open_is_closed_and_warns(make_client):
+    api = FakeAPI([status(1, generationId="g_drop"), STALL])
+    client = await make_client(api, max_concurrency=1)
+    stream = client.stream("p", idle_timeout=None)
+    assert (await anext(stream)).progress == 1
+    await api.stalled.wait()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        del stream
+        gc.collect()
+        await anyio.wait_all_tasks_blocked()  # the event loop's finalizer closes it
+        gc.collect()
+    assert [w.category for w in caught] == [ResourceWarning]
+    assert "generation g_drop was dropped without being closed" in str(caught[0].message)
+    assert api.closed == 1
+    assert client.governor_stats().active == 0
+
+
+async def test_a_stream_closed_by_hand_or_read_to_its_end_never_warns(make_client):
+    api = FakeAPI([status(1, generationId="g"), STALL], [status(1), complete()])
+    client = await make_client(api, max_concurrency=1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        stream = client.stream("p", idle_timeout=None)
+        await anext(stream)
+        await stream.aclose()
+        del stream
+        stream = client.stream("p")
+        assert [e.type async for e in stream] == ["status", "complete"]
+        del stream
+        gc.collect()
+        await anyio.wait_all_tasks_blocked()
+    assert [str(w.message) for w in caught] == []
+
+
+async def test_a_cancelled_stream_keeps_its_slot_until_its_connection_is_closed(make_client):
+    api = FakeAPI([status(1), STALL])
+    api.close_gate = anyio.Event()
+    client = await make_client(api, max_concurrency=1)
+    got = anyio.Event()
+    consumer = anyio.CancelScope()
+
+    async def consume():
+        with consumer:
+            async for _ in client.stream("p", idle_timeout=None):
+                got.set()
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(consume)
+        await got.wait()
+        await api.stalled.wait()
+        consumer.cancel()
+        await api.closing.wait()
+        await anyio.wait_all_tasks_blocked()
+        # The close is under way: the server still counts the request, so does the
+        # client (a slot freed now would send the next request to a 429).
+        assert client.governor_stats().active == 1
+        api.close_gate.set()
+    assert api.closed == 1
+    assert client.governor_stats().active == 0
+
+
+async def test_a_cancelled_stream_whose_close_hangs_frees_its_slot_after_a_bound(
+    make_client, monkeypatch
+):
+    monkeypatch.setattr("nanobanana._http.STREAM_CLOSE_TIMEOUT", 0.05)
+    api = FakeAPI([status(1), STALL])
+    api.close_gate = anyio.Event()  # never set: the close would hang forever
+    client = await make_client(api, max_concurrency=1)
+    with anyio.move_on_after(0.05):
+        async for _ in client.stream("p", idle_timeout=None):
+            pass
+    await anyio.wait_all_tasks_blocked()
+    assert api.closing.is_set()
+    assert client.governor_stats().active == 0
+
+
+# -- a stream's result is as complete as a polled one -----------------------------------
+
+
+async def test_the_complete_result_is_completed_with_one_get_on_the_streams_own_slot(
+    make_client, clock
+):
+    gate = anyio.Event()
+    api = FakeAPI(
+        [status(1, generationId="g_full"), gate, complete()],
+        [complete(generationId="g_next")],
+        polls=[poll_body("g_full"), poll_body("g_next")],
+    )
+    client = await make_client(api, max_concurrency=1, clock=clock)
+    results = []
+
+    async def run(stream):
+        results.extend([event.generation async for event in stream if event.generation])
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(run, client.stream("p", model="nanobanan-2", idle_timeout=None))
+        await api.stalled.wait()
+        group.start_soon(run, client.stream("q"))
+        await anyio.wait_all_tasks_blocked()
+        assert client.governor_stats().waiting == 1  # the second stream queues
+        gate.set()
+    first, second = results
+    polled = Generation.from_json(poll_body("g_full")["data"])
+    assert (first.model, first.credits_used, first.created_at) == (
+        polled.model,
+        polled.credits_used,
+        polled.created_at,
+    )
+    assert first.expires_at == polled.created_at + timedelta(days=15)
+    assert first.image_urls == ("https://cdn.test/a.png",)  # the stream's own
+    assert second.id == "g_next"
+    assert second.created_at is not None
+    # The GET went out on the first stream's slot, before the queued stream: no queue.
+    assert [(r.method, r.url.params.get("id")) for r in api.requests] == [
+        ("POST", None),
+        ("GET", "g_full"),
+        ("POST", None),
+        ("GET", "g_next"),
+    ]
+    assert api.active_during_poll == [1, 1]
+    assert client.governor_stats().max_active == 1
+    assert clock.sleeps == []
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        httpx.Response(500, json={"error": "boom"}),
+        httpx.Response(429, json={"error": "busy"}, headers={"Retry-After": "1"}),
+        httpx.Response(200, text="<html>not json</html>"),
+        httpx.Response(200, json={"data": {"id": "other", "processingStatus": "completed"}}),
+        httpx.ConnectError("refused"),
+        httpx.ReadTimeout("slow"),
+    ],
+    ids=["500", "429", "not-json", "another-id", "connect", "timeout"],
+)
+async def test_a_failed_get_after_complete_loses_nothing_and_is_not_retried(
+    make_client, clock, answer
+):
+    api = FakeAPI([status(1), complete(generationId="g_f")], polls=[answer])
+    client = await make_client(api, clock=clock)
+    asked = datetime.fromtimestamp(clock.time(), tz=timezone.utc)
+    events = await collect(client.stream("p", model="m"))
+    generation = events[-1].generation
+    assert (generation.id, generation.image_urls) == ("g_f", ("https://cdn.test/a.png",))
+    assert (generation.model, generation.created_at) == ("m", None)  # what the stream said
+    assert generation.expires_at == asked + timedelta(days=15)  # counted from the request
+    assert [r.method for r in api.requests] == ["POST", "GET"]
+    assert clock.sleeps == []
+    assert client.governor_stats().active == 0
+
+
+async def test_a_get_after_complete_that_hangs_is_given_up_after_a_bound(make_client, monkeypatch):
+    monkeypatch.setattr("nanobanana._pump.RESULT_TIMEOUT", 0.05)
+    hang = anyio.Event()
+
+    async def handler(request):
+        if request.method == "GET":
+            await hang.wait()
+        return await api.handler(request)
+
+    api = FakeAPI([complete(generationId="g_h")])
+    http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+    async with AsyncNanoBanana(api_key=KEY, base_url=API, http_client=http) as client:
+        events = await collect(client.stream("p"))
+        assert client.governor_stats().active == 0
+    await http.aclose()
+    assert events[-1].generation.id == "g_h"
+    assert events[-1].generation.created_at is None
+
+
+async def test_no_get_is_sent_when_no_event_named_the_generation(make_client):
+    api = FakeAPI([status(1), complete()])
+    client = await make_client(api)
+    events = await collect(client.stream("p"))
+    assert events[-1].generation.id == ""
+    assert [r.method for r in api.requests] == ["POST"]
+
+
+# -- what a failed stream says --------------------------------------------------------
+
+
+async def test_a_stream_cut_before_any_id_says_what_was_asked_and_when(make_client, clock):
+    api = FakeAPI([status(1), httpx.ReadError("reset")])
+    client = await make_client(api, clock=clock)
+    asked = datetime.fromtimestamp(clock.time(), tz=timezone.utc)
+    with pytest.raises(APIConnectionError, match="may have been charged") as info:
+        await collect(client.stream("a fig", model="nanobanan-2"))
+    error = info.value
+    assert (error.prompt, error.model, error.mode) == ("a fig", "nanobanan-2", "stream")
+    assert error.requested_at == asked
+    assert error.generation_id is None
+
+
+async def test_an_oversized_event_after_an_id_carries_the_id_and_the_request(make_client):
+    api = FakeAPI([status(1, generationId="g_big"), sse("x" * 5000)])
+    client = await make_client(api)
+    with pytest.raises(SSETooLargeError, match="g_big") as info:
+        await collect(client.stream("a kiwi", max_event_size=1000))
+    assert (info.value.generation_id, info.value.prompt) == ("g_big", "a kiwi")
+
+
+async def test_reading_ahead_of_a_consumer_that_is_away_is_bounded(make_client):
+    sent = []
+
+    class Counted(Body):
+        async def __aiter__(self):
+            async for chunk in super().__aiter__():
+                sent.append(len(chunk))
+                yield chunk
+
+    statuses = [status(i % 100, f"step {i} of a long stream") for i in range(3000)]
+    api = FakeAPI()
+    api.handler_body = Counted(api, [*statuses, complete()])
+
+    async def handler(request):
+        api.requests.append(request)
+        if request.method == "GET":
+            return httpx.Response(404)
+        return httpx.Response(
+            200, headers={"content-type": "text/event-stream"}, stream=api.handler_body
+        )
+
+    http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+    async with AsyncNanoBanana(api_key=KEY, base_url=API, http_client=http) as client:
+        stream = client.stream("p", idle_timeout=None)
+        assert (await anext(stream)).message == "step 0 of a long stream"
+        await anyio.wait_all_tasks_blocked()
+        # The reader waits for room: some tens of kilobytes ahead, not the whole stream.
+        assert 100 < len(sent) < 1500
+        assert sum(sent) < 200 * 1024
+        assert client.governor_stats().active == 1
+        rest = [event async for event in stream]
+        assert [e.message for e in rest[:-1]] == [
+            f"step {i} of a long stream" for i in range(1, 3000)
+        ]
+        assert rest[-1].type == "complete"
+    await http.aclose()
+
+
+async def test_a_status_that_says_complete_or_error_does_not_end_the_stream(make_client):
+    api = FakeAPI(
+        [
+            status(10, "50% complete, no error so far", generationId="g_w"),
+            status(90, "almost complete") + complete() + status(95, "after the end"),
+        ],
+        polls=[poll_body("g_w")],
+    )
+    client = await make_client(api)
+    events = await collect(client.stream("p"))
+    assert [e.message for e in events] == [
+        "50% complete, no error so far",
+        "almost complete",
+        "Generation complete",
+    ]
+    assert events[-1].generation.created_at is not None

@@ -6,6 +6,7 @@ import math
 import random
 import warnings
 from collections.abc import Sequence
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -19,7 +20,13 @@ from nanobanana._config import (
     resolve_timeout,
     with_max_retries,
 )
-from nanobanana._errors import ContentSafetyError, GenerationFailedError, UnexpectedResponseError
+from nanobanana._errors import (
+    ContentSafetyError,
+    GenerationFailedError,
+    NanoBananaError,
+    UnexpectedResponseError,
+    note_request,
+)
 from nanobanana._governor import Governor, GovernorStats
 from nanobanana._http import Requester
 from nanobanana._jobs import Job, PollPolicy
@@ -452,7 +459,8 @@ class AsyncNanoBanana:
         Raises:
             ContentSafetyError: the safety check refused the result (credits spent).
             InternalServerError: a 500; the generation may have been charged and was
-                not resent.
+                not resent (the error holds the request's ``prompt``, ``model``,
+                ``requested_at`` and any ``generation_id`` seen, to reconcile it).
             BudgetExceededError: the estimated cost would pass ``max_credits``;
                 nothing was sent.
         """
@@ -464,11 +472,8 @@ class AsyncNanoBanana:
             aspect_ratio=aspect_ratio,
             quantity=quantity,
         )
-        with await self._charge(body) as charge:
-            answer = await self._requester.call(
-                "POST", "/generate", kind=RequestKind.GENERATE, json_body=body
-            )
-            charge.answered(answer)
+        requested_at = self._now()
+        answer = await self._post_generate(body, requested_at)
         # A 200 is a refusal only when it says so: an answer without ``success`` but with
         # the images is a result (and one with neither is an unreadable, charged answer).
         if isinstance(answer, dict) and (answer.get("success") is False or answer.get("warning")):
@@ -484,12 +489,53 @@ class AsyncNanoBanana:
                 )
             raise GenerationFailedError(str(message), generation_id=generation_id)
         try:
-            return Generation.from_sync_json(answer, prompt=prompt, model=model)
+            return Generation.from_sync_json(
+                answer, prompt=prompt, model=model, requested_at=requested_at
+            )
         except UnexpectedResponseError as exc:
             # A 2xx: accepted, and so charged. Say so, as for a 500.
-            raise UnexpectedResponseError(
+            error = UnexpectedResponseError(
                 exc.message, field=exc.field, body=exc.body, may_have_been_charged=True
-            ) from None
+            )
+            seen = answer.get("generationId") if isinstance(answer, dict) else None
+            note_request(
+                error,
+                requested_at=requested_at,
+                prompt=prompt,
+                model=model,
+                mode="sync",
+                generation_id=seen if isinstance(seen, str) and seen else None,
+            )
+            raise error from None
+
+    def _now(self) -> datetime:
+        """The client clock's wall time, as a UTC datetime."""
+        return datetime.fromtimestamp(self._clock.time(), tz=timezone.utc)
+
+    async def _post_generate(self, body: dict[str, Any], requested_at: datetime) -> Any:
+        """``POST /generate`` (sync or async mode); an error says what was asked, and when.
+
+        Its cost is reserved first under any spend cap (`BudgetExceededError`: nothing
+        sent) and settled on the answer.
+        """
+        charge = await self._charge(body)
+        try:
+            with charge:
+                answer = await self._requester.call(
+                    "POST", "/generate", kind=RequestKind.GENERATE, json_body=body
+                )
+                charge.answered(answer)
+        except NanoBananaError as exc:
+            model = body.get("selectedModel")
+            note_request(
+                exc,
+                requested_at=requested_at,
+                prompt=body["prompt"],
+                model=model if isinstance(model, str) else None,
+                mode=body["mode"],
+            )
+            raise
+        return answer
 
     def stream(
         self,
@@ -564,19 +610,18 @@ class AsyncNanoBanana:
             aspect_ratio=aspect_ratio,
             quantity=quantity,
         )
-        with await self._charge(body) as charge:
-            answer = await self._requester.call(
-                "POST", "/generate", kind=RequestKind.GENERATE, json_body=body
-            )
-            charge.answered(answer)
+        requested_at = self._now()
+        answer = await self._post_generate(body, requested_at)
         generation_id = answer.get("generationId") if isinstance(answer, dict) else None
         if not isinstance(generation_id, str) or not generation_id:
-            raise UnexpectedResponseError(
+            error = UnexpectedResponseError(
                 "Unexpected response to POST /generate (async): no field 'generationId'.",
                 field="generationId",
                 body=answer,
                 may_have_been_charged=True,
             )
+            note_request(error, requested_at=requested_at, prompt=prompt, model=model, mode="async")
+            raise error
         return Job(
             generation_id,
             self,
@@ -611,32 +656,42 @@ class AsyncNanoBanana:
         dest: str | os.PathLike[str],
         *,
         max_size: int = 50 * 1024 * 1024,
+        timeout: float | None = None,
     ) -> list[Path]:
         """Download a generation's images (or the given URLs) into the folder ``dest``.
 
         Files are written whole or not at all and named from the generation id and
         the image's index (``<id>-<index>.<ext>``), never from the server; the
-        extension follows the bytes (PNG, JPEG, WebP, GIF, AVIF). Image URLs expire
-        after 15 days: download promptly. Downloads share this client's connection
-        pool but not its API concurrency limit (they go to the CDN), run
-        ``download_concurrency`` at a time, never carry the API key, and retry
-        transient failures (5xx, dropped connections) like API reads.
+        extension follows the bytes (PNG, JPEG, WebP, GIF, AVIF), whatever the
+        ``Content-Type`` says. Image URLs expire 15 days after the generation
+        (``Generation.expires_at``): download promptly. Downloads share this client's
+        connection pool but not its API concurrency limit (they go to the CDN), run
+        ``download_concurrency`` at a time and never carry the API key.
+
+        The images were paid for, so transient failures (5xx, 429, dropped or cut
+        connections, and a body that is no image, such as an HTML page answered
+        ``200``) are retried with the client's backoff until ``timeout`` runs out,
+        whatever ``max_retries`` says.
 
         Args:
             generation_or_url: a `Generation`, one image URL, or a list of them.
             dest: the folder to write to; created if missing.
             max_size: the largest image accepted, in bytes.
+            timeout: seconds each image may take, its retries included; None: the
+                client's ``RetryPolicy.timeout`` (600 s). 0 tries each image once.
 
         Returns:
             The paths written, in the order of the URLs.
 
         Raises:
-            DownloadError: an image is expired or missing (403/404/410), is not an
-                image, is larger than ``max_size``, or could not be fetched.
+            DownloadError: an image is expired or missing (403/404/410), is larger
+                than ``max_size``, or could still not be fetched (or was still no
+                image) when ``timeout`` ran out. It holds ``generation_id``,
+                ``saved`` and ``unsaved_urls`` to recover with.
         """
         from nanobanana._download import download  # noqa: PLC0415
 
-        return await download(self, generation_or_url, dest, max_size=max_size)
+        return await download(self, generation_or_url, dest, max_size=max_size, timeout=timeout)
 
 
 def _opt_int(value: Any) -> int | None:

@@ -19,19 +19,28 @@ Rules, from PROTOCOL.md (Images) and the service's agent notes:
   a directory under an image's name, chained to the `OSError`), so one ``except``
   covers a download; its ``url`` and message never carry the URL's query string,
   where signed URLs keep their signature.
-- A transient failure (5xx, 429, a dropped connection) is retried with the client's
-  `RetryPolicy`, as a read: the table in ``nanobanana._retry`` decides.
+- A transient failure (5xx, 429, a dropped or cut connection) is retried as a read
+  (the table in ``nanobanana._retry`` decides), with the client's backoff. So is a
+  body that is no image (an HTML page answered 200, an empty body): what the CDN
+  says in ``Content-Type`` is not trusted either way, the first bytes decide.
+- The images were paid for, so a transient failure is retried until the image's
+  deadline (``timeout``, by default the client's ``RetryPolicy.timeout``), not for a
+  count of attempts: at 30 % of CDN answers failing, four attempts would still lose
+  one image in a hundred (0.3 ** 4). Only without any deadline does the policy's
+  ``attempts`` bound it.
+- An error says what is needed to recover: the generation's id, the paths saved and
+  the URLs not saved; when the link is gone (403, 404, 410), whether the 15 days of
+  the URLs have passed (``Generation.expires_at``) and what to do.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
-import re
 import secrets
 import weakref
 from collections.abc import Sequence
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
@@ -39,7 +48,8 @@ import anyio
 import httpx
 
 from nanobanana._errors import DownloadError
-from nanobanana._models import Generation, GenerationStatus
+from nanobanana._filenames import image_extension, plan_files, safe_stem
+from nanobanana._models import Generation
 from nanobanana._retry import (
     Outcome,
     RequestKind,
@@ -59,8 +69,9 @@ MAX_REDIRECTS = 5
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _GONE = frozenset({403, 404, 410})
 _SNIFF = 16
-_MAX_STEM = 80
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+# Backoff grows as base ** retries: past this many retries it is at its ceiling anyway,
+# and a float power of a huge count would overflow.
+_MAX_BACKOFF_STEP = 64
 _O_BINARY = getattr(os, "O_BINARY", 0)  # Windows: no newline translation
 
 # One semaphore per client, made on first use (inside its event loop): the client
@@ -68,72 +79,11 @@ _O_BINARY = getattr(os, "O_BINARY", 0)  # Windows: no newline translation
 _limiters: weakref.WeakKeyDictionary[AsyncNanoBanana, anyio.Semaphore] = weakref.WeakKeyDictionary()
 
 
-def image_extension(head: bytes) -> str | None:
-    """The file extension for an image's first bytes, or None when they are no image."""
-    if head.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "png"
-    if head.startswith(b"\xff\xd8\xff"):
-        return "jpg"
-    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        return "webp"
-    if head[:6] in (b"GIF87a", b"GIF89a"):
-        return "gif"
-    if head[4:12] in (b"ftypavif", b"ftypavis"):
-        return "avif"
-    return None
-
-
-def _digest(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
-
-
-def safe_stem(generation_id: str) -> str:
-    """A file-name stem from a generation id that cannot leave the target folder.
-
-    Only ``[A-Za-z0-9._-]`` survives, with no leading dot (no ``..``, no hidden
-    file). An id that had to change gets a short hash of the original appended, so
-    two ids that sanitise alike still get different names.
-    """
-    stem = _UNSAFE.sub("_", generation_id).lstrip(".")[:_MAX_STEM]
-    if stem == generation_id and stem:
-        return stem
-    return f"{stem}-{_digest(generation_id)[:10]}" if stem else f"id-{_digest(generation_id)[:16]}"
-
-
 def _redact(url: httpx.URL) -> str:
     """The URL without credentials, query or fragment: safe for messages and logs."""
     port = f":{url.port}" if url.port is not None else ""
     host = f"[{url.host}]" if ":" in url.host else url.host
     return f"{url.scheme}://{host}{port}{url.path}"
-
-
-def _plan(
-    generation_or_url: Generation | str | Sequence[str],
-) -> list[tuple[str, str]]:
-    """(URL, file stem) for each image, in order."""
-    if isinstance(generation_or_url, Generation):
-        generation = generation_or_url
-        if not generation.image_urls and generation.status is not GenerationStatus.COMPLETED:
-            raise ValueError(
-                f"Generation {generation.id} is {generation.status.value} and has no image "
-                "URLs yet: wait for it first (client.job(id).wait())."
-            )
-        urls = list(generation.image_urls)
-        if generation.id:
-            base = safe_stem(generation.id)
-            return [(url, f"{base}-{index}") for index, url in enumerate(urls)]
-    elif isinstance(generation_or_url, str):
-        urls = [generation_or_url]
-    elif isinstance(generation_or_url, Sequence):
-        urls = list(generation_or_url)
-        for url in urls:
-            if not isinstance(url, str):
-                raise TypeError(f"image URLs must be str, not {type(url).__name__}")
-    else:
-        raise TypeError("download() takes a Generation, an image URL or a list of image URLs")
-    # No generation id: name each file after a hash of its URL (query included, so
-    # two different signed URLs never overwrite each other).
-    return [(url, f"image-{_digest(url)[:16]}-{index}") for index, url in enumerate(urls)]
 
 
 def _parse_url(url: str) -> httpx.URL:
@@ -171,16 +121,31 @@ async def download(
     dest: str | os.PathLike[str],
     *,
     max_size: int = DEFAULT_MAX_SIZE,
+    timeout: float | None = None,  # noqa: ASYNC109 - a budget for retries, not one wait
 ) -> list[Path]:
     """Write each image to ``dest`` and return the paths, in the order of the URLs.
 
     All images are fetched (a bounded number at a time) even when one fails; the
     first failure is then raised, and the images that did arrive stay, whole (the
-    error's ``saved`` lists them).
+    error's ``saved`` lists them, its ``unsaved_urls`` the others).
     """
     if isinstance(max_size, bool) or not isinstance(max_size, int) or max_size < 1:
         raise ValueError("max_size must be a positive number of bytes")
-    plan = [(_parse_url(url), stem) for url, stem in _plan(generation_or_url)]
+    if timeout is None:
+        timeout = client.retry_policy.timeout
+    elif isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout >= 0:
+        raise ValueError("timeout must be a number of seconds, 0 or more, or None")
+    urls_and_stems = plan_files(generation_or_url)
+    generation = generation_or_url if isinstance(generation_or_url, Generation) else None
+    report = _Report(
+        generation_id=(generation.id or None) if generation is not None else None,
+        expires_at=generation.expires_at if generation is not None else None,
+        urls=tuple(url for url, _stem in urls_and_stems),
+    )
+    try:
+        plan = [(_parse_url(url), stem) for url, stem in urls_and_stems]
+    except DownloadError as exc:
+        raise report.finish(exc, client, saved=[]) from None
     # Closed client, or one first used in another event loop: the API's own errors.
     client._requester._check_usable()
     target = anyio.Path(dest)
@@ -192,9 +157,8 @@ async def download(
         reason = (
             "it exists and is not a folder" if isinstance(exc, FileExistsError) else _os_reason(exc)
         )
-        raise DownloadError(
-            f"Cannot save images in {os.fspath(dest)!r}: {reason}.", url=shown
-        ) from exc
+        error = DownloadError(f"Cannot save images in {os.fspath(dest)!r}: {reason}.", url=shown)
+        raise report.finish(error, client, saved=[]) from exc
     limiter = _limiter(client)
     paths: list[Path | None] = [None] * len(plan)
     errors: list[tuple[int, Exception]] = []
@@ -202,7 +166,13 @@ async def download(
     async def one(index: int, url: httpx.URL, stem: str) -> None:
         try:
             paths[index] = await _fetch_with_retries(
-                client, limiter=limiter, url=url, folder=folder, stem=stem, max_size=max_size
+                client,
+                limiter=limiter,
+                url=url,
+                folder=folder,
+                stem=stem,
+                max_size=max_size,
+                budget=timeout,
             )
         except Exception as exc:  # noqa: BLE001 - kept and re-raised below, first by index
             errors.append((index, exc))
@@ -213,13 +183,66 @@ async def download(
         async with anyio.create_task_group() as group:
             for index, (url, stem) in enumerate(plan):
                 group.start_soon(one, index, url, stem)
-    saved = [path for path in paths if path is not None]
     if errors:
         first = min(errors, key=lambda item: item[0])[1]
         if isinstance(first, DownloadError):
-            first.saved = tuple(saved)
+            raise report.finish(first, client, saved=paths)
         raise first
-    return saved
+    return [path for path in paths if path is not None]
+
+
+class _Report:
+    """What a `DownloadError` of one ``download()`` call says about the whole call."""
+
+    def __init__(
+        self, *, generation_id: str | None, expires_at: datetime | None, urls: tuple[str, ...]
+    ) -> None:
+        self.generation_id = generation_id
+        self.expires_at = expires_at
+        self.urls = urls
+
+    def finish(
+        self, error: DownloadError, client: AsyncNanoBanana, *, saved: Sequence[Path | None]
+    ) -> DownloadError:
+        """``error`` with the call's recovery fields set and the expiry explained."""
+        done = list(saved) + [None] * (len(self.urls) - len(saved))
+        error.generation_id = self.generation_id
+        error.saved = tuple(path for path in done if path is not None)
+        error.unsaved_urls = tuple(
+            url for url, path in zip(self.urls, done, strict=True) if path is None
+        )
+        advice = self._advice(error, client)
+        if advice:
+            error.message = f"{error.message} {advice}"
+            error.args = (error.message,)
+        return error
+
+    def _advice(self, error: DownloadError, client: AsyncNanoBanana) -> str:
+        expires = self.expires_at
+        gone = error.status_code in _GONE
+        if expires is None:
+            if not gone:
+                return ""
+            # The usual reason on a CDN: the link is older than its 15 days (overview docs).
+            return (
+                "Image URLs expire 15 days after the generation; an older link cannot be "
+                "downloaded any more: generate the image again."
+            )
+        now = datetime.fromtimestamp(client._clock.time(), tz=timezone.utc)
+        when = expires.isoformat(timespec="seconds")
+        if now >= expires:
+            return (
+                f"The image URLs expired at {when} (15 days after the generation was "
+                "created) and cannot be downloaded any more: generate the image again."
+            )
+        if not gone:
+            return ""
+        which = f"client.job({self.generation_id!r}).wait()" if self.generation_id else ""
+        fetch = f"fetch the generation again ({which}) for its current URLs, or " if which else ""
+        return (
+            f"By this machine's clock the URL has not expired (it is valid until {when}): "
+            f"{fetch}try again later."
+        )
 
 
 async def _fetch_with_retries(
@@ -230,24 +253,28 @@ async def _fetch_with_retries(
     folder: Path,
     stem: str,
     max_size: int,
+    budget: float | None,
 ) -> Path:
     policy = client.retry_policy
     clock = client._clock
-    budget_end = clock.monotonic() + policy.timeout if policy.timeout is not None else None
-    attempt = 0
+    deadline = clock.monotonic() + budget if budget is not None else None
+    retries = 0
     while True:
-        attempt += 1
         try:
             async with limiter:
                 return await _fetch_once(client, url, folder, stem, max_size)
         except _TransientError as transient:
-            if not decide(RequestKind.READ, transient.outcome).retry or attempt >= policy.attempts:
-                raise transient.error from transient.error.__cause__
+            error = transient.error
+            if not decide(RequestKind.READ, transient.outcome).retry:
+                raise error from error.__cause__
+            retries += 1
+            if deadline is None and retries >= policy.attempts:
+                raise error from error.__cause__
             wait = transient.retry_after
             if wait is None:
-                wait = policy.backoff(attempt, client._rand)
-            if budget_end is not None and clock.monotonic() + wait > budget_end:
-                raise transient.error from transient.error.__cause__
+                wait = policy.backoff(min(retries, _MAX_BACKOFF_STEP), client._rand)
+            if deadline is not None and clock.monotonic() + wait > deadline:
+                raise error from error.__cause__
         await clock.sleep(wait)
 
 
@@ -306,15 +333,9 @@ def _status_error(
 ) -> DownloadError | _TransientError:
     status = response.status_code
     text = f"Image {shown}: {status} {response.reason_phrase or 'error'}."
-    if status in _GONE:
-        # The usual reason on a CDN: the link is older than its 15 days (overview docs).
-        return DownloadError(
-            f"{text} Image URLs expire 15 days after the generation; an older link "
-            "cannot be downloaded any more.",
-            url=shown,
-            status_code=status,
-        )
     error = DownloadError(text, url=shown, status_code=status)
+    if status in _GONE:
+        return error  # not retried; `_Report` explains the expiry
     outcome = outcome_of_status(status)
     if outcome is Outcome.CLIENT_ERROR:
         return error
@@ -404,12 +425,14 @@ def _sniff(head: bytes, response: httpx.Response, shown: str) -> str:
     if extension is None:
         content_type = response.headers.get("content-type", "no content type")
         what = "an empty body" if not head else f"{content_type}, starting {head[:8]!r}"
-        raise DownloadError(
+        error = DownloadError(
             f"Image {shown}: the server sent {what}, not a PNG, JPEG, WebP, GIF or AVIF "
             "image (an error page?).",
             url=shown,
             status_code=response.status_code,
         )
+        # A CDN's interstitial or error page answered 200 passes like a 5xx: retried.
+        raise _TransientError(error, Outcome.SERVER_ERROR, None)
     return extension
 
 

@@ -25,13 +25,16 @@ NanoBananaError
 ├── GenerationFailedError         job or stream ended in failure  .generation_id
 ├── ContentSafetyError            sync 200 with success:false + warning  .generation_id
 ├── JobTimeoutError               job.wait() ran out of time  .generation_id
-└── DownloadError                 an image could not be fetched or is not an image  .url
+└── DownloadError                 an image could not be saved  .url, .generation_id, .saved
 ```
 
 Errors that may follow a charged ``POST /generate`` (a 500, a read timeout, a dropped
 connection after the request was sent) carry ``may_have_been_charged = True`` and say
 so in their message: credits are taken on acceptance and not refunded on failure
-(async-mode docs), so the client never resends such a request on its own.
+(async-mode docs), so the client never resends such a request on its own. Raised by
+``generate()``, ``stream()`` or ``submit()``, they also carry what the client knows
+of that request, to reconcile it with: ``requested_at``, ``prompt``, ``model``,
+``mode``, and ``generation_id`` when one was seen.
 
 No message, ``repr`` or attribute text of these errors contains the API key.
 """
@@ -42,6 +45,7 @@ import json
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from datetime import datetime
     from pathlib import Path
 
     import httpx
@@ -93,6 +97,47 @@ class NanoBananaError(Exception):
         self.message = message
 
 
+class _AfterGenerate:
+    """What an error raised for a ``POST /generate`` knows of that request.
+
+    Mixed into the errors that can follow a charged request (`APIConnectionError`,
+    `APIStatusError`, `UnexpectedResponseError`); `note_request` fills it in.
+    """
+
+    #: Whether the generation may have been charged (credits are not refunded).
+    may_have_been_charged: bool = False
+    #: The generation's id, when the client saw one (fetch it with ``client.job(id)``).
+    generation_id: str | None = None
+    #: When the call was made (UTC): a generation it created was created after this.
+    requested_at: datetime | None = None
+    #: The prompt of the request.
+    prompt: str | None = None
+    #: The model asked for (None: the service's default).
+    model: str | None = None
+    #: ``"sync"``, ``"stream"`` or ``"async"``.
+    mode: str | None = None
+
+
+def note_request(
+    error: BaseException,
+    *,
+    requested_at: datetime,
+    prompt: str,
+    model: str | None,
+    mode: str,
+    generation_id: str | None = None,
+) -> None:
+    """Record on ``error`` the ``POST /generate`` it was raised for (others: no-op)."""
+    if not isinstance(error, _AfterGenerate):
+        return
+    error.requested_at = requested_at
+    error.prompt = prompt
+    error.model = model
+    error.mode = mode
+    if generation_id is not None and error.generation_id is None:
+        error.generation_id = generation_id
+
+
 class MissingAPIKeyError(NanoBananaError):
     """Raised when a call that needs an API key is made and none was configured."""
 
@@ -130,7 +175,7 @@ class UnknownModelError(NanoBananaError, ValueError):
         self.known = known
 
 
-class UnexpectedResponseError(NanoBananaError):
+class UnexpectedResponseError(_AfterGenerate, NanoBananaError):
     """Raised when a successful response cannot be read: not JSON, or a field is missing.
 
     A 2xx to ``POST /generate`` means the generation was accepted and charged, so an
@@ -153,7 +198,7 @@ class UnexpectedResponseError(NanoBananaError):
         self.may_have_been_charged = may_have_been_charged
 
 
-class APIConnectionError(NanoBananaError):
+class APIConnectionError(_AfterGenerate, NanoBananaError):
     """Raised when the network failed and no usable response came back."""
 
     def __init__(
@@ -190,7 +235,7 @@ class StreamIdleError(APITimeoutError):
     """Raised when an event stream sent nothing, not even a heartbeat, for too long."""
 
 
-class APIStatusError(NanoBananaError):
+class APIStatusError(_AfterGenerate, NanoBananaError):
     """Raised when the API answered with an error status (4xx or 5xx)."""
 
     status_code: int
@@ -313,18 +358,34 @@ class JobTimeoutError(NanoBananaError):
 
 
 class DownloadError(NanoBananaError):
-    """Raised when an image could not be downloaded, is expired, or is not an image.
+    """Raised when an image could not be saved: expired, not an image, or unreachable.
 
-    ``url`` never includes the query string: signed image URLs carry secrets there.
-    ``saved`` holds the images of the same ``download()`` call that were written
-    whole before it raised (the others are fetched even when one fails).
+    What it holds to recover with:
+
+    - ``generation_id``: the generation the images belong to (when ``download()`` was
+      given a `Generation`): ``client.get_generation(id)`` fetches it again.
+    - ``saved``: the images of the same ``download()`` call that were written whole
+      (the others are fetched even when one fails).
+    - ``unsaved_urls``: the URLs whose images were not saved, in full (a signed URL
+      keeps its signature, so that it can be downloaded again: do not log them).
+    - ``url``: the URL of the image the message is about, without its query string
+      (signed image URLs carry secrets there), and ``status_code`` if it answered one.
     """
 
-    def __init__(self, message: str, *, url: str, status_code: int | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        url: str,
+        status_code: int | None = None,
+        generation_id: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.url = url
         self.status_code = status_code
+        self.generation_id = generation_id
         self.saved: tuple[Path, ...] = ()
+        self.unsaved_urls: tuple[str, ...] = ()
 
 
 _STATUS_CLASSES: dict[int, type[APIStatusError]] = {

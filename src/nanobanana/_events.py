@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import json
 import math
+from datetime import datetime
 from typing import Any
 
 import attrs
 
 from nanobanana._errors import GenerationFailedError, UnexpectedResponseError
-from nanobanana._models import Generation, GenerationStatus, ProgressEvent
+from nanobanana._models import URL_LIFETIME, Generation, GenerationStatus, ProgressEvent
 
-__all__ = ["CutError", "EventTranslator", "payloads"]
+__all__ = ["CutError", "EventTranslator", "event_id", "payloads"]
 
 # At most this many distinct status events are kept for reuse.
 _SEEN_MAX = 256
@@ -36,6 +37,8 @@ class EventTranslator:
     model: str | None
     generation_id: str | None = None
     max_progress: int = 0
+    #: When the request was sent: the images expire 15 days after, at the earliest.
+    requested_at: datetime | None = None
     # Status events repeat (heartbeats, the same step again): ProgressEvent is frozen,
     # so equal ones are shared instead of built anew, which is most of a stream's cost.
     _seen: dict[tuple[str, int, int, str | None], ProgressEvent] = attrs.field(
@@ -44,7 +47,8 @@ class EventTranslator:
 
     def note_id(self, event: dict[str, Any], data: Any) -> None:
         # Any event may carry the id, at the top or in `data` (PROTOCOL.md, mode stream);
-        # once known, a cut stream can be finished with GET /generate?id=.
+        # once known, a cut stream can be finished with GET /generate?id=. Inline rather
+        # than `event_id`: this runs for every event of every stream.
         found = event.get("generationId")
         if type(data) is dict:
             inner = data.get("generationId")
@@ -106,6 +110,8 @@ class EventTranslator:
             model=self.model,
             credits_used=_opt_int(data.get("creditsUsed")),
             remaining_credits=_opt_int(data.get("remainingCredits")),
+            # Events have no createdAt: the generation was created after the request.
+            expires_at=self.requested_at + URL_LIFETIME if self.requested_at else None,
         )
         return self.completed(generation, event.get("message"))
 
@@ -132,6 +138,22 @@ class EventTranslator:
             f"{who} failed: {reason} (credits are not refunded).",
             generation_id=self.generation_id,
         )
+
+
+def event_id(event: dict[str, Any], data: Any = None) -> str | None:
+    """The generation id an event carries, at its top or in its ``data``, if any.
+
+    Any event may carry it (PROTOCOL.md, mode stream); ``data`` is the event's
+    ``data`` when the caller has it at hand already.
+    """
+    if data is None:
+        data = event.get("data")
+    if type(data) is dict:
+        inner = data.get("generationId")
+        if type(inner) is str and inner:
+            return inner
+    found = event.get("generationId")
+    return found if type(found) is str and found else None
 
 
 def _progress(value: Any) -> int:

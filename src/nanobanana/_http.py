@@ -122,6 +122,10 @@ def _describe(exc: httpx.HTTPError) -> str:
     return f"{type(exc).__name__}: {text}."
 
 
+#: The longest a stream's close may hold up its caller, cancelled or not (seconds).
+STREAM_CLOSE_TIMEOUT = 5.0
+
+
 class _StreamContext:
     """`Requester.stream`'s context manager: a class, not an ``@asynccontextmanager``.
 
@@ -129,24 +133,47 @@ class _StreamContext:
     trio ends a run it closes the async generators still alive one by one, in no
     particular order: closing the inner one first made the outer one's ``async with``
     fail with "generator didn't stop after athrow()". A class has nothing to close.
+
+    The slot is given back only once the response is closed, also when the close
+    happens in a cancelled task: the server counts the request until it has seen the
+    disconnect, and a slot freed sooner lets the next request in to a 429. So the
+    close is shielded from cancellation (for at most `STREAM_CLOSE_TIMEOUT`), and
+    `release` comes after it. The two steps are separate for a stream's owner that
+    sends one more request on the same slot once the response is closed.
     """
 
     def __init__(self, send: Callable[[], Awaitable[httpx.Response]], governor: Governor) -> None:
         self._send = send
         self._governor = governor
         self._response: httpx.Response | None = None
+        self._holds_slot = False
 
     async def __aenter__(self) -> httpx.Response:
         self._response = await self._send()
+        self._holds_slot = True
         return self._response
 
     async def __aexit__(self, *exc_info: object) -> None:
+        try:
+            await self.aclose_response()
+        finally:
+            self.release()
+
+    async def aclose_response(self) -> None:
+        """Close the response (if open), shielded and bounded; the slot stays taken."""
         response, self._response = self._response, None
         if response is None:
             return
-        try:
+        import anyio  # noqa: PLC0415 - lazily: keeps `import nanobanana` cheap
+
+        with anyio.CancelScope(shield=True) as scope:
+            scope.deadline = anyio.current_time() + STREAM_CLOSE_TIMEOUT
             await response.aclose()
-        finally:
+
+    def release(self) -> None:
+        """Give the slot back (once; later calls do nothing)."""
+        if self._holds_slot:
+            self._holds_slot = False
             self._governor.release()
 
 

@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import enum
 import math
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from typing import Any, Literal
 
 import attrs
 
 from nanobanana._errors import UnexpectedResponseError
 
-__all__ = ["Generation", "GenerationStatus", "Model", "ProgressEvent"]
+__all__ = ["URL_LIFETIME", "Generation", "GenerationStatus", "Model", "ProgressEvent"]
+
+#: "Generated image URLs are valid for 15 days" (overview docs, section 7).
+URL_LIFETIME = timedelta(days=15)
 
 
 class GenerationStatus(str, enum.Enum):
@@ -89,9 +92,17 @@ def _timestamp(value: Any) -> datetime | None:
     if text.endswith(("Z", "z")):
         text = text[:-1] + "+00:00"
     try:
-        return datetime.fromisoformat(text)
+        when = datetime.fromisoformat(text)
     except ValueError:
         return None
+    # The docs' createdAt is UTC ("...000Z"); a time without an offset is read as UTC
+    # too, so that every datetime of a Generation compares with every other.
+    return when if when.tzinfo is not None else when.replace(tzinfo=timezone.utc)
+
+
+def _expiry(generation: Generation) -> datetime | None:
+    created = generation.created_at
+    return created + URL_LIFETIME if created is not None else None
 
 
 def _status(value: Any, data: dict[str, Any]) -> GenerationStatus:
@@ -110,7 +121,16 @@ class Generation:
     """One generation: its status and, once completed, its image URLs.
 
     ``remaining_credits`` is only known from a sync or stream call's answer; a poll
-    does not report it. ``created_at`` is only known from a poll.
+    does not report it. ``created_at`` comes from a poll (a stream's result is
+    completed with one, see `AsyncNanoBanana.stream`); a sync answer has none.
+
+    ``expires_at`` is when the image URLs stop working: "generated image URLs are
+    valid for 15 days" (overview docs), so ``created_at`` plus 15 days. Without a
+    ``created_at`` (a sync answer; a stream's result whose extra ``GET`` failed), the
+    client sets it to 15 days after it sent the request, which is at most the
+    generation's duration early: download before it. It is ``None`` only when neither
+    is known. `attrs.evolve` copies it as it is: pass ``expires_at`` too when you
+    change ``created_at``.
     """
 
     id: str
@@ -122,6 +142,7 @@ class Generation:
     remaining_credits: int | None = None
     created_at: datetime | None = None
     error_message: str | None = None
+    expires_at: datetime | None = attrs.field(default=attrs.Factory(_expiry, takes_self=True))
 
     @classmethod
     def from_json(cls, data: Any) -> Generation:
@@ -141,8 +162,19 @@ class Generation:
         )
 
     @classmethod
-    def from_sync_json(cls, data: Any, *, prompt: str, model: str | None) -> Generation:
-        """Parse a successful sync-mode ``POST /generate`` answer."""
+    def from_sync_json(
+        cls,
+        data: Any,
+        *,
+        prompt: str,
+        model: str | None,
+        requested_at: datetime | None = None,
+    ) -> Generation:
+        """Parse a successful sync-mode ``POST /generate`` answer.
+
+        ``requested_at``, when the request was sent, sets ``expires_at`` (the answer
+        has no ``createdAt``).
+        """
         what = "the generate response"
         data = _obj(data, what)
         _req(data, "imageUrls", list, what)  # a sync result is its images: never optional
@@ -154,6 +186,7 @@ class Generation:
             model=model,
             credits_used=_opt_int(data, "creditsUsed"),
             remaining_credits=_opt_int(data, "remainingCredits"),
+            expires_at=requested_at + URL_LIFETIME if requested_at is not None else None,
         )
 
 

@@ -2,22 +2,30 @@
 
 The events come from one ``POST /generate`` with ``mode: "stream"`` (stream-mode docs):
 ``status`` events with a progress, then ``complete`` (the result) or ``error``. This
-module opens the stream, reads it (`nanobanana._sse`), hands each event to
-`nanobanana._events` to become a `ProgressEvent`, finishes a cut stream by polling
-when it can, and closes it on every way out.
+module opens the stream, has it read by an `EventPump` (`nanobanana._pump`, over
+`nanobanana._sse`), hands each event to `nanobanana._events` to become a
+`ProgressEvent`, finishes a cut stream by polling when it can, and closes it on every
+way out.
 
-Closing is the point of the design. The iteration is an async *generator*, and
-``GenerationStream.__aiter__`` returns that generator itself. A caller who leaves
-``async for event in client.stream(...)`` with ``break`` (and no ``aclosing``) holds
-no reference to the stream or its generator any more, and the event loop's
-async-generator finalizer (asyncio's and trio's both) then runs its ``aclose()``:
-the response is closed and the governor slot given back, so a thousand abandoned
-loops do not exhaust a ``max_concurrency=1`` client. For that to happen at once
-rather than at the next cyclic garbage collection, the generator must not refer
-back to the `GenerationStream` (a reference cycle): it gets its client, body
-and a small state object as arguments instead. A stream the caller keeps in a
-variable keeps its generator alive too, so ``break`` leaves it open (slot held) until
-``aclose()``, the end of its ``async with`` block, or its collection.
+Closing is the point of the design. The pump reads the response in a task of its own
+and closes it, freeing its concurrency slot, as soon as the server has ended the
+stream, whether or not anyone iterates: a stream kept in a variable and left with
+``break`` holds its slot only while the server still sends. Until then, the slot is
+the server's count too, and is kept.
+
+The iteration is an async *generator*, and ``GenerationStream.__aiter__`` returns that
+generator itself. A caller who leaves ``async for event in client.stream(...)`` with
+``break`` (and no ``aclosing``) holds no reference to the stream or its generator any
+more, and the event loop's async-generator finalizer (asyncio's and trio's both) then
+runs its ``aclose()``: the pump is stopped, the response closed and the slot given
+back, and a `ResourceWarning` says that a stream was dropped unclosed (if it was still
+open). For that to happen at once rather than at the next cyclic garbage collection,
+the generator must not refer back to the `GenerationStream` (a reference cycle): it
+gets its client, body and a small state object as arguments instead.
+
+A cancelled consumer keeps the slot until the response is really closed (the close
+runs in the pump's task, shielded, and the consumer waits for it): a slot freed
+before the server has seen the disconnect lets the next request in to a 429.
 
 ``aclose()`` from another task, while the generator is running in the consumer's
 ``__anext__``, cannot ``aclose()`` the generator ("already running"). Each wait of the
@@ -29,6 +37,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import warnings
+from functools import partial
 from typing import TYPE_CHECKING, Any, cast
 
 import anyio
@@ -37,11 +47,13 @@ import httpx
 
 from nanobanana._errors import (
     APIConnectionError,
+    NanoBananaError,
     UnexpectedResponseError,
+    note_request,
 )
 from nanobanana._events import CutError, EventTranslator, payloads
-from nanobanana._models import ProgressEvent
-from nanobanana._redact import forget_key
+from nanobanana._models import Generation, ProgressEvent
+from nanobanana._pump import EventPump, fetch_result
 from nanobanana._retry import RequestKind
 from nanobanana._sse import (
     DEFAULT_IDLE_TIMEOUT,
@@ -49,7 +61,6 @@ from nanobanana._sse import (
     DEFAULT_MAX_LINE_SIZE,
     SSEReader,
     SSETooLargeError,
-    StreamIdleError,
 )
 
 if TYPE_CHECKING:
@@ -66,9 +77,6 @@ __all__ = ["GenerationStream"]
 _EVENT_STREAM = "text/event-stream"
 # How much of a wrong (non-SSE) 200 body to read for the error message.
 _PEEK = 4096
-# After `complete`, how much more to read while waiting for the end of the response.
-_DRAIN_BYTES = 64 * 1024
-_DRAIN_SECONDS = 0.5
 
 
 @attrs.define(eq=False)
@@ -82,6 +90,10 @@ class _State(EventTranslator):
     scope: anyio.CancelScope | None = attrs.field(default=None, init=False, repr=False)
     # Made by such an `aclose`, set by the generator as it ends.
     ended: anyio.Event | None = attrs.field(default=None, init=False, repr=False)
+    # The reader of the open response (see `nanobanana._pump`).
+    pump: EventPump | None = attrs.field(default=None, init=False, repr=False)
+    # Set when the generator was finalized (dropped) with its response still open.
+    dropped_open: bool = attrs.field(default=False, init=False, repr=False)
 
     def stopped(self) -> bool:
         # `closed`, re-read after an await (a method, so that type checkers do not
@@ -94,6 +106,33 @@ class _State(EventTranslator):
         if self.closed:
             scope.cancel()
         return scope
+
+    def note(self, error: BaseException) -> None:
+        """Record on ``error`` the request it follows (`nanobanana._errors.note_request`)."""
+        if self.requested_at is not None and self.prompt is not None:
+            note_request(
+                error,
+                requested_at=self.requested_at,
+                prompt=self.prompt,
+                model=self.model,
+                mode="stream",
+                generation_id=self.generation_id,
+            )
+
+    def __del__(self) -> None:
+        # Last, once the generator and its finalizer are gone: as Python's own
+        # unclosed files and sockets do, from a finalizer (-W error makes it loud).
+        if self.dropped_open:
+            seen = self.generation_id or (self.pump.generation_id if self.pump else None)
+            of = f" of generation {seen}" if seen else ""
+            warnings.warn(
+                f"A stream{of} was dropped without being closed while its response was "
+                "still open; it is closed now and its concurrency slot given back. Close "
+                "streams yourself: `async with client.stream(...) as events:`, or "
+                "`await stream.aclose()`.",
+                ResourceWarning,
+                stacklevel=1,
+            )
 
 
 async def _check_content_type(response: httpx.Response) -> None:
@@ -130,7 +169,9 @@ async def _run(
 
     Every wait runs in ``state.guard()``, and after each one a ``state.closed`` ends
     the generator quietly: that is how `GenerationStream.aclose` from another task
-    stops it (see there). Once closed, it yields nothing more.
+    stops it (see there). Once closed, it yields nothing more. The response is read
+    by an `EventPump`, which closes it and frees its slot as soon as the server has
+    ended it, whether or not this generator is iterated to the end.
     """
     final: ProgressEvent | None = None
     cut: BaseException | None = None
@@ -138,75 +179,86 @@ async def _run(
     opening = client._requester.stream(
         "POST", "/generate", kind=RequestKind.GENERATE, json_body=body
     )
+    pump: EventPump | None = None
+    state.requested_at = client._now()
     try:
         try:
-            with state.guard():
-                charge = await client._charge(body)
-                with charge.sending():
-                    response = await opening.__aenter__()
-                await _check_content_type(response)
+            try:
+                with state.guard():
+                    charge = await client._charge(body)
+                    with charge.sending():
+                        response = await opening.__aenter__()
+                    await _check_content_type(response)
+            except NanoBananaError as exc:
+                state.note(exc)
+                raise
             if state.stopped():
                 return
+            reader = SSEReader(response.aiter_bytes(), **reader_options)
+            pump = state.pump = EventPump(
+                opening=opening, reader=reader, fetch=partial(fetch_result, client._requester)
+            )
+            pump.start()
             if announce:
                 yield None
-            reader = SSEReader(response.aiter_bytes(), **reader_options)
             loads = json.loads
-            try:
-                while final is None:
-                    with state.guard():
-                        batch = await reader.read()
-                    if state.stopped():
-                        return
-                    if not batch:
-                        cut = CutError("the stream ended before a complete or error event")
-                        break
-                    for sse in batch:
-                        text = sse.data
-                        try:
-                            found = loads(text)
-                        except ValueError:
-                            found = None
-                        for event in (found,) if type(found) is dict else payloads(text):
-                            data = event.get("data")
-                            state.note_id(event, data)
-                            kind = event.get("type")
-                            if kind == "status":
-                                yield state.status(event)
-                            elif kind == "complete":
-                                final = state.complete(event, data)
-                                break
-                            elif kind == "error":
-                                state.failed(event, data)
-                            # Other types are newer than this client: skipped.
-                        if final is not None:
+            while final is None:
+                with state.guard():
+                    item = await pump.receive()
+                if state.stopped():
+                    return
+                if item is None:  # cannot happen: the pump ends with its last item
+                    cut = CutError("the stream's reader ended without a last event")
+                    break
+                what, payload = item
+                if what == "cut":
+                    cut = payload
+                    break
+                if what == "error":
+                    raise _stream_error(payload, state)
+                for sse in payload:
+                    text = sse.data
+                    try:
+                        found = loads(text)
+                    except ValueError:
+                        found = None
+                    for event in (found,) if type(found) is dict else payloads(text):
+                        data = event.get("data")
+                        state.note_id(event, data)
+                        kind = event.get("type")
+                        if kind == "status":
+                            yield state.status(event)
+                        elif kind == "complete":
+                            final = state.complete(event, data)
                             break
-                if final is not None:
-                    # "After generation completes (complete) or fails (error), the server
-                    # automatically closes the SSE connection" (stream-mode docs): the end
-                    # is right behind, and reading it keeps the connection reusable.
-                    with state.guard():
-                        await reader.drain(max_bytes=_DRAIN_BYTES, max_seconds=_DRAIN_SECONDS)
-            except (httpx.TransportError, StreamIdleError, CutError) as exc:
-                forget_key(exc)  # it becomes our error's cause
-                cut = exc
-            except SSETooLargeError as exc:
-                if state.generation_id is None:
-                    raise
-                raise SSETooLargeError(
-                    f"{exc.message} Generation {state.generation_id} goes on: fetch it with "
-                    f"client.job({state.generation_id!r}).wait().",
-                    field=exc.field,
-                    body=exc.body,
-                ) from None
-            finally:
-                await reader.aclose()
+                        elif kind == "error":
+                            state.failed(event, data)
+                        # Other types are newer than this client: skipped.
+                    if final is not None:
+                        break
+            if final is not None:
+                # The pump closes the response, completes the result with one GET
+                # and frees the slot; `aclose()` from another task cuts it short.
+                with state.guard():
+                    await pump.done.wait()
+        except CutError as exc:  # a complete event without images, the id known: poll
+            cut = exc
+        except GeneratorExit:
+            # Finalized by the event loop: the stream was dropped without aclose().
+            state.dropped_open = not state.closed and pump is not None and not pump.done.is_set()
+            raise
         finally:
-            await opening.__aexit__(None, None, None)
+            if pump is not None:
+                await pump.stop()
+            else:
+                await opening.__aexit__(None, None, None)
         # The response is closed and the governor slot released before the result is
         # handed over: whatever the caller does next (a download, a poll) can use them.
         if state.stopped():
             return  # closed on purpose: no result, and no polling for one
         if final is not None:
+            assert pump is not None  # noqa: S101 - a final event came from the pump
+            final = _completed(final, pump.result)
             if charge is not None and final.generation is not None:
                 charge.report(final.generation.credits_used)
                 charge.finish()  # settled now, not when the caller closes the stream
@@ -214,11 +266,13 @@ async def _run(
             return
         generation_id = state.generation_id
         if generation_id is None:
-            raise APIConnectionError(
+            error = APIConnectionError(
                 "The event stream was cut before the generation finished, and no event "
                 "carried its generationId: the generation may still be running.",
                 may_have_been_charged=True,
-            ) from cut
+            )
+            state.note(error)
+            raise error from cut
         # The generation goes on when the client disconnects and "can be retrieved via
         # GET /api/v1/generate?id=" (stream-mode docs): finish by polling.
         with state.guard():
@@ -235,6 +289,43 @@ async def _run(
         state.scope = None
         if state.ended is not None:
             state.ended.set()
+
+
+def _stream_error(exc: BaseException, state: _State) -> BaseException:
+    """The error to raise for a stream that broke while being read."""
+    if isinstance(exc, SSETooLargeError):
+        if state.generation_id is not None:
+            exc = SSETooLargeError(
+                f"{exc.message} Generation {state.generation_id} goes on: fetch it with "
+                f"client.job({state.generation_id!r}).wait().",
+                field=exc.field,
+                body=exc.body,
+            )
+        state.note(exc)
+    return exc
+
+
+def _completed(final: ProgressEvent, polled: Generation | None) -> ProgressEvent:
+    """The ``complete`` event, its generation completed with what a poll of it said.
+
+    The stream's events say nothing of the model, the credits or the creation time;
+    the poll does. The images are the stream's.
+    """
+    streamed = final.generation
+    if polled is None or streamed is None or polled.id != streamed.id:
+        return final
+    generation = attrs.evolve(
+        streamed,
+        prompt=polled.prompt if polled.prompt is not None else streamed.prompt,
+        model=polled.model or streamed.model,
+        credits_used=(
+            polled.credits_used if polled.credits_used is not None else streamed.credits_used
+        ),
+        created_at=polled.created_at or streamed.created_at,
+        expires_at=polled.expires_at or streamed.expires_at,
+        image_urls=streamed.image_urls or polled.image_urls,
+    )
+    return attrs.evolve(final, generation=generation)
 
 
 async def _nothing() -> AsyncGenerator[ProgressEvent | None, None]:
@@ -261,7 +352,12 @@ class GenerationStream:
 
     - ``status``: ``progress`` never goes backwards (show that); ``raw_progress`` is
       what the event said; ``is_heartbeat`` marks a status below what was reported.
-    - ``complete`` (last): ``generation`` is the full `Generation`.
+    - ``complete`` (last): ``generation`` is the full `Generation`. The stream's
+      events do not say its ``model``, ``credits_used`` or ``created_at``, so when
+      an event named the generation, the client asks for them with one
+      ``GET /generate?id=`` on the stream's own concurrency slot once the stream
+      has ended (no queueing, no retry, at most 5 s); if that fails, the result is
+      what the stream said (``expires_at`` then counts from the request).
 
     Raises (from the iteration):
         GenerationFailedError: the server sent an ``error`` event (credits are spent).
@@ -272,15 +368,15 @@ class GenerationStream:
             ``max_line_size``).
         UnexpectedResponseError: a 200 that is not ``text/event-stream``.
 
-    The response is closed and the concurrency slot released when the stream ends,
-    raises or is cancelled, when its ``async with`` block ends, on ``aclose()`` (also
-    from another task: the loop then ends quietly), and when it is garbage-collected.
-    Leaving a loop with ``break`` (or an exception in the loop body) closes it (a
-    moment later, by the event loop's finalizer) only when nothing else refers to the
-    stream, as in ``async for event in client.stream(...)``; a stream kept in a
-    variable stays open, holding its slot, until one of the above. So prefer
-    ``async with``. A closed stream yields nothing;
-    ``async with`` on it raises `RuntimeError`.
+    The response is closed and the concurrency slot released as soon as the server
+    has ended the stream (after ``complete`` or ``error``), whether or not the
+    events are read to the end; earlier when the stream raises, when its ``async
+    with`` block ends, on ``aclose()`` (also from another task: the loop then ends
+    quietly), and when it is cancelled (then only once the connection is closed, so
+    that the next request does not meet a 429). A stream dropped unclosed while its
+    response is open (a loop left with ``break``) is closed by the event loop's
+    finalizer, with a `ResourceWarning`; prefer ``async with``. A closed stream
+    yields nothing; ``async with`` on it raises `RuntimeError`.
 
     Args:
         client: the client that sends the request and, after a cut, polls.
@@ -319,8 +415,15 @@ class GenerationStream:
 
     @property
     def generation_id(self) -> str | None:
-        """The generation's id once an event has carried it (to resume with ``client.job``)."""
-        return self._state.generation_id
+        """The generation's id once an event has carried it (to resume with ``client.job``).
+
+        Events read ahead of the loop count too: after ``break``, it is the id of any
+        event that arrived.
+        """
+        state = self._state
+        if state.generation_id is None and state.pump is not None:
+            return state.pump.generation_id
+        return state.generation_id
 
     @property
     def progress(self) -> int:

@@ -245,7 +245,7 @@ def test_a_download_dir_that_is_a_file_is_refused_before_anything_is_paid(sim, t
 
 def test_a_failed_download_still_prints_the_paid_generation_and_how_to_save_it(sim, tmp_path):
     images = tmp_path / "images"
-    sim.inject("cdn_html")  # the CDN answers one image request with an HTML page
+    sim.inject("cdn_410")  # the CDN answers the image request with 410 Gone
     result = run(
         "--json", "generate", "a banana", "--mode", "async", "--wait", *FAST,
         "--download-dir", str(images), sim=sim,
@@ -272,7 +272,7 @@ def test_a_failed_download_still_prints_the_paid_generation_and_how_to_save_it(s
 
 def test_a_partly_failed_download_lists_the_images_that_were_saved(sim, tmp_path):
     images = tmp_path / "images"
-    sim.inject("cdn_html")  # one of the two image requests gets an HTML page
+    sim.inject("cdn_410")  # one of the two image requests gets 410 Gone
     result = run(
         "--json", "generate", "a banana", "--mode", "async", "--wait", "--quantity", "2",
         *FAST, "--download-dir", str(images), sim=sim,

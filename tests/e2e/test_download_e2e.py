@@ -1,10 +1,20 @@
 """client.download() against the simulator's CDN over a real socket, with its CDN faults."""
 
+from datetime import timedelta
+
 import pytest
 
-from nanobanana import DownloadError
+from nanobanana import DownloadError, FakeClock, PollPolicy, RetryPolicy
 from nanobanana._download import image_extension
-from nanobanana.testing import Simulator
+from nanobanana.testing import Simulator, render_image
+
+FAST_RETRIES = RetryPolicy(wait_initial=0.005, wait_max=0.02, timeout=20.0)
+FAST_POLLS = PollPolicy(first_delay=0.01, max_interval=0.02, jitter=0.0)
+
+
+def fast_client(sim):
+    return sim.client(retry_policy=FAST_RETRIES, poll_policy=FAST_POLLS)
+
 
 FIFTEEN_DAYS = 15 * 24 * 3600
 
@@ -64,13 +74,39 @@ async def test_a_hostile_generation_id_cannot_leave_the_folder(sim, client, tmp_
     assert listing(tmp_path / "a") == ["b"]
 
 
-async def test_an_html_page_instead_of_a_png_is_an_error_and_leaves_no_file(sim, client, tmp_path):
-    generation = await client.generate("p")
-    sim.inject("cdn_html")
-    with pytest.raises(DownloadError, match="text/html") as info:
-        await client.download(generation, tmp_path)
+@pytest.mark.parametrize(
+    ("fault", "kind"),
+    [
+        ("cdn_html", "cdn_html"),
+        ("cdn_cut", "cdn_cut"),
+        ("cdn_reset", "reset"),
+        ("cdn_500", "status"),
+    ],
+)
+async def test_a_transient_cdn_fault_is_retried_and_the_whole_image_saved(
+    sim, tmp_path, fault, kind
+):
+    async with fast_client(sim) as client:
+        generation = await client.generate("p")
+        sim.inject(fault, times=2)
+        (path,) = await client.download(generation, tmp_path)
+    record = sim.generation(generation.id)
+    assert path.read_bytes() == render_image(record.prompt, 0, size=sim.config.image_size)
+    requests = await logged_cdn_requests(sim, 3)
+    assert [r.faults for r in requests] == [(kind,), (kind,), ()]
+    assert listing(tmp_path) == [path.name]
+
+
+async def test_an_html_page_that_never_ends_is_an_error_and_leaves_no_file(sim, tmp_path):
+    async with fast_client(sim) as client:
+        generation = await client.generate("p")
+        sim.inject("cdn_html", times=None)
+        with pytest.raises(DownloadError, match="text/html") as info:
+            await client.download(generation, tmp_path, timeout=0.1)
     assert "sig=" not in str(info.value)
     assert "?" not in info.value.url
+    assert info.value.generation_id == generation.id
+    assert info.value.unsaved_urls == generation.image_urls
     assert listing(tmp_path) == []
 
 
@@ -92,15 +128,33 @@ async def test_a_redirect_to_another_host_is_followed_without_the_key(sim, clien
     assert not any(r.authorization for r in requests)
 
 
-async def test_an_expired_url_raises_naming_the_url_without_its_signature(sim, client, tmp_path):
-    generation = await client.generate("p")
-    sim.clock.advance(FIFTEEN_DAYS + 60)
-    with pytest.raises(DownloadError, match="15 days") as info:
-        await client.download(generation, tmp_path)
+async def test_an_expired_url_raises_naming_the_url_without_its_signature(sim, tmp_path):
+    clock = FakeClock(start=sim.clock.now())  # the client's clock moves with the CDN's
+    async with sim.client(clock=clock) as client:
+        generation = await client.generate("p")
+        sim.clock.advance(FIFTEEN_DAYS + 60)
+        clock.advance(FIFTEEN_DAYS + 60)
+        with pytest.raises(DownloadError, match="15 days") as info:
+            await client.download(generation, tmp_path)
+    assert "expired at" in str(info.value)
     assert info.value.status_code == 403
     assert info.value.url == generation.image_urls[0].split("?")[0]
     assert "sig=" not in str(info.value)
     assert listing(tmp_path) == []
+
+
+async def test_a_generation_polled_16_days_later_says_its_urls_expired(sim, tmp_path):
+    clock = FakeClock(start=sim.clock.now())
+    async with sim.client(clock=clock) as client:
+        job = await client.submit("p")
+        generation = await job.wait()
+        assert generation.expires_at == generation.created_at + timedelta(days=15)
+        sim.clock.advance(16 * 24 * 3600)
+        clock.advance(16 * 24 * 3600)
+        with pytest.raises(DownloadError, match="expired at") as info:
+            await client.download(generation, tmp_path)
+    assert "generate the image again" in str(info.value)
+    assert info.value.generation_id == generation.id
 
 
 async def test_a_410_is_not_retried(sim, client, tmp_path):

@@ -1,6 +1,11 @@
 """client.stream() against the simulator over a real socket, with its stream faults."""
 
+import gc
+import warnings
+from datetime import timedelta
+
 import anyio
+import attrs
 import pytest
 
 from nanobanana import (
@@ -175,18 +180,25 @@ async def test_a_silent_stream_is_cut_after_the_idle_timeout_and_polled():
 
 
 async def test_a_thousand_abandoned_loops_leave_no_slot_or_connection(sim):
-    async with sim.client(max_concurrency=1) as client:
-        for _ in range(1000):
-            async for event in client.stream("p"):
-                assert event.type == "status"
-                break
-        events = [event async for event in client.stream("p")]
-        assert events[-1].type == "complete"
-        await anyio.lowlevel.checkpoint()
-        stats = client.governor_stats()
-        assert stats.active == 0
-        assert stats.max_active == 1
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        async with sim.client(max_concurrency=1) as client:
+            for _ in range(1000):
+                async for event in client.stream("p"):
+                    assert event.type == "status"
+                    break
+            events = [event async for event in client.stream("p")]
+            assert events[-1].type == "complete"
+            await anyio.lowlevel.checkpoint()
+            stats = client.governor_stats()
+            assert stats.active == 0
+            assert stats.max_active == 1
+        gc.collect()
     assert len(await logged(sim, generate_posts, 1001)) == 1001
+    # Each loop left while its stream was still open says so; nothing else warns.
+    assert caught
+    assert all(w.category is ResourceWarning for w in caught), [str(w.message) for w in caught]
+    assert all("was dropped without being closed" in str(w.message) for w in caught)
 
 
 async def test_a_watchdog_closing_a_stream_another_task_reads_ends_its_loop_and_frees_all():
@@ -219,4 +231,72 @@ async def test_a_watchdog_closing_a_stream_another_task_reads_ends_its_loop_and_
             # The slot is free and the client goes on.
             events = [event async for event in client.stream("p")]
             assert events[-1].type == "complete"
-        assert not polls(sim)  # closed on purpose: no polling for the first result
+        # Closed on purpose: no polling for the first result (the second one's is
+        # completed with one GET, logged once its answer has gone out).
+        await sim.wait_for_async(lambda: polls(sim))
+        assert [r.query for r in polls(sim)] == [f"id={events[-1].generation.id}"]
+        assert stream.generation_id != events[-1].generation.id
+
+
+async def test_a_streams_result_is_as_complete_as_a_poll_of_it(sim, client):
+    events = [event async for event in client.stream("a complete banana", model="nanobanan-2")]
+    streamed = events[-1].generation
+    polled = await client.get_generation(streamed.id)
+    assert streamed == attrs.evolve(polled, remaining_credits=streamed.remaining_credits)
+    assert streamed.model == "nanobanan-2"
+    assert streamed.credits_used is not None
+    assert streamed.created_at is not None
+    assert streamed.expires_at == streamed.created_at + timedelta(days=15)
+    # It cost one GET, and no more slots than the stream had.
+    assert [r.query for r in await logged(sim, polls, 2)] == [f"id={streamed.id}"] * 2
+    assert sim.max_in_flight() == 1
+
+
+async def test_a_stream_kept_after_break_frees_its_slot_when_the_server_ends_it():
+    async with (
+        Simulator(concurrency_limit=1, generation_time=0.3, retry_after="0") as sim,
+        sim.client() as client,
+    ):
+        stream = client.stream("kept in a variable")
+        async for event in stream:
+            assert event.type == "status"
+            break
+        # The stream is neither read on nor closed; the next call waits only for the
+        # server to end it (the generation takes 0.3 s), not for us.
+        assert await client.credits() == 99
+        assert client.governor_stats().max_active == 1
+        rest = [event async for event in stream]
+        assert rest[-1].type == "complete"
+        await stream.aclose()
+    assert [r.status for r in sim.requests if r.status == 429] == []
+
+
+# Not strict: without #10 the 429 comes in only some rounds (about 1 in 10 here), so a
+# strict marker would fail now and then. Remove the marker once #10 has landed.
+@pytest.mark.xfail(
+    strict=False,
+    reason="needs the transport to close a discarded connection gracefully and return "
+    "only once the server has closed its end too (issue #10): the client's side of it, "
+    "waiting for that close before freeing the slot, is here",
+)
+async def test_a_cancelled_stream_then_another_request_at_limit_1_meets_no_429():
+    async with (
+        Simulator(concurrency_limit=1, generation_time=10.0, retry_after="0") as sim,
+        sim.client(max_concurrency=1) as client,
+    ):
+        for i in range(20):
+            first = anyio.Event()
+
+            async def consume(scope, prompt, first=first):
+                with scope:
+                    async for _ in client.stream(prompt):
+                        first.set()
+
+            scope = anyio.CancelScope()
+            async with anyio.create_task_group() as group:
+                group.start_soon(consume, scope, f"cancelled {i}")
+                await first.wait()
+                scope.cancel()
+            await client.credits()  # at once, at the account's limit of 1
+    rejected = [r for r in sim.requests if r.status == 429]
+    assert rejected == []

@@ -16,6 +16,7 @@ import warnings
 
 import pytest
 import trio
+import trio.testing
 from reliability_support import SECRET_KEY, assert_no_leaks, drain, fast_client, pool_state
 
 from nanobanana import (
@@ -175,8 +176,11 @@ def test_faults_are_retried_or_typed_on_trio(sim, tmp_path):
             with pytest.raises(SSETooLargeError):
                 await drain(client.stream("oversize"))
             generation = await client.generate("image")
-            sim.inject("cdn_html")
-            with pytest.raises(DownloadError, match="not a PNG"):
+            sim.inject("cdn_html")  # a page answered 200 passes like a 5xx: retried
+            (path,) = await client.download(generation, tmp_path)
+            assert image_extension(path.read_bytes()[:16]) == "png"
+            sim.inject("cdn_410")
+            with pytest.raises(DownloadError, match="410"):
                 await client.download(generation, tmp_path)
             assert_no_leaks(client)
 
@@ -264,3 +268,46 @@ def test_the_spend_cap_and_stats_hold_on_trio(sim):
         assert stats.requests["POST /generate"] == 3
 
     run(main)
+
+
+def test_a_stream_kept_after_break_frees_its_slot_when_the_server_ends_it_on_trio():
+    # The stream's reader runs as a trio system task: the server's end is seen there.
+    with Simulator(concurrency_limit=1, generation_time=0.3, retry_after="0") as sim:
+
+        async def main():
+            async with fast_client(sim) as client:
+                stream = client.stream("kept on trio")
+                async for event in stream:
+                    assert event.type == "status"
+                    break
+                assert await client.credits() == 99  # the slot came back by itself
+                rest = [event async for event in stream]
+                await stream.aclose()
+                assert_no_leaks(client)
+                return rest[-1].generation
+
+        generation = run(main)
+        assert generation.created_at is not None  # completed with one GET, on trio too
+        assert [r.status for r in sim.requests if r.status == 429] == []
+
+
+def test_a_stream_dropped_open_on_trio_warns_and_frees_its_slot():
+    with Simulator(concurrency_limit=1, generation_time=5.0, retry_after="0") as sim:
+
+        async def main():
+            async with fast_client(sim) as client:
+                stream = client.stream("dropped on trio")
+                await stream.__anext__()
+                del stream
+                gc.collect()
+                await trio.testing.wait_all_tasks_blocked()
+                with trio.fail_after(2):  # well before the generation would end it (5 s)
+                    assert await client.credits() == 99
+                assert_no_leaks(client)
+
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ResourceWarning)
+            trio.run(main)
+            gc.collect()
+    ours = [str(w.message) for w in caught if "was dropped without being closed" in str(w.message)]
+    assert len(ours) == 1

@@ -335,6 +335,46 @@ async def test_cdn_status_410(api, nanobanana_sim):
     assert nanobanana_sim.requests[-1].origin == "cdn"
 
 
+async def read_into(response, chunks):
+    async for chunk in response.aiter_raw():
+        chunks.append(chunk)
+
+
+async def test_cdn_cut_sends_the_full_length_then_part_of_the_image_and_drops(api, nanobanana_sim):
+    url = await image_url(api)
+    async with httpx.AsyncClient(verify=TLS) as cdn:
+        whole = (await cdn.get(url)).content
+        nanobanana_sim.inject("cdn_cut", size=40)
+        received: list[bytes] = []
+        async with cdn.stream("GET", url) as response:
+            assert response.headers["content-length"] == str(len(whole))
+            with pytest.raises(httpx.RemoteProtocolError):
+                await read_into(response, received)
+        assert b"".join(received) == whole[:40]
+        assert (await cdn.get(url)).content == whole  # used up: whole again
+    record = [r for r in nanobanana_sim.requests if r.origin == "cdn"][1]
+    assert (record.status, record.outcome, record.faults) == (200, "cut", ("cdn_cut",))
+
+
+@pytest.mark.parametrize(
+    ("preset", "seen"),
+    [("cdn_500", 500), ("cdn_503", 503), ("cdn_reset", None), ("cdn_cut", None), ("cdn_html", 200)],
+)
+async def test_the_transient_cdn_presets_hit_only_the_cdn(api, nanobanana_sim, preset, seen):
+    nanobanana_sim.random_faults(rate=1.0, seed=1, kinds=[preset])
+    url = await image_url(api)  # the API is not hit: no preset applies to it
+    async with httpx.AsyncClient(verify=TLS) as cdn:
+        try:
+            response = await cdn.get(url)
+        except CONNECTION_ERRORS:
+            status = None
+        else:
+            status = response.status_code
+            assert not response.content.startswith(b"\x89PNG")
+    assert status == seen
+    assert [r.faults for r in nanobanana_sim.requests if r.origin == "api"] == [()]
+
+
 # -- outcome overrides ---------------------------------------------------------------
 
 

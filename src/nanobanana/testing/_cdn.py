@@ -4,6 +4,10 @@
 completed generation as a PNG. Expired URLs and bad signatures get 403, unknown images
 404. Like some real CDN setups (api-reference-agent-notes.md), Python's default
 urllib User-Agent is refused with 403.
+
+The ``cdn_cut`` fault sends the real image's headers (its full ``Content-Length``)
+and part of its bytes, then drops the connection: a body cut short, which a client
+sees as a broken response, not as a smaller image.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import functools
 import hmac
 from urllib.parse import quote, unquote
 
-from nanobanana.testing._asgi import Exchange
+from nanobanana.testing._asgi import CutConnection, Exchange
 from nanobanana.testing._call import Call
 from nanobanana.testing._faults import Fault
 from nanobanana.testing._png import PNG_SIGNATURE, render_image
@@ -44,6 +48,15 @@ async def _huge(ex: Exchange, size: int) -> None:
         piece = chunk[: min(_HUGE_CHUNK, size - sent)]
         sent += len(piece)
         await ex.write(piece, more=sent < size)
+
+
+async def _cut(ex: Exchange, body: bytes, size: int | None) -> None:
+    """Send the headers of ``body`` and its first ``size`` bytes, then drop the connection."""
+    sent = len(body) // 2 if size is None else max(0, min(size, len(body) - 1))
+    await ex.start(200, [("content-type", "image/png"), ("content-length", str(len(body)))])
+    if ex.method != "HEAD" and sent:
+        await ex.write(body[:sent])
+    raise CutConnection
 
 
 async def _response_fault(call: Call, fault: Fault, segment: str, index: str) -> bool:
@@ -113,6 +126,8 @@ async def handle_image(call: Call) -> None:
         await _text(ex, 404, "Not Found")
         return
     body = _image(generation.prompt, index, state.config.image_size)
+    if fault is not None and fault.kind == "cdn_cut":
+        await _cut(ex, body, fault.size)
     await ex.respond(
         200,
         body,

@@ -9,10 +9,12 @@ and a failing generation can hit the same request:
 | category | kinds |
 |---|---|
 | delay | ``delay`` |
-| response | ``status``, ``reset``, ``content_type``, ``cdn_html``, ``cdn_huge``, ``cdn_redirect`` |
+| response | ``status``, ``reset``, ``content_type``, and the ``cdn_*`` kinds below |
 | after_charge | ``status`` and ``reset`` with ``after_charge=True`` |
 | stream | ``sse_cut``, ``sse_split``, ``sse_junk``, ``sse_heartbeats``, ``sse_oversize`` |
 | generation | ``outcome`` |
+
+The CDN's own kinds are ``cdn_html``, ``cdn_huge``, ``cdn_redirect`` and ``cdn_cut``.
 
 An ``after_charge`` fault is used up only when a request gets as far as the charge (a
 request refused with 400 or 402 leaves it armed for the next one); the others are used
@@ -30,6 +32,7 @@ from typing import Any, Literal
 import attrs
 
 __all__ = [
+    "CDN_TRANSIENT_KINDS",
     "DEFAULT_RANDOM_KINDS",
     "FAULT_KINDS",
     "PRESETS",
@@ -48,6 +51,7 @@ _CATEGORIES: dict[str, Category] = {
     "cdn_html": "response",
     "cdn_huge": "response",
     "cdn_redirect": "response",
+    "cdn_cut": "response",
     "sse_cut": "stream",
     "sse_split": "stream",
     "sse_junk": "stream",
@@ -56,7 +60,7 @@ _CATEGORIES: dict[str, Category] = {
     "outcome": "generation",
 }
 FAULT_KINDS: tuple[str, ...] = tuple(_CATEGORIES)
-_CDN_KINDS = frozenset({"cdn_html", "cdn_huge", "cdn_redirect"})
+_CDN_KINDS = frozenset({"cdn_html", "cdn_huge", "cdn_redirect", "cdn_cut"})
 _OUTCOMES = frozenset({"success", "failure", "unsafe"})
 
 
@@ -126,7 +130,8 @@ class Fault:
         chunk_sizes: ``sse_split``: byte counts to cut the stream into, cycled.
         pause: ``sse_split``: seconds between chunks, so that they arrive separately.
         count: ``sse_junk``/``sse_heartbeats``: extra lines or heartbeats per event.
-        size: ``sse_oversize``: bytes in the oversize line; ``cdn_huge``: body bytes.
+        size: ``sse_oversize``: bytes in the oversize line; ``cdn_huge``: body bytes;
+            ``cdn_cut``: bytes of the image sent before the cut (default: half of it).
         location: ``cdn_redirect``: where to redirect (default: the same image on
             another origin, ``localhost`` instead of ``127.0.0.1``).
         outcome: ``outcome``: ``"success"``, ``"failure"`` or ``"unsafe"``.
@@ -235,7 +240,17 @@ PRESETS: dict[str, Fault] = {
     "sse_oversize": Fault(kind="sse_oversize"),
     "cdn_html": Fault(kind="cdn_html"),
     "cdn_410": Fault(kind="status", status=410, origin="cdn"),
+    # The CDN faults a download must survive (retried, nothing lost): a 5xx, a reset
+    # connection, a body cut short of its Content-Length, an HTML page answered 200.
+    "cdn_500": Fault(kind="status", status=500, origin="cdn"),
+    "cdn_503": Fault(kind="status", status=503, origin="cdn"),
+    "cdn_reset": Fault(kind="reset", origin="cdn"),
+    "cdn_cut": Fault(kind="cdn_cut"),
 }
+
+#: CDN failures that pass (the image is still there), as preset names: a download
+#: that retries them saves every image. For ``random_faults(kinds=CDN_TRANSIENT_KINDS)``.
+CDN_TRANSIENT_KINDS: tuple[str, ...] = ("cdn_500", "cdn_503", "cdn_reset", "cdn_cut", "cdn_html")
 
 # Faults a correct client survives without paying twice: nothing charged, or retried safely.
 DEFAULT_RANDOM_KINDS: tuple[str, ...] = (
