@@ -271,14 +271,6 @@ async def test_a_stream_kept_after_break_frees_its_slot_when_the_server_ends_it(
     assert [r.status for r in sim.requests if r.status == 429] == []
 
 
-# Not strict: without #10 the 429 comes in only some rounds (about 1 in 10 here), so a
-# strict marker would fail now and then. Remove the marker once #10 has landed.
-@pytest.mark.xfail(
-    strict=False,
-    reason="needs the transport to close a discarded connection gracefully and return "
-    "only once the server has closed its end too (issue #10): the client's side of it, "
-    "waiting for that close before freeing the slot, is here",
-)
 async def test_a_cancelled_stream_then_another_request_at_limit_1_meets_no_429():
     async with (
         Simulator(concurrency_limit=1, generation_time=10.0, retry_after="0") as sim,

@@ -32,6 +32,10 @@ __all__ = ["H1Connection", "NotSentError", "Origin"]
 # sees a pause, low enough that a slow one does not make us hold megabytes.
 _HIGH_WATER: Final = 256 * 1024
 
+# While a connection is shut down, at most this much of what the server still sends is
+# read (and dropped) waiting for its close; past it the socket is dropped at once.
+_DISCARD_LIMIT: Final = 256 * 1024
+
 #: A pool key: scheme, host (IDNA-encoded, as httpx gives it) and port.
 Origin = tuple[bytes, bytes, int]
 
@@ -99,6 +103,8 @@ class H1Connection(asyncio.Protocol):
         self._body: collections.deque[bytes] = collections.deque()
         self._buffered = 0
         self._read_paused = False
+        self._discarding = False  # half-closed by us: what still arrives is dropped
+        self._dropped = 0  # bytes dropped since
         self._waiter: asyncio.Future[bool] | None = None
         self._deadline: float | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -123,6 +129,13 @@ class H1Connection(asyncio.Protocol):
             transport.close()
 
     def data_received(self, data: bytes) -> None:
+        if self._discarding:
+            # The rest of a response nobody reads any more. A server that goes on
+            # sending (an endless body) is not read on: past a bound, drop the socket.
+            self._dropped += len(data)
+            if self._dropped > _DISCARD_LIMIT:
+                self.abort()
+            return
         if self._state == IDLE:
             # Bytes with no request in flight: the server is confused, and the
             # connection must not carry more requests.
@@ -226,6 +239,29 @@ class H1Connection(asyncio.Protocol):
     def abort(self) -> None:
         """Drop the socket at once, without flushing what is still buffered."""
         self._shut(flush=False)
+
+    def shut_down(self) -> None:
+        """Stop using the connection and tell the server, keeping the socket to see it end.
+
+        A half-close (EOF on our side) where the transport has one, else a close (TLS
+        sends its close_notify); what still arrives is dropped. The server sees the
+        request end as soon as it reads, and closes its side: waiting for that
+        (`wait_lost`) means that the server has let go of the request, so a
+        concurrency slot freed afterwards is free on the server too.
+        """
+        self._keep_alive = False
+        self._discarding = True
+        transport = self._transport
+        if transport is None or self._closed or self.loop.is_closed():
+            return
+        if self._read_paused:
+            self._read_paused = False
+            transport.resume_reading()  # keep reading, or the server's EOF is never seen
+        if transport.can_write_eof():
+            transport.write_eof()
+        else:
+            self._closing = True
+            transport.close()
 
     @property
     def lost(self) -> bool:

@@ -65,8 +65,9 @@ class ResponseStream:
     Iterating yields bytes as they arrive. Reaching the end gives the connection back
     to the pool; closing earlier, or any error or cancellation while reading, closes
     it instead, since its state is then unknown. Closing a discarded connection
-    returns once its socket is really closed (bounded by `CLOSE_WAIT`), so that what
-    the caller releases next (a concurrency slot) is released after the connection.
+    half-closes it and returns once the server has closed its end too (bounded by
+    `CLOSE_WAIT`), so that what the caller releases next (a concurrency slot) is
+    released after the server let go of the request.
     """
 
     def __init__(
@@ -78,6 +79,7 @@ class ResponseStream:
         self._conn: H1Connection | None = conn
         self._release = release
         self._timeout = timeout
+        self._discarded: H1Connection | None = None  # being shut down, not yet lost
 
     def __aiter__(self) -> AsyncIterator[bytes]:
         return self
@@ -90,7 +92,7 @@ class ResponseStream:
             chunk = await conn.receive_body(self._timeout)
         except BaseException:
             self._conn = None
-            self._release(conn, False)
+            self._discard(conn)
             raise
         if chunk is None:
             self._conn = None
@@ -103,6 +105,7 @@ class ResponseStream:
         """Release the connection: back to the pool only if the response was complete."""
         conn = self._conn
         if conn is None:
+            await self._wait_discarded()  # a read that failed has shut it down already
             return
         self._conn = None
         # A response fully received but not fully iterated leaves the connection in a
@@ -112,9 +115,38 @@ class ResponseStream:
             conn.finish()
             self._release(conn, True)
             return
-        conn.abort()
-        self._release(conn, False)
-        await conn.wait_lost(CLOSE_WAIT)
+        self._discard(conn)
+        await self._wait_discarded()
+
+    def _discard(self, conn: H1Connection) -> None:
+        """Shut the connection down; it goes back to the pool once the server closed too.
+
+        A half-close tells the server the request is over; when its end closes in turn
+        (or after `CLOSE_WAIT`, when the socket is dropped) the connection is given
+        back. No await: this also runs on the way out of a cancelled read, and `aclose`
+        waits for it.
+        """
+        if conn.lost:
+            self._release(conn, False)  # the server has closed it already
+            return
+        self._discarded = conn
+        conn.shut_down()
+        lost = conn.lost_future()
+        timer = conn.loop.call_later(CLOSE_WAIT, conn.abort)
+
+        def given_back(_: object) -> None:
+            timer.cancel()
+            self._release(conn, False)
+
+        lost.add_done_callback(given_back)
+
+    async def _wait_discarded(self) -> None:
+        # Returns once the server has let go of the request (or the socket was
+        # dropped), so that what the caller frees next, a concurrency slot, is free on
+        # the server too.
+        conn, self._discarded = self._discarded, None
+        if conn is not None:
+            await conn.wait_lost(CLOSE_WAIT + 0.5)
 
 
 class FastPool:
