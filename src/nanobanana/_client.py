@@ -8,15 +8,16 @@ import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+import attrs
 import httpx
 
+from nanobanana._admission import GovernorStats, choose_governor
 from nanobanana._clock import Clock, SystemClock
 from nanobanana._config import DEFAULT_TIMEOUT, resolve_api_key, resolve_base_url
 from nanobanana._errors import ContentSafetyError, GenerationFailedError, UnexpectedResponseError
-from nanobanana._governor import Governor, GovernorStats
 from nanobanana._http import AutoTransport, Requester
 from nanobanana._jobs import Job, PollPolicy
-from nanobanana._models import Generation, Model
+from nanobanana._models import Generation, GenerationStatus, Model
 from nanobanana._retry import RequestKind, RetryPolicy
 from nanobanana._version import __version__
 
@@ -125,6 +126,10 @@ class AsyncNanoBanana:
             `RetryPolicy`).
         max_concurrency: at most this many API requests in flight. Default: learned
             from the server, starting at the documented account limit of 1.
+        governor: who admits requests and async tasks. None: this process, unless
+            ``$NANOBANANA_REDIS_URL`` is set; a ``redis://`` URL or a
+            `nanobanana.fleet.RedisGovernor`: shared by every process and host using
+            the same API key and base URL (see "Scaling out" in the docs).
         http_client: your own ``httpx.AsyncClient``; it is used as is and not closed.
         retry_policy: backoff and budgets for retries.
         poll_policy: how ``job.wait()`` polls.
@@ -141,6 +146,7 @@ class AsyncNanoBanana:
         max_retries: int = NOT_GIVEN,
         max_concurrency: int | None = None,
         http_client: httpx.AsyncClient | None = None,
+        governor: Any = None,
         retry_policy: RetryPolicy | None = None,
         poll_policy: PollPolicy | None = None,
         download_concurrency: int = 8,
@@ -155,14 +161,7 @@ class AsyncNanoBanana:
                 raise TypeError("max_retries must be an int")
             if max_retries < 0:
                 raise ValueError("max_retries must be >= 0")
-            policy = RetryPolicy(
-                attempts=max_retries + 1,
-                wait_initial=policy.wait_initial,
-                wait_max=policy.wait_max,
-                wait_exp_base=policy.wait_exp_base,
-                retry_after_max=policy.retry_after_max,
-                timeout=policy.timeout,
-            )
+            policy = attrs.evolve(policy, attempts=max_retries + 1)
         elif retry_policy is None:
             policy = RetryPolicy(attempts=DEFAULT_MAX_RETRIES + 1)
         if max_concurrency is not None and (
@@ -199,7 +198,14 @@ class AsyncNanoBanana:
             raise TypeError("http_client must be an httpx.AsyncClient")
         self._http = http_client
         self.user_agent = f"nanobanana/{__version__} httpx/{httpx.__version__}"
-        self._governor = Governor(max_concurrency=max_concurrency, ceiling=pool)
+        self._governor = choose_governor(
+            governor,
+            api_key=self._api_key,
+            base_url=str(self._base_url),
+            max_concurrency=max_concurrency,
+            ceiling=pool,
+            clock=self._clock,
+        )
         self._requester = Requester(
             http=http_client,
             base_url=self._base_url,
@@ -244,8 +250,11 @@ class AsyncNanoBanana:
             return
         self._closed = True
         self._requester.closed = True
-        if self._owns_http:
-            await self._http.aclose()
+        try:
+            await self._governor.aclose()
+        finally:
+            if self._owns_http:
+                await self._http.aclose()
 
     async def __aenter__(self) -> Self:
         return self
@@ -324,7 +333,7 @@ class AsyncNanoBanana:
             quantity=quantity,
         )
         answer = await self._requester.call(
-            "POST", "/generate", kind=RequestKind.GENERATE, json_body=body
+            "POST", "/generate", kind=RequestKind.GENERATE, json_body=body, holds=True
         )
         # A 200 is a refusal only when it says so: an answer without ``success`` but with
         # the images is a result (and one with neither is an unreadable, charged answer).
@@ -406,7 +415,15 @@ class AsyncNanoBanana:
         aspect_ratio: str | None = None,
         quantity: int | None = None,
     ) -> Job:
-        """Start a generation in async mode and return its `Job` at once."""
+        """Start a generation in async mode and return its `Job` at once.
+
+        The server runs a limited number of async tasks (503 ``server_busy`` beyond,
+        credits refunded: async-mode docs). The client learns that cap from the first
+        503 and keeps at most that many of its own jobs unfinished: further
+        ``submit()`` calls wait their turn, first come first served, until a poll sees
+        one of the jobs finished (while they wait, the first of them polls the job due
+        first). 503s from other users' load are waited out (`RetryPolicy.patience`).
+        """
         body = _generate_body(
             prompt,
             mode="async",
@@ -415,17 +432,19 @@ class AsyncNanoBanana:
             aspect_ratio=aspect_ratio,
             quantity=quantity,
         )
-        answer = await self._requester.call(
-            "POST", "/generate", kind=RequestKind.GENERATE, json_body=body
-        )
-        generation_id = answer.get("generationId") if isinstance(answer, dict) else None
-        if not isinstance(generation_id, str) or not generation_id:
-            raise UnexpectedResponseError(
-                "Unexpected response to POST /generate (async): no field 'generationId'.",
-                field="generationId",
-                body=answer,
-                may_have_been_charged=True,
+        async with self._governor.reserve_task(self._poll_for_room) as task:
+            answer = await self._requester.call(
+                "POST", "/generate", kind=RequestKind.GENERATE, json_body=body, task=task
             )
+            generation_id = answer.get("generationId") if isinstance(answer, dict) else None
+            if not isinstance(generation_id, str) or not generation_id:
+                raise UnexpectedResponseError(
+                    "Unexpected response to POST /generate (async): no field 'generationId'.",
+                    field="generationId",
+                    body=answer,
+                    may_have_been_charged=True,
+                )
+            await task.started(generation_id)
         return Job(
             generation_id,
             self,
@@ -452,7 +471,16 @@ class AsyncNanoBanana:
             params={"id": generation_id},
             deadline=deadline,
         )
-        return Generation.from_json(_data(body, "GET /generate"))
+        generation = Generation.from_json(_data(body, "GET /generate"))
+        # A job counts against the server's task cap until a poll sees it finished.
+        await self._governor.job_seen(
+            generation_id, finished=generation.status is not GenerationStatus.PROCESSING
+        )
+        return generation
+
+    async def _poll_for_room(self, generation_id: str) -> None:
+        """Poll a job for the governor, while a ``submit()`` waits for room."""
+        await self._get_generation(generation_id, deadline=None)
 
     async def download(
         self,

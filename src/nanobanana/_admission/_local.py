@@ -1,0 +1,220 @@
+"""The in-process governor: at most ``limit`` API requests in flight per client.
+
+Each account may have only a few requests in flight (default 1; overview docs), and
+exceeding it answers 429. Without a governor, ``asyncio.gather`` over 100 prompts is a
+storm of 429s, and requests queue inside the connection pool, which is slow. So
+requests wait here, first come first served (a request retried after a refusal goes
+to the front: it already waited its turn), and only ``limit`` reach the network.
+
+The limit is learned (`nanobanana._admission._learning`). A 429 within a known limit
+comes from load this client cannot see: admission then pauses for the ``Retry-After``
+(a cool-down), instead of sending more requests into more 429s.
+
+Async tasks are admitted by `nanobanana._admission._tasks.TaskGate`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from nanobanana._admission._api import GovernorStats, JobPoller, Slot, new_lease_id
+from nanobanana._admission._learning import LimitLearner
+from nanobanana._admission._tasks import TaskGate
+from nanobanana._admission._waiters import Queue, Waiter
+
+if TYPE_CHECKING:
+    from nanobanana._admission._api import TaskReservation
+    from nanobanana._clock import Clock
+
+__all__ = ["LocalGovernor", "RequestGate"]
+
+#: The cool-down after a 429 from others' load that gave no Retry-After.
+DEFAULT_COOL_DOWN = 1.0
+
+
+class RequestGate:
+    """A FIFO limiter whose limit is learned while requests wait."""
+
+    def __init__(self, *, max_concurrency: int | None, ceiling: int, clock: Clock) -> None:
+        self.learner = LimitLearner.create(max_concurrency=max_concurrency, ceiling=ceiling)
+        self._clock = clock
+        self._held: dict[str, Slot] = {}
+        self._max_active = 0
+        self._waiters: Queue[Slot] = Queue()
+        self._cool_until = 0.0
+
+    @property
+    def limit(self) -> int:
+        """How many requests may be in flight now."""
+        return self.learner.limit
+
+    @property
+    def active(self) -> int:
+        """Requests in flight now."""
+        return len(self._held)
+
+    @property
+    def waiting(self) -> int:
+        """Requests queued for a slot."""
+        return len(self._waiters)
+
+    @property
+    def max_active(self) -> int:
+        """The most requests that were ever in flight at once."""
+        return self._max_active
+
+    def held(self) -> list[Slot]:
+        """The slots in flight now."""
+        return list(self._held.values())
+
+    def _room(self) -> bool:
+        if len(self._held) >= self.learner.limit:
+            return False
+        return not (self._cool_until and self._clock.monotonic() < self._cool_until)
+
+    def try_take(self, *, holds: bool) -> Slot | None:
+        """A slot at once if nobody waits and there is room, else None."""
+        if self._waiters or not self._room():
+            return None
+        return self._take(holds)
+
+    async def acquire(self, *, retry: bool = False, holds: bool = False) -> Slot:
+        """Wait for a slot. Cancellation while waiting takes no slot with it."""
+        slot = self.try_take(holds=holds)
+        if slot is not None:
+            return slot
+        waiter: Waiter[Slot] = Waiter(holds)
+        self._waiters.add(waiter, front=retry)
+        try:
+            self._wake()
+            while waiter.value is None:
+                # The head watches a cool-down's end; the others wait to be handed a slot.
+                cooling = self._cool_until - self._clock.monotonic()
+                head = waiter is self._waiters.head()
+                await waiter.nap(self._clock, cooling if head and cooling > 0 else None)
+                self._wake()
+        except BaseException:
+            if waiter.value is not None:
+                # The slot was handed over just as we were cancelled: pass it on.
+                self.release(waiter.value)
+            else:
+                self._waiters.discard(waiter)
+            raise
+        return waiter.value
+
+    def release(self, slot: Slot) -> None:
+        """Give a slot back, probe up if it proved the limit, and hand slots on."""
+        if self._held.pop(slot.lease, None) is None:
+            return
+        if slot.succeeded and slot.holds and not self.learner.known:
+            self._probe(slot)
+        self._wake()
+
+    def adopt(self, slot: Slot) -> None:
+        """Count ``slot`` (granted elsewhere) as in flight here."""
+        self._held[slot.lease] = slot
+        self._max_active = max(self._max_active, len(self._held))
+
+    def _probe(self, slot: Slot) -> None:
+        now = self._clock.monotonic()
+        half = (now - slot.granted_at) / 2
+        held = sum(1 for other in self._held.values() if other.granted_at <= now - half)
+        if self.learner.proves(level=slot.level, held=held, waiting=bool(self._waiters)):
+            self.learner.probe()
+
+    def _take(self, holds: bool) -> Slot:
+        level = len(self._held) + 1
+        slot = Slot(
+            lease=new_lease_id(), level=level, granted_at=self._clock.monotonic(), holds=holds
+        )
+        self._held[slot.lease] = slot
+        self._max_active = max(self._max_active, level)
+        return slot
+
+    def _wake(self) -> None:
+        handed = False
+        while self._waiters and self._room():
+            waiter = self._waiters.pop()
+            waiter.hand(self._take(bool(waiter.data)))
+            handed = True
+        if handed and self._cool_until and (head := self._waiters.head()) is not None:
+            head.wake()  # a new head: it watches the cool-down
+
+    def learn(self, limit: int) -> None:
+        """The server stated the account's limit."""
+        if self.learner.stated(limit):
+            self._wake()
+
+    def refused(self, slot: Slot, *, stated: int | None, retry_after: float | None) -> None:
+        """A 429 for ``slot``: learn from our own overshoot, cool down for others' load."""
+        own = self.learner.own_refusal(slot.level)
+        if stated is not None:
+            self.learn(stated)
+        elif own:
+            self.learner.refused(level=slot.level)
+        if not own:
+            pause = retry_after if retry_after is not None else DEFAULT_COOL_DOWN
+            self._cool_until = max(self._cool_until, self._clock.monotonic() + pause)
+            head = self._waiters.head()
+            if head is not None:
+                head.wake()
+
+
+class LocalGovernor:
+    """The in-process governor: a `RequestGate` and a `TaskGate` for one client."""
+
+    def __init__(self, *, max_concurrency: int | None, ceiling: int, clock: Clock) -> None:
+        self.requests = RequestGate(max_concurrency=max_concurrency, ceiling=ceiling, clock=clock)
+        self.tasks = TaskGate(clock=clock)
+
+    @property
+    def limit(self) -> int:
+        """How many requests may be in flight now."""
+        return self.requests.limit
+
+    def stats(self) -> GovernorStats:
+        """A snapshot: limit, whether it is known, active, waiting, max active, tasks."""
+        gate, learner = self.requests, self.requests.learner
+        return GovernorStats(
+            limit=learner.limit,
+            known=learner.known,
+            active=gate.active,
+            waiting=gate.waiting,
+            max_active=gate.max_active,
+            tasks=self.tasks.count,
+            task_limit=self.tasks.cap,
+            tasks_waiting=self.tasks.waiting,
+        )
+
+    async def acquire(self, *, retry: bool = False, holds: bool = False) -> Slot:
+        """Wait for a slot (see `RequestGate.acquire`)."""
+        return await self.requests.acquire(retry=retry, holds=holds)
+
+    async def release(self, slot: Slot) -> None:
+        """Give a slot back; never waits."""
+        self.requests.release(slot)
+
+    async def learn(self, limit: int) -> None:
+        """The server stated the account's limit."""
+        self.requests.learn(limit)
+
+    async def on_success(self, slot: Slot) -> None:
+        """Mark the slot's request as a success (its release may then probe up)."""
+        slot.succeeded = True
+
+    async def on_rate_limited(
+        self, slot: Slot, *, stated: int | None, retry_after: float | None
+    ) -> None:
+        """A 429 for ``slot``."""
+        self.requests.refused(slot, stated=stated, retry_after=retry_after)
+
+    def reserve_task(self, poll: JobPoller) -> TaskReservation:
+        """Room for one async task (see `TaskGate`)."""
+        return self.tasks.reserve(poll)
+
+    async def job_seen(self, generation_id: str, *, finished: bool) -> None:
+        """A poll saw the job ``generation_id``."""
+        self.tasks.seen(generation_id, finished=finished)
+
+    async def aclose(self) -> None:
+        """Nothing runs in the background here."""
