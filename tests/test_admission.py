@@ -8,7 +8,7 @@ from nanobanana import FakeClock, NotFoundError
 from nanobanana._admission import LocalGovernor
 from nanobanana._admission._learning import LimitLearner
 from nanobanana._admission._local import RequestGate
-from nanobanana._admission._tasks import TaskGate
+from nanobanana._admission._tasks import LocalLedger, TaskGate
 
 
 def gate(max_concurrency=None, clock=None):
@@ -221,103 +221,102 @@ async def test_a_429_within_a_known_limit_cools_admission_down_for_retry_after()
 # -- async tasks -------------------------------------------------------------------------
 
 
+def task_gate(clock=None, **kwargs):
+    clock = clock or FakeClock()
+    return TaskGate(LocalLedger(clock=clock, **kwargs), clock=clock)
+
+
+async def never(_):
+    raise AssertionError("nothing to poll")
+
+
 async def test_tasks_are_not_limited_before_a_503_states_the_cap_but_go_one_at_a_time():
-    tasks = TaskGate(clock=FakeClock())
-
-    async def never(_):
-        raise AssertionError("nothing to poll")
-
+    tasks = task_gate()
     await tasks.wait_room("a", never)
     waiter = asyncio.create_task(tasks.wait_room("b", never))
     await settle()
     assert not waiter.done()  # one submit in flight while the cap is unknown
-    tasks.start("a", "gen_a")
+    await tasks.start("a", "gen_a")
     await settle()
     assert waiter.done()
-    assert tasks.count == 2
+    assert tasks.ledger.count() == 2
 
 
 async def test_a_503_learns_the_cap_and_says_whether_our_own_jobs_fill_it():
-    tasks = TaskGate(clock=FakeClock())
-
-    async def never(_):
-        raise AssertionError
-
+    tasks = task_gate()
     for i in range(2):
         await tasks.wait_room(f"r{i}", never)
-        tasks.start(f"r{i}", f"gen_{i}")
+        await tasks.start(f"r{i}", f"gen_{i}")
+        await tasks.ledger.busy("none", 10)  # (a cap, so that the next one goes at once)
     await tasks.wait_room("r2", never)
-    assert tasks.busy("r2", 2) is True  # our two jobs fill a cap of two
-    assert tasks.cap == 2
-    assert tasks.busy("r2", 5) is False  # a cap of five with two of ours: others' load
+    assert await tasks.ledger.busy("r2", 2) is True  # our two jobs fill a cap of two
+    assert tasks.ledger.cap == 2
+    assert await tasks.ledger.busy("r2", 5) is False  # a cap of five, two ours: others' load
+
+
+async def full_gate(clock, poll, **kwargs):
+    tasks = task_gate(clock, **kwargs)
+    await tasks.ledger.busy("none", 1)  # the cap is 1
+    await tasks.wait_room("r0", poll)
+    await tasks.start("r0", "gen_0")
+    return tasks
 
 
 async def test_the_first_waiter_polls_the_job_due_first_and_a_finished_one_frees_room():
     clock = FakeClock()
-    tasks = TaskGate(clock=clock)
-    tasks.cap = 1
     polled = []
 
     async def poll(generation_id):
         polled.append((generation_id, clock.monotonic()))
-        tasks.seen(generation_id, finished=len(polled) >= 3)
+        await tasks.seen(generation_id, finished=len(polled) >= 3)
 
     start = clock.monotonic()
-    await tasks.wait_room("r0", poll)
-    tasks.start("r0", "gen_0")
+    tasks = await full_gate(clock, poll)
     await tasks.wait_room("r1", poll)  # waits: polls gen_0 until it is seen finished
     assert [g for g, _ in polled] == ["gen_0"] * 3
     # First at its expected end (2 s before any job was seen ending), then every 0.2 s.
     assert [round(t - start, 3) for _, t in polled] == [2.0, 2.2, 2.4]
-    assert tasks.count == 1
-    assert tasks.waiting == 0
+    assert (tasks.ledger.count(), tasks.waiting) == (1, 0)
+    # Seen finished at 2.4 s, last processing at 2.2 s: it took about 2.3 s, the new
+    # estimate; polls of the next job come at 2.3 s, then every 0.23 s.
+    await tasks.start("r1", "gen_1")  # at 2.4 s
+    polled.clear()
+    await tasks.wait_room("r2", poll)
+    assert [round(t - start, 3) for _, t in polled] == [4.7, 4.93, 5.16]
 
 
 async def test_a_job_nobody_polls_stops_counting_when_its_lease_runs_out():
     clock = FakeClock()
-    tasks = TaskGate(clock=clock, lease=60.0)
-    tasks.cap = 1
-
-    async def poll(generation_id):
-        raise NotFoundError.__new__(NotFoundError)  # never reached
-
-    await tasks.wait_room("r0", poll)
-    tasks.start("r0", "gen_0")
+    tasks = await full_gate(clock, never, lease=60.0)
     clock.advance(61)
-    assert tasks.count == 0
+    assert tasks.ledger.count() == 0
 
 
 async def test_a_job_that_is_not_found_when_polled_for_room_does_not_count():
     clock = FakeClock()
-    tasks = TaskGate(clock=clock)
-    tasks.cap = 1
 
     async def poll(generation_id):
         raise NotFoundError.__new__(NotFoundError)
 
-    await tasks.wait_room("r0", poll)
-    tasks.start("r0", "gen_0")
+    tasks = await full_gate(clock, poll)
     await tasks.wait_room("r1", poll)
-    assert tasks.count == 1
+    assert tasks.ledger.count() == 1
 
 
 async def test_a_submit_cancelled_while_waiting_for_room_takes_none_with_it():
     clock = FakeClock()
-    tasks = TaskGate(clock=clock)
-    tasks.cap = 1
     gate_open = asyncio.Event()
 
     async def poll(generation_id):
         await gate_open.wait()
 
-    await tasks.wait_room("r0", poll)
-    tasks.start("r0", "gen_0")
+    tasks = await full_gate(clock, poll)
     waiter = asyncio.create_task(tasks.wait_room("r1", poll))
     await settle()
     assert tasks.waiting == 1
     waiter.cancel()
     with pytest.raises(asyncio.CancelledError):
         await waiter
-    assert (tasks.waiting, tasks.count) == (0, 1)
-    tasks.seen("gen_0", finished=True)
-    assert tasks.count == 0
+    assert (tasks.waiting, tasks.ledger.count()) == (0, 1)
+    await tasks.seen("gen_0", finished=True)
+    assert tasks.ledger.count() == 0

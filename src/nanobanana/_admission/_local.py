@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from nanobanana._admission._api import GovernorStats, JobPoller, Slot, new_lease_id
 from nanobanana._admission._learning import LimitLearner
-from nanobanana._admission._tasks import TaskGate
+from nanobanana._admission._tasks import LocalLedger, TaskGate
 from nanobanana._admission._waiters import Queue, Waiter
 
 if TYPE_CHECKING:
@@ -165,7 +165,7 @@ class LocalGovernor:
 
     def __init__(self, *, max_concurrency: int | None, ceiling: int, clock: Clock) -> None:
         self.requests = RequestGate(max_concurrency=max_concurrency, ceiling=ceiling, clock=clock)
-        self.tasks = TaskGate(clock=clock)
+        self.tasks = TaskGate(LocalLedger(clock=clock), clock=clock)
 
     @property
     def limit(self) -> int:
@@ -181,8 +181,8 @@ class LocalGovernor:
             active=gate.active,
             waiting=gate.waiting,
             max_active=gate.max_active,
-            tasks=self.tasks.count,
-            task_limit=self.tasks.cap,
+            tasks=self.tasks.ledger.count(),
+            task_limit=self.tasks.ledger.cap,
             tasks_waiting=self.tasks.waiting,
         )
 
@@ -214,7 +214,7 @@ class LocalGovernor:
 
     async def job_seen(self, generation_id: str, *, finished: bool) -> None:
         """A poll saw the job ``generation_id``."""
-        self.tasks.seen(generation_id, finished=finished)
+        await self.tasks.seen(generation_id, finished=finished)
 
     async def aclose(self) -> None:
         """Nothing runs in the background here."""

@@ -1,0 +1,552 @@
+"""The fleet governor: the account's limits shared through Redis by every process.
+
+`FleetGovernor` implements the `Governor` protocol for one client. In front of Redis
+it keeps two small in-process gates: ``max_concurrency`` (this process's own cap)
+and a turn, so that one request of this process at a time stands in Redis's queue.
+Processes therefore take turns first come first served, and a process with 1,000
+requests queued costs Redis one waiter, not 1,000.
+
+Each admitted request is a lease in Redis, renewed while it runs by one background
+task per client, so that the slots of a process killed mid-request come back within
+one lease. Every step is one Lua script (`nanobanana._admission._lua`); every Redis
+call is bounded in time; a cancelled call cleans up after itself, shielded and bounded.
+
+When Redis cannot be reached the governor says so once (a warning on the
+``nanobanana`` logger), admits with this process's own governor (the limit last
+learned carries over), and tries Redis again every ``retry_interval`` seconds; when
+Redis answers, shared admission resumes (logged at INFO).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from nanobanana._admission import _lua
+from nanobanana._admission._api import GovernorStats, JobPoller, Slot, new_lease_id
+from nanobanana._admission._local import LocalGovernor, RequestGate
+from nanobanana._admission._tasks import (
+    DEFAULT_TASK_LEASE,
+    LocalLedger,
+    LocalTaskReservation,
+    TaskGate,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from nanobanana._clock import Clock
+
+__all__ = ["FleetGovernor", "Link", "RedisDownError"]
+
+log = logging.getLogger("nanobanana")
+
+#: How often a submit waiting for room asks Redis again (others' jobs end unseen).
+TASK_RECHECK = 0.25
+
+
+class RedisDownError(Exception):
+    """Internal: a Redis call failed or took too long; the governor falls back."""
+
+
+def _int(value: Any) -> int:
+    return int(value.decode() if isinstance(value, bytes) else value)
+
+
+def _str(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class Link:
+    """The Redis connection of one fleet governor, its scripts, and whether it is up."""
+
+    def __init__(
+        self,
+        *,
+        client: Any,
+        owned: bool,
+        where: str,
+        timeout: float,
+        retry_interval: float,
+        clock: Clock,
+    ) -> None:
+        self.client = client
+        self._owned = owned
+        self.where = where
+        self.timeout = timeout
+        self.retry_interval = retry_interval
+        self._clock = clock
+        self._scripts: dict[str, Any] = {}
+        self.down = False
+        self._next_try = 0.0
+        self._announced = False
+        self._recovered_at = -1e9
+
+    def disable(self) -> None:
+        """Never use Redis (this event loop cannot run redis-py's client)."""
+        self.down = True
+        self._next_try = float("inf")
+        self._owned = False  # nothing to close: it never connected
+
+    def usable(self) -> bool:
+        """Whether to try Redis now (up, or down long enough to try again)."""
+        return not self.down or self._clock.monotonic() >= self._next_try
+
+    def _failed(self, exc: BaseException) -> RedisDownError:
+        now = self._clock.monotonic()
+        self._next_try = now + self.retry_interval
+        # Connections opened before a restart fail once each after it: the same outage,
+        # not a new one worth another warning.
+        settling = now - self._recovered_at < max(1.0, 5 * self.retry_interval)
+        if not self.down:
+            self.down = True
+            if not settling:
+                self._announced = True
+                log.warning(
+                    "Redis governor at %s is unreachable (%s: %s); admitting requests with "
+                    "this process's own governor until it answers again (tried every %g s).",
+                    self.where,
+                    type(exc).__name__,
+                    exc,
+                    self.retry_interval,
+                )
+        return RedisDownError(str(exc))
+
+    async def _answered(self) -> None:
+        if not self.down:
+            return
+        self.down = False
+        self._recovered_at = self._clock.monotonic()
+        if self._announced:
+            self._announced = False
+            log.info("Redis governor at %s answers again: admission is shared again.", self.where)
+        # Idle connections from before the outage are dead: drop them now rather than
+        # fail one call on each.
+        pool = getattr(self.client, "connection_pool", None)
+        if pool is not None:
+            with anyio.move_on_after(self.timeout):
+                await pool.disconnect(inuse_connections=False)
+
+    async def run(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """Run the script ``name`` of `nanobanana._admission._lua`, bounded in time."""
+        import redis.exceptions  # noqa: PLC0415 - the extra is needed only here
+
+        script = self._scripts.get(name)
+        if script is None:
+            script = self._scripts[name] = self.client.register_script(getattr(_lua, name))
+        for attempt in (1, 2):
+            try:
+                result = await asyncio.wait_for(
+                    script(keys=list(keys), args=list(args)), self.timeout
+                )
+                break
+            except redis.exceptions.ConnectionError as exc:
+                # A pooled connection that died with a restarted server fails once; the
+                # pool then connects afresh. Only a second failure means Redis is away.
+                if attempt == 2:
+                    raise self._failed(exc) from exc
+            except (redis.exceptions.RedisError, OSError, asyncio.TimeoutError) as exc:
+                raise self._failed(exc) from exc
+        await self._answered()
+        return result
+
+    async def blpop(self, key: str, seconds: float) -> None:
+        """Wait up to ``seconds`` for a push to ``key`` (a wake-up)."""
+        import redis.exceptions  # noqa: PLC0415
+
+        try:
+            await asyncio.wait_for(
+                self.client.blpop([key], timeout=seconds), seconds + self.timeout
+            )
+        except (redis.exceptions.RedisError, OSError, asyncio.TimeoutError) as exc:
+            raise self._failed(exc) from exc
+
+    async def close(self) -> None:
+        """Close the connection pool, if this link made it."""
+        if self._owned:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(self.timeout):
+                await self.client.aclose()
+
+    async def cleanup(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """Run a script shielded from cancellation (and bounded); None when it failed."""
+        with anyio.CancelScope(shield=True):
+            try:
+                return await self.run(name, keys, args)
+            except RedisDownError:
+                return None  # what it would free runs out with its lease
+
+
+class RedisLedger:
+    """Async tasks counted in Redis (see `TaskLedger`), in this process while it is down."""
+
+    recheck: float | None = TASK_RECHECK
+
+    def __init__(self, link: Link, prefix: str, *, clock: Clock, lease: float) -> None:
+        self._link = link
+        self._keys = [prefix + "tasks", prefix + "reserved", prefix + "tconf"]
+        self._lease_ms = int(lease * 1000)
+        self._task_lease_ms = int(DEFAULT_TASK_LEASE * 1000)
+        self._local = LocalLedger(clock=clock)
+        self._here: set[str] = set()  # keys and jobs counted by `_local` (Redis was down)
+        self.reserved: set[str] = set()  # our submits in flight, counted in Redis
+        self._cap: int | None = None
+        self._count = 0
+
+    @property
+    def cap(self) -> int | None:
+        """The cap as last seen."""
+        return self._cap if self._cap is not None else self._local.cap
+
+    def count(self) -> int:
+        """Tasks counted, as last seen (every process's)."""
+        return self._count + self._local.count()
+
+    async def take(self, key: str) -> bool:
+        """Count ``key`` in Redis if there is room (here if Redis is down)."""
+        if self._link.usable():
+            try:
+                taken, count, cap = await self._link.run(
+                    "TASK_TAKE", self._keys, [key, self._lease_ms]
+                )
+            except RedisDownError:
+                pass
+            except BaseException:
+                await self._link.cleanup("TASK_DROP", self._keys, [key])
+                raise
+            else:
+                self._count, self._cap = _int(count), (_int(cap) if _int(cap) >= 0 else None)
+                if _int(taken):
+                    self.reserved.add(key)
+                    return True
+                return False
+        if await self._local.take(key):
+            self._here.add(key)
+            return True
+        return False
+
+    async def _run(self, name: str, args: list[Any]) -> Any:
+        try:
+            return await self._link.run(name, self._keys, args)
+        except RedisDownError:
+            return None
+
+    async def drop(self, key: str) -> None:
+        """Stop counting ``key``."""
+        if key in self._here:
+            self._here.discard(key)
+            await self._local.drop(key)
+            return
+        self.reserved.discard(key)
+        self._counted(await self._link.cleanup("TASK_DROP", self._keys, [key]))
+
+    async def keep(self, key: str) -> None:
+        """Count ``key`` as an unnamed job for a lease."""
+        if key in self._here:
+            await self._local.keep(key)
+            return
+        self.reserved.discard(key)
+        self._counted(
+            await self._link.cleanup("TASK_KEEP", self._keys, [key, key, self._task_lease_ms])
+        )
+
+    async def start(self, key: str, generation_id: str) -> None:
+        """``key`` became the job ``generation_id``."""
+        if key in self._here:
+            self._here.discard(key)
+            self._here.add(generation_id)
+            await self._local.start(key, generation_id)
+            return
+        self.reserved.discard(key)
+        self._counted(
+            await self._link.cleanup(
+                "TASK_START", self._keys, [key, generation_id, self._task_lease_ms]
+            )
+        )
+
+    async def seen(self, generation_id: str, *, finished: bool) -> None:
+        """A poll saw ``generation_id``."""
+        if generation_id in self._here:
+            if finished:
+                self._here.discard(generation_id)
+            await self._local.seen(generation_id, finished=finished)
+            return
+        if self._link.usable():
+            self._counted(
+                await self._run("TASK_SEEN", [generation_id, int(finished), self._task_lease_ms])
+            )
+
+    def _counted(self, result: Any) -> None:
+        if result:
+            self._count = _int(result[0])
+
+    async def busy(self, key: str, active_tasks: int | None) -> bool:
+        """Learn the cap (for every process); True when the counted others fill it."""
+        if key in self._here or not self._link.usable():
+            return await self._local.busy(key, active_tasks)
+        await self._local.busy("", active_tasks)  # the fallback keeps the cap too
+        result = await self._run("TASK_BUSY", [key, active_tasks or -1])
+        if result is None:
+            return await self._local.busy(key, active_tasks)
+        cap, others = _int(result[0]), _int(result[1])
+        self._cap = cap if cap >= 0 else None
+        return cap >= 0 and others >= cap
+
+    async def stranger(self) -> str | None:
+        """A job of the fleet polled longest ago."""
+        if not self._link.usable():
+            return None
+        result = await self._run("TASK_STRANGER", [])
+        if result is None:
+            return None
+        self._count = _int(result[0])
+        cap = _int(result[1])
+        self._cap = cap if cap >= 0 else None
+        job = _str(result[2])
+        return job or None
+
+    async def renew(self) -> None:
+        """Renew the leases of our submits in flight."""
+        if self.reserved:
+            await self._run("TASK_RENEW", [self._lease_ms, *self.reserved])
+
+
+class FleetGovernor:
+    """A `Governor` whose counts live in Redis (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        link: Link,
+        prefix: str,
+        lease: float,
+        max_concurrency: int | None,
+        ceiling: int,
+        clock: Clock,
+    ) -> None:
+        self._link = link
+        self._prefix = prefix
+        self._keys = [
+            prefix + name for name in ("leases", "granted", "queue", "alive", "seq", "conf", "cool")
+        ]
+        self._lease = lease
+        self._lease_ms = int(lease * 1000)
+        self._ceiling = ceiling
+        self._clock = clock
+        # This process's own cap, then one turn at a time in Redis's queue.
+        self._front = RequestGate(
+            max_concurrency=max_concurrency or ceiling, ceiling=ceiling, clock=clock
+        )
+        self._turn = RequestGate(max_concurrency=1, ceiling=1, clock=clock)
+        self._fallback = LocalGovernor(
+            max_concurrency=max_concurrency, ceiling=ceiling, clock=clock
+        )
+        self._fronts: dict[str, Slot] = {}  # admitted slot -> its place in `_front`
+        self._max_active = 0
+        self._held: dict[str, Slot] = {}  # shared slots whose leases we renew
+        self._ledger = RedisLedger(link, prefix, clock=clock, lease=lease)
+        self._tasks = TaskGate(self._ledger, clock=clock)
+        self._limit = 1
+        self._known = False
+        self._fleet_active = 0
+        self._renewer: asyncio.Task[None] | None = None
+        self._closed = False
+        self._loop_checked = False
+
+    def _check_loop(self) -> None:
+        """Once, at the first use: redis-py's client needs asyncio (trio stays local)."""
+        if self._loop_checked:
+            return
+        self._loop_checked = True
+        if not _on_asyncio():
+            self._link.disable()
+            log.warning(
+                "The Redis governor needs asyncio (redis-py's asyncio client); this event "
+                "loop is not asyncio, so admission stays in this process."
+            )
+
+    # -- stats ---------------------------------------------------------------------
+
+    def stats(self) -> GovernorStats:
+        """A snapshot; the shared figures are as last seen in Redis."""
+        shared = not self._link.down
+        fallback = self._fallback.requests
+        return GovernorStats(
+            limit=self._limit if shared else fallback.limit,
+            known=self._known if shared else fallback.learner.known,
+            active=len(self._fronts),
+            waiting=self._front.active + self._front.waiting - len(self._fronts),
+            max_active=self._max_active,
+            tasks=self._ledger.count(),
+            task_limit=self._ledger.cap,
+            tasks_waiting=self._tasks.waiting,
+            shared=shared,
+        )
+
+    def _seen(self, limit: Any, known: Any) -> None:
+        self._limit, self._known = _int(limit), bool(_int(known))
+        learner = self._fallback.requests.learner
+        learner.limit, learner.known = min(self._limit, learner.cap), self._known
+
+    # -- requests ------------------------------------------------------------------
+
+    async def acquire(self, *, retry: bool = False, holds: bool = False) -> Slot:
+        """Wait for a slot: this process's cap, then a turn in Redis's queue."""
+        self._check_loop()
+        front = await self._front.acquire(retry=retry, holds=holds)
+        try:
+            slot: Slot | None = None
+            if self._link.usable():
+                turn = await self._turn.acquire(retry=retry)
+                try:
+                    slot = await self._shared_acquire(retry=retry, holds=holds)
+                finally:
+                    self._turn.release(turn)
+            if slot is None:
+                slot = await self._fallback.acquire(retry=retry, holds=holds)
+        except BaseException:
+            self._front.release(front)
+            raise
+        self._fronts[slot.lease] = front
+        self._max_active = max(self._max_active, len(self._fronts))
+        return slot
+
+    async def _shared_acquire(self, *, retry: bool, holds: bool) -> Slot | None:
+        waiter, lease = new_lease_id(), new_lease_id()
+        args = [self._prefix, waiter, lease, self._lease_ms, 1, self._ceiling, int(retry)]
+        try:
+            while True:
+                granted, active, limit, known, _, hint = await self._link.run(
+                    "ACQUIRE", self._keys, args
+                )
+                self._seen(limit, known)
+                self._fleet_active = _int(active)
+                if _int(granted):
+                    slot = Slot(
+                        lease=lease,
+                        level=_int(active),
+                        granted_at=self._clock.monotonic(),
+                        holds=holds,
+                        shared=True,
+                    )
+                    self._held[lease] = slot
+                    self._start_renewer()
+                    return slot
+                # Block for less than a socket timeout equal to ours would allow.
+                wait = min(max(_int(hint) / 1000, 0.005), self._lease / 3, self._link.timeout / 2)
+                await self._link.blpop(self._prefix + "wake:" + waiter, wait)
+        except RedisDownError:
+            await self._link.cleanup("ABANDON", self._keys, [*args[:3], 1, self._ceiling])
+            return None
+        except BaseException:
+            await self._link.cleanup("ABANDON", self._keys, [*args[:3], 1, self._ceiling])
+            raise
+
+    async def release(self, slot: Slot) -> None:
+        """Give a slot back: shielded, bounded; a failed release ends with its lease."""
+        front = self._fronts.pop(slot.lease, None)
+        try:
+            if slot.shared:
+                self._held.pop(slot.lease, None)
+                proves = int(slot.holds and slot.succeeded and not self._known)
+                args = [self._prefix, slot.lease, proves, slot.level, 1, self._ceiling]
+                with anyio.CancelScope(shield=True):
+                    try:
+                        limit, known = await self._link.run("RELEASE", self._keys, args)
+                    except RedisDownError:
+                        pass
+                    else:
+                        self._seen(limit, known)
+            else:
+                await self._fallback.release(slot)
+        finally:
+            if front is not None:
+                self._front.release(front)
+
+    async def learn(self, limit: int) -> None:
+        """The server stated the limit: tell every process (once per change)."""
+        await self._fallback.learn(limit)
+        if limit < 1 or (self._known and limit == self._limit) or not self._link.usable():
+            return
+        try:
+            (learned,) = await self._link.run("LEARN", self._keys, [self._prefix, limit])
+        except RedisDownError:
+            return
+        self._seen(learned, 1)
+
+    async def on_success(self, slot: Slot) -> None:
+        """The request of ``slot`` succeeded (its release may probe up)."""
+        slot.succeeded = True
+
+    async def on_rate_limited(
+        self, slot: Slot, *, stated: int | None, retry_after: float | None
+    ) -> None:
+        """A 429: learn from our overshoot, or cool every process down."""
+        if not slot.shared:
+            await self._fallback.on_rate_limited(slot, stated=stated, retry_after=retry_after)
+            return
+        args = [
+            self._prefix,
+            slot.level,
+            stated if stated is not None else -1,
+            int(retry_after * 1000) if retry_after is not None else -1,
+            1,
+            self._ceiling,
+        ]
+        try:
+            limit, known, _ = await self._link.run("REFUSED", self._keys, args)
+        except RedisDownError:
+            await self._fallback.on_rate_limited(slot, stated=stated, retry_after=retry_after)
+            return
+        self._seen(limit, known)
+
+    # -- async tasks ---------------------------------------------------------------
+
+    def reserve_task(self, poll: JobPoller) -> LocalTaskReservation:
+        """Room for one async task, counted in Redis."""
+        self._check_loop()
+        return self._tasks.reserve(poll)
+
+    async def job_seen(self, generation_id: str, *, finished: bool) -> None:
+        """A poll saw a job (of any process of the fleet)."""
+        await self._tasks.seen(generation_id, finished=finished)
+
+    # -- leases --------------------------------------------------------------------
+
+    def _start_renewer(self) -> None:
+        if self._renewer is None or self._renewer.done():
+            self._renewer = asyncio.get_running_loop().create_task(self._renew())
+
+    async def _renew(self) -> None:
+        """Renew our leases every third of a lease, while we hold any."""
+        while self._held or self._ledger.reserved:
+            await asyncio.sleep(self._lease / 3)
+            leases = list(self._held)
+            try:
+                if leases:
+                    await self._link.run("RENEW", self._keys[:2], [self._lease_ms, *leases])
+                await self._ledger.renew()
+            except RedisDownError:
+                continue
+
+    async def aclose(self) -> None:
+        """Stop renewing and close the connection if we opened it."""
+        if self._closed:
+            return
+        self._closed = True
+        renewer, self._renewer = self._renewer, None
+        if renewer is not None:
+            renewer.cancel()
+            with anyio.CancelScope(shield=True):
+                await asyncio.gather(renewer, return_exceptions=True)
+        await self._link.close()
+
+
+def _on_asyncio() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
