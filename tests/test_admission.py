@@ -11,8 +11,32 @@ from nanobanana._admission._local import RequestGate
 from nanobanana._admission._tasks import LocalLedger, TaskGate
 
 
+class ManualClock:
+    """Time that moves only when the test says: a sleep ends when `advance` passes it."""
+
+    def __init__(self):
+        self.now = 1000.0
+        self._moved = asyncio.Event()
+
+    def time(self):
+        return self.now
+
+    def monotonic(self):
+        return self.now
+
+    def advance(self, seconds):
+        self.now += seconds
+        self._moved.set()
+        self._moved = asyncio.Event()
+
+    async def sleep(self, seconds):
+        end = self.now + seconds
+        while self.now < end:
+            await self._moved.wait()
+
+
 def gate(max_concurrency=None, clock=None):
-    return RequestGate(max_concurrency=max_concurrency, ceiling=100, clock=clock or FakeClock())
+    return RequestGate(max_concurrency=max_concurrency, ceiling=100, clock=clock or ManualClock())
 
 
 async def settle():
@@ -159,7 +183,7 @@ def test_max_concurrency_below_one_is_rejected():
 async def test_fast_requests_never_raise_the_limit():
     # Polls and submits are answered in an instant: many of them "in flight" at the
     # client say nothing of the server's limit (a batch once raised it to 11 for 3).
-    clock = FakeClock()
+    clock = ManualClock()
     gov = gate(clock=clock)
     for _ in range(20):
         slot = await gov.acquire(holds=False)
@@ -172,32 +196,79 @@ async def test_fast_requests_never_raise_the_limit():
     assert gov.limit == 1
 
 
-async def test_long_requests_held_together_prove_the_next_step():
-    clock = FakeClock()
+async def advance(clock, seconds):
+    clock.advance(seconds)
+    await settle()
+
+
+async def test_requests_in_flight_long_enough_were_admitted_and_prove_the_next_step():
+    # The server refuses at once: requests unanswered after 0.25 s were admitted.
+    clock = ManualClock()
+    gov = gate(clock=clock)
+    first = await gov.acquire(holds=True)
+    waiters = [asyncio.create_task(gov.acquire(holds=True)) for _ in range(3)]
+    await settle()
+    await advance(clock, 0.2)
+    assert (gov.limit, gov.active) == (1, 1)
+    await advance(clock, 0.06)  # `first` is 0.26 s old, alone: 1 is proven
+    assert (gov.limit, gov.active) == (2, 2)
+    await advance(clock, 0.2)  # the second one is only 0.2 s old
+    assert gov.limit == 2
+    await advance(clock, 0.06)
+    assert (gov.limit, gov.active) == (3, 3)  # both held for 0.25 s: 2 is proven
+    gov.learn(3)  # the server says 3 (say, the 429 of the next probe)
+    await advance(clock, 1.0)
+    assert (gov.limit, gov.active) == (3, 3)  # known: no more probing
+    for slot in [first, *(w.result() for w in waiters[:2])]:
+        gov.release(slot)
+    gov.release(await waiters[2])
+
+
+async def test_a_slow_link_makes_the_proof_wait_three_round_trips():
+    clock = ManualClock()
+    gov = gate(clock=clock)
+    slot = await gov.acquire()
+    clock.advance(0.2)
+    slot.succeeded = True
+    gov.answered(slot)  # the fastest answer took 0.2 s: the proof needs 0.6 s
+    gov.release(slot)
+    held = await gov.acquire(holds=True)
+    waiter = asyncio.create_task(gov.acquire(holds=True))
+    await advance(clock, 0.5)
+    assert gov.limit == 1
+    await advance(clock, 0.11)
+    assert gov.limit == 2
+    gov.release(held)
+    gov.release(await waiter)
+
+
+async def test_a_success_beside_long_held_others_proves_the_next_step():
+    # Generations shorter than the proof age: their ends prove the steps instead.
+    clock = ManualClock()
     gov = gate(clock=clock)
     first = await gov.acquire(holds=True)
     waiters = [asyncio.create_task(gov.acquire(holds=True)) for _ in range(6)]
     await settle()
-    clock.advance(10)
+    await advance(clock, 0.2)
     first.succeeded = True
     gov.release(first)  # alone at level 1, with others waiting: proves it, limit 2
     await settle()
     assert gov.limit == 2
     second, third = waiters[0].result(), waiters[1].result()
     assert (second.level, third.level) == (1, 2)
-    clock.advance(4)
+    await advance(clock, 0.08)
     second.succeeded = True
     gov.release(second)  # admitted at level 1, below the limit: proves nothing more
     assert gov.limit == 2
     fourth = await waiters[2]
-    clock.advance(1)
+    await advance(clock, 0.02)
     third.succeeded = True
-    gov.release(third)  # level 2, but `fourth` was sent 1 s before its 5 s ended
+    gov.release(third)  # level 2, but `fourth` was sent 0.02 s before its 0.1 s ended
     assert gov.limit == 2
     fifth = await waiters[3]
-    clock.advance(10)
+    await advance(clock, 0.2)
     fourth.succeeded = True
-    gov.release(fourth)  # level 2 beside `fifth`, sent 10 s of its 11 s before the end
+    gov.release(fourth)  # level 2 beside `fifth`, sent 0.2 s of its 0.22 s before the end
     assert fourth.level == 2
     assert gov.limit == 3
     for task in waiters[4:]:
@@ -206,7 +277,7 @@ async def test_long_requests_held_together_prove_the_next_step():
 
 
 async def test_a_429_within_a_known_limit_cools_admission_down_for_retry_after():
-    clock = FakeClock()
+    clock = FakeClock()  # sleeps return at once, and are recorded
     gov = gate(2, clock=clock)
     refused = await gov.acquire()
     gov.refused(refused, stated=2, retry_after=5.0)  # others' load: we had 1 of 2

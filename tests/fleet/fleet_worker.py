@@ -39,6 +39,7 @@ async def main(  # noqa: PLR0917
                 return await job.wait()
             return await client.generate(f"worker {os.getpid()} sync {i}")
 
+        await client.models()  # imports and a connection: no worker starts late
         print("ready", flush=True)
         for round_ in range(rounds):
             await asyncio.to_thread(sys.stdin.readline)

@@ -16,6 +16,12 @@ proof that the current limit is really used at the server:
   the server holding several at once, and letting them count is how a batch of async
   jobs once raised the limit to 11 for a real limit of 3, with the server never
   seeing more than 1;
+- the server refuses a request beyond the limit at once (429), so a request still
+  unanswered after a moment was admitted: when ``limit`` requests have all been in
+  flight for `proof_age` (0.25 s, or three times the fastest answer seen, if more),
+  the server is holding that many at once, and the learner probes one higher without
+  waiting for any of them to end. Real generations take 10-60 s: learning a limit of 5
+  then takes about a second, not four generations;
 - a probe that the server refuses without stating the limit ends the probing one
   below it. So each step costs at most one 429.
 
@@ -28,7 +34,19 @@ import attrs
 
 from nanobanana._admission._api import DEFAULT_ACCOUNT_LIMIT
 
-__all__ = ["LimitLearner"]
+__all__ = ["PROOF_AGE", "LimitLearner", "proof_age"]
+
+#: A request the server has not refused within this long was admitted (it refuses at once).
+PROOF_AGE = 0.25
+
+
+def proof_age(fastest_answer: float | None) -> float:
+    """How long requests must be in flight to show they were admitted.
+
+    `PROOF_AGE`, or three times the fastest answer seen (a slow link's round trip),
+    whichever is longer.
+    """
+    return PROOF_AGE if fastest_answer is None else max(PROOF_AGE, 3 * fastest_answer)
 
 
 @attrs.define(kw_only=True)
@@ -85,6 +103,10 @@ class LimitLearner:
             and held >= self.limit - 1
             and self.limit < min(self.ceiling, self.cap)
         )
+
+    def may_probe(self, *, waiting: bool) -> bool:
+        """Whether the limit may go up at all (unknown, below the ceilings, and needed)."""
+        return not self.known and waiting and self.limit < min(self.ceiling, self.cap)
 
     def probe(self) -> None:
         """Allow one more request in flight."""

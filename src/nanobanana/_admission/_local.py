@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from nanobanana._admission._api import GovernorStats, JobPoller, Slot, new_lease_id
-from nanobanana._admission._learning import LimitLearner
+from nanobanana._admission._learning import LimitLearner, proof_age
 from nanobanana._admission._tasks import LocalLedger, TaskGate
 from nanobanana._admission._waiters import Queue, Waiter
 
@@ -42,6 +42,7 @@ class RequestGate:
         self._max_active = 0
         self._waiters: Queue[Slot] = Queue()
         self._cool_until = 0.0
+        self.fastest: float | None = None  # the quickest answer seen, in seconds
 
     @property
     def limit(self) -> int:
@@ -88,10 +89,15 @@ class RequestGate:
         try:
             self._wake()
             while waiter.value is None:
-                # The head watches a cool-down's end; the others wait to be handed a slot.
-                cooling = self._cool_until - self._clock.monotonic()
-                head = waiter is self._waiters.head()
-                await waiter.nap(self._clock, cooling if head and cooling > 0 else None)
+                # The head watches a cool-down's end and when the requests in flight will
+                # prove the limit; the others wait to be handed a slot.
+                delay = None
+                if waiter is self._waiters.head():
+                    cooling = self._cool_until - self._clock.monotonic()
+                    due = self._proof_due()
+                    delays = [d for d in (cooling if cooling > 0 else None, due) if d is not None]
+                    delay = min(delays) if delays else None
+                await waiter.nap(self._clock, delay)
                 self._wake()
         except BaseException:
             if waiter.value is not None:
@@ -115,6 +121,30 @@ class RequestGate:
         self._held[slot.lease] = slot
         self._max_active = max(self._max_active, len(self._held))
 
+    def answered(self, slot: Slot) -> None:
+        """Note how quickly the server answered ``slot`` (for `proof_age`)."""
+        latency = self._clock.monotonic() - slot.granted_at
+        if self.fastest is None or latency < self.fastest:
+            self.fastest = latency
+
+    def _proof_due(self) -> float | None:
+        """Probe up if `limit` requests in flight were all admitted; else when they will be.
+
+        Returns the seconds until the youngest of them has been in flight long enough,
+        or None when there is nothing to prove.
+        """
+        learner = self.learner
+        if not learner.may_probe(waiting=bool(self._waiters)):
+            return None
+        if len(self._held) < learner.limit:
+            return None
+        youngest = max(slot.granted_at for slot in self._held.values())
+        due = youngest + proof_age(self.fastest) - self._clock.monotonic()
+        if due > 0:
+            return due
+        learner.probe()
+        return None
+
     def _probe(self, slot: Slot) -> None:
         now = self._clock.monotonic()
         half = (now - slot.granted_at) / 2
@@ -133,12 +163,15 @@ class RequestGate:
 
     def _wake(self) -> None:
         handed = False
+        if self._waiters and not self.learner.known:
+            self._proof_due()
         while self._waiters and self._room():
             waiter = self._waiters.pop()
             waiter.hand(self._take(bool(waiter.data)))
             handed = True
-        if handed and self._cool_until and (head := self._waiters.head()) is not None:
-            head.wake()  # a new head: it watches the cool-down
+        watch = self._cool_until or not self.learner.known
+        if handed and watch and (head := self._waiters.head()) is not None:
+            head.wake()  # a new head: it watches the cool-down, or the proof of the limit
 
     def learn(self, limit: int) -> None:
         """The server stated the account's limit."""
@@ -201,11 +234,13 @@ class LocalGovernor:
     async def on_success(self, slot: Slot) -> None:
         """Mark the slot's request as a success (its release may then probe up)."""
         slot.succeeded = True
+        self.requests.answered(slot)
 
     async def on_rate_limited(
         self, slot: Slot, *, stated: int | None, retry_after: float | None
     ) -> None:
         """A 429 for ``slot``."""
+        self.requests.answered(slot)
         self.requests.refused(slot, stated=stated, retry_after=retry_after)
 
     def reserve_task(self, poll: JobPoller) -> TaskReservation:

@@ -13,7 +13,9 @@ Requests in flight (KEYS: leases, granted, queue, alive, seq, conf, cool):
 - ``conf`` HASH ``limit``, ``known``, ``ceiling``: the learned limit
   (`nanobanana._admission._learning` says the rules; the scripts apply the same).
 - ``cool`` the end of a cool-down after a 429 from load nobody here sent.
-- ``wake:<waiter>`` LIST: pushed when the waiter may now be admitted (it BLPOPs it).
+- ``wake:<waiter>`` LIST: when a slot frees, the script that frees it hands it to the
+  first waiter (its lease is named after it) and pushes the level here; the waiter
+  BLPOPs its list.
 
 Async tasks (KEYS: tasks, reserved, tconf): ``tasks`` ZSET job id -> lease expiry,
 ``reserved`` ZSET submit id -> lease expiry, ``tconf`` HASH ``cap``.
@@ -68,12 +70,18 @@ local function free(now, limit)
   if now < cool then room = 0 end
   return room
 end
-local function wake(prefix, now, limit)
+local function wake(prefix, now, limit, lease_ms)
+  -- Hand the free slots to the first waiters at once: each is told by a push to its
+  -- own list, and finds its lease (named after it) already taken for it.
   local room = free(now, limit)
   if room > 0 then
     for _, id in ipairs(redis.call('ZRANGE', KEYS[3], 0, room - 1)) do
+      redis.call('ZREM', KEYS[3], id)
+      redis.call('ZREM', KEYS[4], id)
+      redis.call('ZADD', KEYS[1], now + lease_ms, id)
+      redis.call('ZADD', KEYS[2], now, id)
       local key = prefix .. 'wake:' .. id
-      redis.call('LPUSH', key, '1')
+      redis.call('LPUSH', key, redis.call('ZCARD', KEYS[1]))
       redis.call('PEXPIRE', key, 60000)
     end
   end
@@ -83,15 +91,32 @@ local function keep_conf()
 end
 """.replace("KEEP_MS", _KEEP_MS)
 
-# ARGV: prefix, waiter, lease, lease_ms, default limit, ceiling, front (0/1)
-# -> {granted, active, limit, known, waiting, hint_ms}
+# ARGV: prefix, waiter (also its lease's name), -, lease_ms, default limit, ceiling,
+# front (0/1), proof_ms -> {granted, active (level), limit, known, waiting, hint_ms}
 ACQUIRE = (
     _COMMON
     + """
 local now = now_ms()
 purge(now)
-local limit, known = conf(tonumber(ARGV[5]), tonumber(ARGV[6]))
-local lease_ms = tonumber(ARGV[4])
+local limit, known, ceiling = conf(tonumber(ARGV[5]), tonumber(ARGV[6]))
+local lease_ms, proof = tonumber(ARGV[4]), tonumber(ARGV[8])
+local proof_due = -1
+if not known and limit < ceiling and redis.call('ZCARD', KEYS[1]) >= limit then
+  -- The server refuses at once: requests unanswered for `proof` ms were admitted.
+  if redis.call('ZCOUNT', KEYS[2], '-inf', now - proof) >= limit then
+    limit = limit + 1
+    redis.call('HSET', KEYS[6], 'limit', limit)
+    keep_conf()
+  else
+    local youngest = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
+    if youngest[2] then proof_due = tonumber(youngest[2]) + proof - now end
+  end
+end
+if redis.call('ZSCORE', KEYS[1], ARGV[2]) then
+  -- Handed a slot by a release while it was not listening.
+  redis.call('DEL', ARGV[1] .. 'wake:' .. ARGV[2])
+  return {1, redis.call('ZCARD', KEYS[1]), limit, known and 1 or 0, redis.call('ZCARD', KEYS[3]), 0}
+end
 if not redis.call('ZSCORE', KEYS[3], ARGV[2]) then
   local ticket = 0
   if ARGV[7] ~= '1' then
@@ -109,10 +134,11 @@ if rank < room then
   redis.call('ZREM', KEYS[3], ARGV[2])
   redis.call('ZREM', KEYS[4], ARGV[2])
   redis.call('DEL', ARGV[1] .. 'wake:' .. ARGV[2])
-  redis.call('ZADD', KEYS[1], now + lease_ms, ARGV[3])
-  redis.call('ZADD', KEYS[2], now, ARGV[3])
-  wake(ARGV[1], now, limit)
-  return {1, redis.call('ZCARD', KEYS[1]), limit, k, waiting - 1, 0}
+  redis.call('ZADD', KEYS[1], now + lease_ms, ARGV[2])
+  redis.call('ZADD', KEYS[2], now, ARGV[2])
+  local level = redis.call('ZCARD', KEYS[1])
+  wake(ARGV[1], now, limit, lease_ms)
+  return {1, level, limit, k, waiting - 1, 0}
 end
 local hint = lease_ms
 local cool = tonumber(redis.call('GET', KEYS[7]) or '0')
@@ -121,12 +147,14 @@ if now < cool then
 else
   local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
   if first[2] then hint = math.max(1, tonumber(first[2]) - now) end
+  if proof_due >= 0 then hint = math.max(1, math.min(hint, proof_due + 1)) end
 end
 return {0, redis.call('ZCARD', KEYS[1]), limit, k, waiting, hint}
 """
 ).replace("KEEP_MS", _KEEP_MS)
 
-# ARGV: prefix, lease, proves (0/1), level, default limit, ceiling -> {limit, known}
+# ARGV: prefix, lease, proves (0/1), level, default limit, ceiling, lease_ms
+# -> {limit, known}
 RELEASE = (
     _COMMON
     + """
@@ -147,19 +175,19 @@ if ARGV[3] == '1' and granted and not known then
     keep_conf()
   end
 end
-wake(ARGV[1], now, limit)
+wake(ARGV[1], now, limit, tonumber(ARGV[7]))
 return {limit, known and 1 or 0}
 """
 )
 
-# ARGV: prefix, limit -> {limit}
+# ARGV: prefix, limit, lease_ms -> {limit}
 LEARN = (
     _COMMON
     + """
 local now = now_ms()
 redis.call('HSET', KEYS[6], 'limit', ARGV[2], 'known', '1')
 keep_conf()
-wake(ARGV[1], now, tonumber(ARGV[2]))
+wake(ARGV[1], now, tonumber(ARGV[2]), tonumber(ARGV[3]))
 return {tonumber(ARGV[2])}
 """
 )
@@ -193,7 +221,7 @@ return {limit, known and 1 or 0, own and 1 or 0}
 """
 )
 
-# ARGV: prefix, waiter, lease, default, ceiling -> {}
+# ARGV: prefix, waiter (its lease's name too), -, default, ceiling, lease_ms -> {}
 ABANDON = (
     _COMMON
     + """
@@ -201,10 +229,10 @@ local now = now_ms()
 redis.call('ZREM', KEYS[3], ARGV[2])
 redis.call('ZREM', KEYS[4], ARGV[2])
 redis.call('DEL', ARGV[1] .. 'wake:' .. ARGV[2])
-redis.call('ZREM', KEYS[1], ARGV[3])
-redis.call('ZREM', KEYS[2], ARGV[3])
+redis.call('ZREM', KEYS[1], ARGV[2])
+redis.call('ZREM', KEYS[2], ARGV[2])
 local limit = conf(tonumber(ARGV[4]), tonumber(ARGV[5]))
-wake(ARGV[1], now, limit)
+wake(ARGV[1], now, limit, tonumber(ARGV[6]))
 return {}
 """
 )

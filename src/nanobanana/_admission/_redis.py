@@ -27,6 +27,7 @@ import anyio
 
 from nanobanana._admission import _lua
 from nanobanana._admission._api import GovernorStats, JobPoller, Slot, new_lease_id
+from nanobanana._admission._learning import proof_age
 from nanobanana._admission._local import LocalGovernor, RequestGate
 from nanobanana._admission._tasks import (
     DEFAULT_TASK_LEASE,
@@ -153,12 +154,12 @@ class Link:
         await self._answered()
         return result
 
-    async def blpop(self, key: str, seconds: float) -> None:
-        """Wait up to ``seconds`` for a push to ``key`` (a wake-up)."""
+    async def blpop(self, key: str, seconds: float) -> Any:
+        """Wait up to ``seconds`` for a push to ``key``: ``[key, value]``, or None."""
         import redis.exceptions  # noqa: PLC0415
 
         try:
-            await asyncio.wait_for(
+            return await asyncio.wait_for(
                 self.client.blpop([key], timeout=seconds), seconds + self.timeout
             )
         except (redis.exceptions.RedisError, OSError, asyncio.TimeoutError) as exc:
@@ -350,6 +351,7 @@ class FleetGovernor:
         self._tasks = TaskGate(self._ledger, clock=clock)
         self._limit = 1
         self._known = False
+        self._fastest: float | None = None  # the quickest answer seen (proof_age)
         self._fleet_active = 0
         self._renewer: asyncio.Task[None] | None = None
         self._closed = False
@@ -414,35 +416,41 @@ class FleetGovernor:
         return slot
 
     async def _shared_acquire(self, *, retry: bool, holds: bool) -> Slot | None:
-        waiter, lease = new_lease_id(), new_lease_id()
-        args = [self._prefix, waiter, lease, self._lease_ms, 1, self._ceiling, int(retry)]
+        waiter = new_lease_id()  # also the name of the lease it is granted
+        proof_ms = int(proof_age(self._fastest) * 1000)
+        args = [self._prefix, waiter, "", self._lease_ms, 1, self._ceiling, int(retry), proof_ms]
+        abandon = [self._prefix, waiter, "", 1, self._ceiling, self._lease_ms]
         try:
             while True:
                 granted, active, limit, known, _, hint = await self._link.run(
                     "ACQUIRE", self._keys, args
                 )
                 self._seen(limit, known)
-                self._fleet_active = _int(active)
+                level = _int(active)
                 if _int(granted):
-                    slot = Slot(
-                        lease=lease,
-                        level=_int(active),
-                        granted_at=self._clock.monotonic(),
-                        holds=holds,
-                        shared=True,
-                    )
-                    self._held[lease] = slot
-                    self._start_renewer()
-                    return slot
+                    break
                 # Block for less than a socket timeout equal to ours would allow.
                 wait = min(max(_int(hint) / 1000, 0.005), self._lease / 3, self._link.timeout / 2)
-                await self._link.blpop(self._prefix + "wake:" + waiter, wait)
+                handed = await self._link.blpop(self._prefix + "wake:" + waiter, wait)
+                if handed is not None:
+                    level = _int(handed[1])  # a release handed us its slot
+                    break
         except RedisDownError:
-            await self._link.cleanup("ABANDON", self._keys, [*args[:3], 1, self._ceiling])
+            await self._link.cleanup("ABANDON", self._keys, abandon)
             return None
         except BaseException:
-            await self._link.cleanup("ABANDON", self._keys, [*args[:3], 1, self._ceiling])
+            await self._link.cleanup("ABANDON", self._keys, abandon)
             raise
+        slot = Slot(
+            lease=waiter,
+            level=level,
+            granted_at=self._clock.monotonic(),
+            holds=holds,
+            shared=True,
+        )
+        self._held[waiter] = slot
+        self._start_renewer()
+        return slot
 
     async def release(self, slot: Slot) -> None:
         """Give a slot back: shielded, bounded; a failed release ends with its lease."""
@@ -451,7 +459,9 @@ class FleetGovernor:
             if slot.shared:
                 self._held.pop(slot.lease, None)
                 proves = int(slot.holds and slot.succeeded and not self._known)
-                args = [self._prefix, slot.lease, proves, slot.level, 1, self._ceiling]
+                args = [
+                    self._prefix, slot.lease, proves, slot.level, 1, self._ceiling, self._lease_ms
+                ]  # fmt: skip
                 with anyio.CancelScope(shield=True):
                     try:
                         limit, known = await self._link.run("RELEASE", self._keys, args)
@@ -471,19 +481,30 @@ class FleetGovernor:
         if limit < 1 or (self._known and limit == self._limit) or not self._link.usable():
             return
         try:
-            (learned,) = await self._link.run("LEARN", self._keys, [self._prefix, limit])
+            (learned,) = await self._link.run(
+                "LEARN", self._keys, [self._prefix, limit, self._lease_ms]
+            )
         except RedisDownError:
             return
         self._seen(learned, 1)
 
+    def _answered(self, slot: Slot) -> None:
+        latency = self._clock.monotonic() - slot.granted_at
+        if self._fastest is None or latency < self._fastest:
+            self._fastest = latency
+
     async def on_success(self, slot: Slot) -> None:
         """The request of ``slot`` succeeded (its release may probe up)."""
         slot.succeeded = True
+        self._answered(slot)
+        if not slot.shared:
+            await self._fallback.on_success(slot)
 
     async def on_rate_limited(
         self, slot: Slot, *, stated: int | None, retry_after: float | None
     ) -> None:
         """A 429: learn from our overshoot, or cool every process down."""
+        self._answered(slot)
         if not slot.shared:
             await self._fallback.on_rate_limited(slot, stated=stated, retry_after=retry_after)
             return

@@ -200,6 +200,9 @@ class Session:
         max_retries = getattr(self.args, "max_retries", None)
         if max_retries is not None:
             options["max_retries"] = max_retries
+        redis_url = getattr(self.args, "redis", None)
+        if redis_url is not None:
+            options["governor"] = redis_url
         if not self.simulated:
             try:
                 client = AsyncNanoBanana(
@@ -207,7 +210,7 @@ class Session:
                     base_url=getattr(self.args, "base_url", None),
                     **options,
                 )
-            except ValueError as error:  # a --base-url or key the client cannot use
+            except (ValueError, ImportError) as error:  # a --base-url, key or --redis
                 raise UsageError(str(error)) from None
             async with client:
                 yield client
@@ -215,8 +218,10 @@ class Session:
 
         from nanobanana.testing import Simulator  # noqa: PLC0415 - only for --simulate
 
-        async with (
-            Simulator(**SIMULATOR_DEMO) as sim,
-            AsyncNanoBanana(api_key=sim.api_key, base_url=sim.base_url, **options) as client,
-        ):
-            yield client
+        async with Simulator(**SIMULATOR_DEMO) as sim:
+            try:
+                client = AsyncNanoBanana(api_key=sim.api_key, base_url=sim.base_url, **options)
+            except (ValueError, ImportError) as error:  # a --redis the client cannot use
+                raise UsageError(str(error)) from None
+            async with client:
+                yield client
