@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -105,7 +106,10 @@ def main() -> None:
     from nanobanana.testing import Simulator  # noqa: PLC0415
     from redis_support import RedisServer  # noqa: PLC0415
 
-    redis = RedisServer().start()
+    binary = shutil.which("redis-server")
+    if binary is None:
+        sys.exit("bench_fleet.py needs redis-server on PATH (Debian: apt-get install redis-server)")
+    redis = RedisServer(binary=binary).start()
     print(
         f"account limit {LIMIT}, {GENERATION_TIME} s generations, {TOTAL} sync generations "
         f"per run, ideal makespan {TOTAL * GENERATION_TIME / LIMIT:.1f} s; "

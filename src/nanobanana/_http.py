@@ -33,6 +33,7 @@ from nanobanana._retry import (
     RequestKind,
     RetryPolicy,
     decide,
+    out_of_patience,
     outcome_of_exception,
     outcome_of_status,
     parse_retry_after,
@@ -497,7 +498,7 @@ class Requester:
                     and policy.patience is not None
                     and now + wait > first_refusal + policy.patience
                 ):
-                    raise _out_of_patience(error, now - first_refusal, refusals)
+                    raise out_of_patience(error, now - first_refusal, refusals)
             else:
                 failures += 1
                 if failures >= policy.attempts:
@@ -522,17 +523,3 @@ class Requester:
                 await task.room()
             else:
                 await clock.sleep(wait)
-
-
-def _out_of_patience(error: NanoBananaError, waited: float, refusals: int) -> NanoBananaError:
-    """``error`` (a 429 or 503), saying how long the call waited and how often it was refused."""
-    if isinstance(error, (RateLimitError, ServerBusyError)):
-        error.waited = waited
-        error.refusals = refusals
-    text = (
-        f"{error.message.rstrip('.')}. Gave up after waiting {waited:.0f} s for capacity "
-        f"through {refusals} refusal{'s' if refusals != 1 else ''} (RetryPolicy.patience)."
-    )
-    error.message = text
-    error.args = (text,)
-    return error

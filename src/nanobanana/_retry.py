@@ -21,6 +21,8 @@ from typing import Any
 import attrs
 import httpx
 
+from nanobanana._errors import NanoBananaError, RateLimitError, ServerBusyError
+
 __all__ = [
     "Decision",
     "Outcome",
@@ -28,6 +30,7 @@ __all__ = [
     "RetryPolicy",
     "decide",
     "none_or_at_least_zero",
+    "out_of_patience",
     "outcome_of_exception",
     "outcome_of_status",
     "parse_retry_after",
@@ -185,3 +188,17 @@ def parse_retry_after(value: str | None, *, now: float, cap: float) -> float | N
     except (OverflowError, OSError, ValueError):
         return None
     return min(cap, max(0.0, delta))
+
+
+def out_of_patience(error: NanoBananaError, waited: float, refusals: int) -> NanoBananaError:
+    """``error`` (a 429 or 503), saying how long the call waited and how often it was refused."""
+    if isinstance(error, (RateLimitError, ServerBusyError)):
+        error.waited = waited
+        error.refusals = refusals
+    text = (
+        f"{error.message.rstrip('.')}. Gave up after waiting {waited:.0f} s for capacity "
+        f"through {refusals} refusal{'s' if refusals != 1 else ''} (RetryPolicy.patience)."
+    )
+    error.message = text
+    error.args = (text,)
+    return error

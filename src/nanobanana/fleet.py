@@ -38,7 +38,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import attrs
 
-from nanobanana._admission._redis import FleetGovernor, Link
+from nanobanana._admission._redis import FleetGovernor
+from nanobanana._admission._redis_link import Link
 
 if TYPE_CHECKING:
     from nanobanana._clock import Clock

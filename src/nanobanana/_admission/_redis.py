@@ -25,293 +25,19 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from nanobanana._admission import _lua
 from nanobanana._admission._api import GovernorStats, JobPoller, Slot, new_lease_id
 from nanobanana._admission._learning import proof_age
 from nanobanana._admission._local import LocalGovernor, RequestGate
-from nanobanana._admission._tasks import (
-    DEFAULT_TASK_LEASE,
-    LocalLedger,
-    LocalTaskReservation,
-    TaskGate,
-)
+from nanobanana._admission._redis_link import Link, RedisDownError, as_int
+from nanobanana._admission._redis_tasks import RedisLedger
+from nanobanana._admission._tasks import LocalTaskReservation, TaskGate
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
-
     from nanobanana._clock import Clock
 
-__all__ = ["FleetGovernor", "Link", "RedisDownError"]
+__all__ = ["FleetGovernor"]
 
 log = logging.getLogger("nanobanana")
-
-#: How often a submit waiting for room asks Redis again (others' jobs end unseen).
-TASK_RECHECK = 0.25
-
-
-class RedisDownError(Exception):
-    """Internal: a Redis call failed or took too long; the governor falls back."""
-
-
-def _int(value: Any) -> int:
-    return int(value.decode() if isinstance(value, bytes) else value)
-
-
-def _str(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-class Link:
-    """The Redis connection of one fleet governor, its scripts, and whether it is up."""
-
-    def __init__(
-        self,
-        *,
-        client: Any,
-        owned: bool,
-        where: str,
-        timeout: float,
-        retry_interval: float,
-        clock: Clock,
-    ) -> None:
-        self.client = client
-        self._owned = owned
-        self.where = where
-        self.timeout = timeout
-        self.retry_interval = retry_interval
-        self._clock = clock
-        self._scripts: dict[str, Any] = {}
-        self.down = False
-        self._next_try = 0.0
-        self._announced = False
-        self._recovered_at = -1e9
-
-    def disable(self) -> None:
-        """Never use Redis (this event loop cannot run redis-py's client)."""
-        self.down = True
-        self._next_try = float("inf")
-        self._owned = False  # nothing to close: it never connected
-
-    def usable(self) -> bool:
-        """Whether to try Redis now (up, or down long enough to try again)."""
-        return not self.down or self._clock.monotonic() >= self._next_try
-
-    def _failed(self, exc: BaseException) -> RedisDownError:
-        now = self._clock.monotonic()
-        self._next_try = now + self.retry_interval
-        # Connections opened before a restart fail once each after it: the same outage,
-        # not a new one worth another warning.
-        settling = now - self._recovered_at < max(1.0, 5 * self.retry_interval)
-        if not self.down:
-            self.down = True
-            if not settling:
-                self._announced = True
-                log.warning(
-                    "Redis governor at %s is unreachable (%s: %s); admitting requests with "
-                    "this process's own governor until it answers again (tried every %g s).",
-                    self.where,
-                    type(exc).__name__,
-                    exc,
-                    self.retry_interval,
-                )
-        return RedisDownError(str(exc))
-
-    async def _answered(self) -> None:
-        if not self.down:
-            return
-        self.down = False
-        self._recovered_at = self._clock.monotonic()
-        if self._announced:
-            self._announced = False
-            log.info("Redis governor at %s answers again: admission is shared again.", self.where)
-        # Idle connections from before the outage are dead: drop them now rather than
-        # fail one call on each.
-        pool = getattr(self.client, "connection_pool", None)
-        if pool is not None:
-            with anyio.move_on_after(self.timeout):
-                await pool.disconnect(inuse_connections=False)
-
-    async def run(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        """Run the script ``name`` of `nanobanana._admission._lua`, bounded in time."""
-        import redis.exceptions  # noqa: PLC0415 - the extra is needed only here
-
-        script = self._scripts.get(name)
-        if script is None:
-            script = self._scripts[name] = self.client.register_script(getattr(_lua, name))
-        for attempt in (1, 2):
-            try:
-                result = await asyncio.wait_for(
-                    script(keys=list(keys), args=list(args)), self.timeout
-                )
-                break
-            except redis.exceptions.ConnectionError as exc:
-                # A pooled connection that died with a restarted server fails once; the
-                # pool then connects afresh. Only a second failure means Redis is away.
-                if attempt == 2:
-                    raise self._failed(exc) from exc
-            except (redis.exceptions.RedisError, OSError, asyncio.TimeoutError) as exc:
-                raise self._failed(exc) from exc
-        await self._answered()
-        return result
-
-    async def blpop(self, key: str, seconds: float) -> Any:
-        """Wait up to ``seconds`` for a push to ``key``: ``[key, value]``, or None."""
-        import redis.exceptions  # noqa: PLC0415
-
-        try:
-            return await asyncio.wait_for(
-                self.client.blpop([key], timeout=seconds), seconds + self.timeout
-            )
-        except (redis.exceptions.RedisError, OSError, asyncio.TimeoutError) as exc:
-            raise self._failed(exc) from exc
-
-    async def close(self) -> None:
-        """Close the connection pool, if this link made it."""
-        if self._owned:
-            with anyio.CancelScope(shield=True), anyio.move_on_after(self.timeout):
-                await self.client.aclose()
-
-    async def cleanup(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        """Run a script shielded from cancellation (and bounded); None when it failed."""
-        with anyio.CancelScope(shield=True):
-            try:
-                return await self.run(name, keys, args)
-            except RedisDownError:
-                return None  # what it would free runs out with its lease
-
-
-class RedisLedger:
-    """Async tasks counted in Redis (see `TaskLedger`), in this process while it is down."""
-
-    recheck: float | None = TASK_RECHECK
-
-    def __init__(self, link: Link, prefix: str, *, clock: Clock, lease: float) -> None:
-        self._link = link
-        self._keys = [prefix + "tasks", prefix + "reserved", prefix + "tconf"]
-        self._lease_ms = int(lease * 1000)
-        self._task_lease_ms = int(DEFAULT_TASK_LEASE * 1000)
-        self._local = LocalLedger(clock=clock)
-        self._here: set[str] = set()  # keys and jobs counted by `_local` (Redis was down)
-        self.reserved: set[str] = set()  # our submits in flight, counted in Redis
-        self._cap: int | None = None
-        self._count = 0
-
-    @property
-    def cap(self) -> int | None:
-        """The cap as last seen."""
-        return self._cap if self._cap is not None else self._local.cap
-
-    def count(self) -> int:
-        """Tasks counted, as last seen (every process's)."""
-        return self._count + self._local.count()
-
-    async def take(self, key: str) -> bool:
-        """Count ``key`` in Redis if there is room (here if Redis is down)."""
-        if self._link.usable():
-            try:
-                taken, count, cap = await self._link.run(
-                    "TASK_TAKE", self._keys, [key, self._lease_ms]
-                )
-            except RedisDownError:
-                pass
-            except BaseException:
-                await self._link.cleanup("TASK_DROP", self._keys, [key])
-                raise
-            else:
-                self._count, self._cap = _int(count), (_int(cap) if _int(cap) >= 0 else None)
-                if _int(taken):
-                    self.reserved.add(key)
-                    return True
-                return False
-        if await self._local.take(key):
-            self._here.add(key)
-            return True
-        return False
-
-    async def _run(self, name: str, args: list[Any]) -> Any:
-        try:
-            return await self._link.run(name, self._keys, args)
-        except RedisDownError:
-            return None
-
-    async def drop(self, key: str) -> None:
-        """Stop counting ``key``."""
-        if key in self._here:
-            self._here.discard(key)
-            await self._local.drop(key)
-            return
-        self.reserved.discard(key)
-        self._counted(await self._link.cleanup("TASK_DROP", self._keys, [key]))
-
-    async def keep(self, key: str) -> None:
-        """Count ``key`` as an unnamed job for a lease."""
-        if key in self._here:
-            await self._local.keep(key)
-            return
-        self.reserved.discard(key)
-        self._counted(
-            await self._link.cleanup("TASK_KEEP", self._keys, [key, key, self._task_lease_ms])
-        )
-
-    async def start(self, key: str, generation_id: str) -> None:
-        """``key`` became the job ``generation_id``."""
-        if key in self._here:
-            self._here.discard(key)
-            self._here.add(generation_id)
-            await self._local.start(key, generation_id)
-            return
-        self.reserved.discard(key)
-        self._counted(
-            await self._link.cleanup(
-                "TASK_START", self._keys, [key, generation_id, self._task_lease_ms]
-            )
-        )
-
-    async def seen(self, generation_id: str, *, finished: bool) -> None:
-        """A poll saw ``generation_id``."""
-        if generation_id in self._here:
-            if finished:
-                self._here.discard(generation_id)
-            await self._local.seen(generation_id, finished=finished)
-            return
-        if self._link.usable():
-            self._counted(
-                await self._run("TASK_SEEN", [generation_id, int(finished), self._task_lease_ms])
-            )
-
-    def _counted(self, result: Any) -> None:
-        if result:
-            self._count = _int(result[0])
-
-    async def busy(self, key: str, active_tasks: int | None) -> bool:
-        """Learn the cap (for every process); True when the counted others fill it."""
-        if key in self._here or not self._link.usable():
-            return await self._local.busy(key, active_tasks)
-        await self._local.busy("", active_tasks)  # the fallback keeps the cap too
-        result = await self._run("TASK_BUSY", [key, active_tasks or -1])
-        if result is None:
-            return await self._local.busy(key, active_tasks)
-        cap, others = _int(result[0]), _int(result[1])
-        self._cap = cap if cap >= 0 else None
-        return cap >= 0 and others >= cap
-
-    async def stranger(self) -> str | None:
-        """A job of the fleet polled longest ago."""
-        if not self._link.usable():
-            return None
-        result = await self._run("TASK_STRANGER", [])
-        if result is None:
-            return None
-        self._count = _int(result[0])
-        cap = _int(result[1])
-        self._cap = cap if cap >= 0 else None
-        job = _str(result[2])
-        return job or None
-
-    async def renew(self) -> None:
-        """Renew the leases of our submits in flight."""
-        if self.reserved:
-            await self._run("TASK_RENEW", [self._lease_ms, *self.reserved])
 
 
 class FleetGovernor:
@@ -388,7 +114,7 @@ class FleetGovernor:
         )
 
     def _seen(self, limit: Any, known: Any) -> None:
-        self._limit, self._known = _int(limit), bool(_int(known))
+        self._limit, self._known = as_int(limit), bool(as_int(known))
         learner = self._fallback.requests.learner
         learner.limit, learner.known = min(self._limit, learner.cap), self._known
 
@@ -426,14 +152,14 @@ class FleetGovernor:
                     "ACQUIRE", self._keys, args
                 )
                 self._seen(limit, known)
-                level = _int(active)
-                if _int(granted):
+                level = as_int(active)
+                if as_int(granted):
                     break
                 # Block for less than a socket timeout equal to ours would allow.
-                wait = min(max(_int(hint) / 1000, 0.005), self._lease / 3, self._link.timeout / 2)
+                wait = min(max(as_int(hint) / 1000, 0.005), self._lease / 3, self._link.timeout / 2)
                 handed = await self._link.blpop(self._prefix + "wake:" + waiter, wait)
                 if handed is not None:
-                    level = _int(handed[1])  # a release handed us its slot
+                    level = as_int(handed[1])  # a release handed us its slot
                     break
         except RedisDownError:
             await self._link.cleanup("ABANDON", self._keys, abandon)
