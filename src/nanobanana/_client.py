@@ -14,7 +14,12 @@ import httpx
 from nanobanana._admission import GovernorStats, choose_governor
 from nanobanana._clock import Clock, SystemClock
 from nanobanana._config import DEFAULT_TIMEOUT, resolve_api_key, resolve_base_url
-from nanobanana._errors import ContentSafetyError, GenerationFailedError, UnexpectedResponseError
+from nanobanana._errors import (
+    ContentSafetyError,
+    GenerationFailedError,
+    NotFoundError,
+    UnexpectedResponseError,
+)
 from nanobanana._http import AutoTransport, Requester
 from nanobanana._jobs import Job, PollPolicy
 from nanobanana._models import Generation, GenerationStatus, Model
@@ -464,13 +469,17 @@ class AsyncNanoBanana:
 
     async def _get_generation(self, generation_id: str, *, deadline: float | None) -> Generation:
         _check_id(generation_id)
-        body = await self._requester.call(
-            "GET",
-            "/generate",
-            kind=RequestKind.READ,
-            params={"id": generation_id},
-            deadline=deadline,
-        )
+        try:
+            body = await self._requester.call(
+                "GET",
+                "/generate",
+                kind=RequestKind.READ,
+                params={"id": generation_id},
+                deadline=deadline,
+            )
+        except NotFoundError:
+            await self._governor.job_seen(generation_id, finished=True)  # not a job of ours
+            raise
         generation = Generation.from_json(_data(body, "GET /generate"))
         # A job counts against the server's task cap until a poll sees it finished.
         await self._governor.job_seen(

@@ -43,6 +43,8 @@ class RequestGate:
         self._waiters: Queue[Slot] = Queue()
         self._cool_until = 0.0
         self.fastest: float | None = None  # the quickest answer seen, in seconds
+        self._answers = 0  # answers seen; a probe by age needs one since the last
+        self._answers_at_probe = -1
 
     @property
     def limit(self) -> int:
@@ -121,11 +123,19 @@ class RequestGate:
         self._held[slot.lease] = slot
         self._max_active = max(self._max_active, len(self._held))
 
-    def answered(self, slot: Slot) -> None:
-        """Note how quickly the server answered ``slot`` (for `proof_age`)."""
+    def answered(self, slot: Slot, *, refused: bool = False) -> None:
+        """The server answered ``slot``: count it, and time it if it was quick.
+
+        A refusal, or a request the server does not hold (a poll, a submit), takes about
+        one round trip: the fastest of those bounds `proof_age` from below.
+        """
         latency = self._clock.monotonic() - slot.granted_at
-        if self.fastest is None or latency < self.fastest:
+        quick = refused or not slot.holds
+        if quick and (self.fastest is None or latency < self.fastest):
             self.fastest = latency
+        self._answers += 1
+        if not self.learner.known and (head := self._waiters.head()) is not None:
+            head.wake()  # it may prove the limit now
 
     def _proof_due(self) -> float | None:
         """Probe up if `limit` requests in flight were all admitted; else when they will be.
@@ -136,13 +146,16 @@ class RequestGate:
         learner = self.learner
         if not learner.may_probe(waiting=bool(self._waiters)):
             return None
-        if len(self._held) < learner.limit:
+        if len(self._held) < learner.limit or self._answers <= self._answers_at_probe:
+            # (No answer since the last probe: a lagging client may not have read the
+            # 429 of that probe yet. The next answer, or release, looks again.)
             return None
         youngest = max(slot.granted_at for slot in self._held.values())
         due = youngest + proof_age(self.fastest) - self._clock.monotonic()
         if due > 0:
             return due
         learner.probe()
+        self._answers_at_probe = self._answers
         return None
 
     def _probe(self, slot: Slot) -> None:
@@ -240,7 +253,7 @@ class LocalGovernor:
         self, slot: Slot, *, stated: int | None, retry_after: float | None
     ) -> None:
         """A 429 for ``slot``."""
-        self.requests.answered(slot)
+        self.requests.answered(slot, refused=True)
         self.requests.refused(slot, stated=stated, retry_after=retry_after)
 
     def reserve_task(self, poll: JobPoller) -> TaskReservation:

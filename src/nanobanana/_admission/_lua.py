@@ -10,7 +10,7 @@ Requests in flight (KEYS: leases, granted, queue, alive, seq, conf, cool):
 - ``leases`` ZSET lease id -> expiry; ``granted`` ZSET lease id -> grant time.
 - ``queue`` ZSET waiter id -> ticket (first come first served; a retry gets ticket 0);
   ``alive`` ZSET waiter id -> expiry (a dead process's waiter leaves the queue).
-- ``conf`` HASH ``limit``, ``known``, ``ceiling``: the learned limit
+- ``conf`` HASH ``limit``, ``known``, ``ceiling``, ``answers``, ``probed``: the learned limit
   (`nanobanana._admission._learning` says the rules; the scripts apply the same).
 - ``cool`` the end of a cool-down after a 429 from load nobody here sent.
 - ``wake:<waiter>`` LIST: when a slot frees, the script that frees it hands it to the
@@ -101,11 +101,15 @@ purge(now)
 local limit, known, ceiling = conf(tonumber(ARGV[5]), tonumber(ARGV[6]))
 local lease_ms, proof = tonumber(ARGV[4]), tonumber(ARGV[8])
 local proof_due = -1
-if not known and limit < ceiling and redis.call('ZCARD', KEYS[1]) >= limit then
+local answered = redis.call('HMGET', KEYS[6], 'answers', 'probed')
+local fresh = tonumber(answered[1] or '0') > tonumber(answered[2] or '-1')
+if not known and fresh and limit < ceiling and redis.call('ZCARD', KEYS[1]) >= limit then
   -- The server refuses at once: requests unanswered for `proof` ms were admitted.
+  -- (Only with an answer since the last probe: a lagging client may not have read
+  -- that probe's 429 yet.)
   if redis.call('ZCOUNT', KEYS[2], '-inf', now - proof) >= limit then
     limit = limit + 1
-    redis.call('HSET', KEYS[6], 'limit', limit)
+    redis.call('HSET', KEYS[6], 'limit', limit, 'probed', answered[1] or '0')
     keep_conf()
   else
     local youngest = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
@@ -164,6 +168,10 @@ redis.call('ZREM', KEYS[1], ARGV[2])
 redis.call('ZREM', KEYS[2], ARGV[2])
 purge(now)
 local limit, known, ceiling = conf(tonumber(ARGV[5]), tonumber(ARGV[6]))
+if not known then
+  redis.call('HINCRBY', KEYS[6], 'answers', 1)
+  keep_conf()
+end
 if ARGV[3] == '1' and granted and not known then
   local level = tonumber(ARGV[4])
   local half = math.floor((now - tonumber(granted)) / 2)

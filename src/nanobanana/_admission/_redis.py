@@ -214,9 +214,11 @@ class FleetGovernor:
             return
         self._seen(learned, 1)
 
-    def _answered(self, slot: Slot) -> None:
+    def _answered(self, slot: Slot, *, refused: bool = False) -> None:
+        # As `RequestGate.answered`: only quick answers time a round trip.
         latency = self._clock.monotonic() - slot.granted_at
-        if self._fastest is None or latency < self._fastest:
+        quick = refused or not slot.holds
+        if quick and (self._fastest is None or latency < self._fastest):
             self._fastest = latency
 
     async def on_success(self, slot: Slot) -> None:
@@ -230,7 +232,7 @@ class FleetGovernor:
         self, slot: Slot, *, stated: int | None, retry_after: float | None
     ) -> None:
         """A 429: learn from our overshoot, or cool every process down."""
-        self._answered(slot)
+        self._answered(slot, refused=True)
         if not slot.shared:
             await self._fallback.on_rate_limited(slot, stated=stated, retry_after=retry_after)
             return
