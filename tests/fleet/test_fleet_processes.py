@@ -91,13 +91,19 @@ async def test_a_killed_process_s_slots_come_back_within_one_lease(redis_server,
         await sim.wait_for_async(lambda: sim.in_flight() == 0, timeout=20)
         hold.release()
         governor = RedisGovernor(redis_server.url, namespace=fleet_namespace, lease=1.0)
+        prefix = governor.key_prefix(api_key=sim.api_key, base_url=sim.base_url)
+        peek = redis.asyncio.Redis.from_url(redis_server.url)
         async with sim.client(governor=governor) as client:
             before = len(sim.requests)
             task = asyncio.create_task(client.generate("after the kill"))
-            await asyncio.sleep(0.2)  # (real leases: nothing to fake) it waits meanwhile
-            assert len(sim.requests) == before  # both slots still leased to the dead one
-            assert client.governor_stats().waiting == 1
+            # It stands in Redis's queue, behind the two leases of the dead process.
+            await sim.wait_for_async(lambda: client.governor_stats().waiting == 1)
+            while not await peek.zcard(prefix + "queue"):
+                await asyncio.sleep(0.01)
+            assert await peek.zcard(prefix + "leases") == 2
+            assert len(sim.requests) == before
             generation = await asyncio.wait_for(task, 10)  # the leases ran out
+        await peek.aclose()
         assert generation.status == "completed"
         assert sim.peak_in_flight() == 2
 

@@ -25,6 +25,12 @@ proof that the current limit is really used at the server:
 - a probe that the server refuses without stating the limit ends the probing one
   below it. So each step costs at most one 429.
 
+What a client cannot see: a request whose answer has arrived but not been read yet (a
+loaded machine) still looks in flight. A probe may then find the server with one
+fewer and pass without a 429, leaving the limit one above the real one, unknown; the
+next time that many are in flight, one 429 states the real limit. One step, never
+more: the next probe needs that many held at once, which the server refuses.
+
 The Redis governor applies the same rules in its Lua scripts (`nanobanana._admission._lua`).
 """
 

@@ -28,9 +28,6 @@ if TYPE_CHECKING:
 
 __all__ = ["LocalGovernor", "RequestGate"]
 
-#: The cool-down after a 429 from others' load that gave no Retry-After.
-DEFAULT_COOL_DOWN = 1.0
-
 
 class RequestGate:
     """A FIFO limiter whose limit is learned while requests wait."""
@@ -198,9 +195,10 @@ class RequestGate:
             self.learn(stated)
         elif own:
             self.learner.refused(level=slot.level)
-        if not own:
-            pause = retry_after if retry_after is not None else DEFAULT_COOL_DOWN
-            self._cool_until = max(self._cool_until, self._clock.monotonic() + pause)
+        if not own and retry_after:
+            # The server said when: nobody of ours asks before. (Without a Retry-After,
+            # only the refused request backs off: a guess must not stop everyone.)
+            self._cool_until = max(self._cool_until, self._clock.monotonic() + retry_after)
             head = self._waiters.head()
             if head is not None:
                 head.wake()

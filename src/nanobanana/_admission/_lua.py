@@ -219,9 +219,8 @@ elseif own then
   redis.call('HSET', KEYS[6], 'limit', limit, 'ceiling', ceiling)
   keep_conf()
 end
-if not own then
-  local pause = tonumber(ARGV[4])
-  if pause < 0 then pause = 1000 end
+local pause = tonumber(ARGV[4])
+if not own and pause > 0 then
   local cool = tonumber(redis.call('GET', KEYS[7]) or '0')
   if now + pause > cool then redis.call('SET', KEYS[7], now + pause, 'PX', pause) end
 end

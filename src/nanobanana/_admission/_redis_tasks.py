@@ -79,14 +79,14 @@ class RedisLedger:
         self.reserved.discard(key)
         self._counted(await self._link.cleanup("TASK_DROP", self._keys, [key]))
 
-    async def keep(self, key: str) -> None:
-        """Count ``key`` as an unnamed job for a lease."""
+    async def keep(self, key: str, lease: float) -> None:
+        """Count ``key`` as an unnamed job for ``lease`` seconds."""
         if key in self._here:
-            await self._local.keep(key)
+            await self._local.keep(key, lease)
             return
         self.reserved.discard(key)
         self._counted(
-            await self._link.cleanup("TASK_KEEP", self._keys, [key, key, self._task_lease_ms])
+            await self._link.cleanup("TASK_KEEP", self._keys, [key, key, int(lease * 1000)])
         )
 
     async def start(self, key: str, generation_id: str) -> None:

@@ -52,6 +52,8 @@ log = logging.getLogger("nanobanana")
 
 #: How long a job counts without a poll: the docs' own example polls for about 3 minutes.
 DEFAULT_TASK_LEASE = 180.0
+#: How long a submit that may have started a job, unnamed, counts at most.
+UNNAMED_LEASE = 60.0
 #: The expected duration of a job before any was seen finishing (the first poll's delay).
 FIRST_ESTIMATE = 2.0
 #: Polls of a job due for its end come at this fraction of its expected duration...
@@ -84,8 +86,8 @@ class TaskLedger(Protocol):
         """Stop counting ``key``."""
         ...
 
-    async def keep(self, key: str) -> None:
-        """The submit of ``key`` may have started a job we cannot name: count it for a lease."""
+    async def keep(self, key: str, lease: float) -> None:
+        """The submit of ``key`` may have started a job we cannot name: count it ``lease`` s."""
         ...
 
     async def start(self, key: str, generation_id: str) -> None:
@@ -158,10 +160,10 @@ class LocalLedger:
         """Stop counting ``key``."""
         self._pop(key)
 
-    async def keep(self, key: str) -> None:
-        """Count ``key`` as a job until its lease ends."""
+    async def keep(self, key: str, lease: float) -> None:
+        """Count ``key`` as a job for ``lease`` seconds."""
         if self._pop(key) is not None:
-            self._entries[key] = _Entry(job=True, expires=self._clock.monotonic() + self._lease)
+            self._entries[key] = _Entry(job=True, expires=self._clock.monotonic() + lease)
 
     async def start(self, key: str, generation_id: str) -> None:
         """``key`` became the job ``generation_id``."""
@@ -230,8 +232,13 @@ class TaskGate:
         self._changed()
 
     async def keep(self, key: str) -> None:
-        """``key`` may have started a job: it counts for a lease."""
-        await self.ledger.keep(key)
+        """``key`` may have started a job nobody can poll: it counts for about its duration.
+
+        That is twice the expected duration of a job, once some were seen ending, else
+        `UNNAMED_LEASE` (generations take 10-60 s: sync-mode docs).
+        """
+        lease = UNNAMED_LEASE if self._estimate is None else min(UNNAMED_LEASE, 2 * self._estimate)
+        await self.ledger.keep(key, lease)
         self._changed()
 
     async def start(self, key: str, generation_id: str) -> None:
