@@ -51,10 +51,11 @@ async def test_learning_in_one_process_reaches_the_limit_with_one_429_and_never_
     if statuses(sim).count(429):
         assert (stats.limit, stats.known) == (3, True)
     else:
-        # The probe to 4 found the server with one request just ended (a loaded
-        # machine reads answers late): no 429 yet, so not known; the next time 4 are
-        # in flight, one 429 states 3. One step above, never more.
-        assert (stats.limit, stats.known) == (4, False)
+        # No probe to 4 met the server full: the batch ended first, or (a loaded
+        # machine reads answers late) it found one request just ended. Not known yet;
+        # the next time 4 are in flight, one 429 states 3. One step above, never more.
+        assert stats.limit in (3, 4)
+        assert not stats.known
 
 
 async def test_a_batch_of_instant_requests_does_not_raise_the_limit():

@@ -26,7 +26,7 @@ async def main(  # noqa: PLR0917
     base_url: str, redis_url: str, namespace: str, mode: str, count: int, lease: float, rounds: int
 ) -> None:
     governor = RedisGovernor(
-        redis_url, namespace=namespace, lease=lease, timeout=0.5, retry_interval=0.05
+        redis_url, namespace=namespace, lease=lease, timeout=2.0, retry_interval=0.05
     )
     polls = PollPolicy(first_delay=0.05, max_interval=0.1, jitter=0.0)
     async with AsyncNanoBanana(
