@@ -8,7 +8,7 @@ import logging
 import pytest
 import redis.asyncio
 
-from nanobanana import AsyncNanoBanana
+from nanobanana import AsyncNanoBanana, PollPolicy
 from nanobanana.fleet import RedisGovernor
 from nanobanana.testing import Simulator
 from redis_support import free_port
@@ -175,3 +175,23 @@ def test_under_trio_the_client_admits_in_its_own_process(redis_server, caplog):
     assert generation.status == "completed"
     assert stats.shared is False
     assert ["needs asyncio" in r.getMessage() for r in caplog.records] == [True]
+
+
+async def test_async_jobs_are_admitted_in_the_process_while_redis_is_away(caplog):
+    url = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    quick = PollPolicy(first_delay=0.05, max_interval=0.1, jitter=0.0)
+    with Simulator(max_async_tasks=2, generation_time=0.1) as sim:
+        governor = RedisGovernor(url, timeout=0.5, retry_interval=0.05)
+        with caplog.at_level(logging.WARNING, logger="nanobanana"):
+            async with sim.client(governor=governor, poll_policy=quick) as client:
+
+                async def one(i):
+                    job = await client.submit(f"p{i}")
+                    return await job.wait()
+
+                results = await asyncio.gather(*(one(i) for i in range(6)))
+                stats = client.governor_stats()
+    assert len({g.id for g in results}) == 6
+    assert [r.status for r in sim.requests].count(503) == 1  # the cap, learned here
+    assert (stats.shared, stats.task_limit, stats.tasks) == (False, 2, 0)
+    assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 1
