@@ -55,13 +55,16 @@ def docs(session: nox.Session) -> None:
 @nox.session
 def bench(session: nox.Session) -> None:
     """Benchmarks against raw httpx and aiohttp (never part of the default run)."""
-    session.install("-e", ".[cli,sim,speedups]", *_group("bench"))
+    session.install("-e", ".[cli,sim,speedups,redis]", *_group("bench"))
+    # bench_fleet.py starts its own redis-server (on PATH) and reuses the tests' helper.
     scripts = [
         "bench_generate.py",
         "bench_stream.py",
         "bench_import.py",
         "bench_ergonomics.py",
         "bench_delivery.py",
+        "bench_async.py",
+        "bench_fleet.py",
     ]
     for script in (f"benchmarks/{name}" for name in scripts):
         session.run("python", script, *session.posargs)

@@ -49,6 +49,7 @@ ENV_NAMES = (
     "NB_API_KEY",
     "NANOBANANA_BASE_URL",
     "NANO_BANANA_BASE_URL",
+    "NANOBANANA_REDIS_URL",
 )
 
 pytestmark = pytest.mark.timeout(60)

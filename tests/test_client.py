@@ -1,6 +1,7 @@
 import asyncio
 import json
 import logging
+import random
 from datetime import datetime, timedelta, timezone
 
 import httpx
@@ -287,18 +288,36 @@ async def test_429_on_generate_waits_retry_after_then_resends(client, clock):
 
 
 @respx.mock
-async def test_429_retries_exhausted_raise_rate_limit_error_with_its_fields(clock):
+async def test_429s_are_waited_out_until_patience_runs_out_then_the_error_says_so(clock):
     route = respx.post(f"{API}/generate").respond(
         429,
         json={"error": "Too many", "type": "concurrency_limit", "limit": 2, "active": 2},
         headers={"Retry-After": "1"},
     )
-    async with AsyncNanoBanana(api_key=KEY, base_url=API, clock=clock, max_retries=2) as client:
+    policy = nanobanana.RetryPolicy(attempts=1, patience=5.0)  # no retries of failures
+    async with AsyncNanoBanana(api_key=KEY, base_url=API, clock=clock, retry_policy=policy) as c:
         with pytest.raises(RateLimitError) as info:
-            await client.generate("x")
-    assert route.call_count == 3
-    assert clock.sleeps == [1.0, 1.0]
+            await c.generate("x")
+    # Refused at t = 0, 1, 2, 3, 4, 5: a sixth wait would end past the 5 s of patience.
+    assert route.call_count == 6
+    assert clock.sleeps == [1.0] * 5
     assert (info.value.retry_after, info.value.limit, info.value.active) == (1.0, 2, 2)
+    assert (info.value.waited, info.value.refusals) == (5.0, 6)
+    assert "Gave up after waiting 5 s for capacity through 6 refusals" in str(info.value)
+
+
+@respx.mock
+async def test_max_retries_zero_still_waits_out_refusals(clock):
+    route = respx.post(f"{API}/generate")
+    route.side_effect = [
+        httpx.Response(429, json={"error": "busy", "limit": 1}, headers={"Retry-After": "2"}),
+        httpx.Response(429, json={"error": "busy", "limit": 1}, headers={"Retry-After": "2"}),
+        httpx.Response(200, json=SYNC_OK),
+    ]
+    async with AsyncNanoBanana(api_key=KEY, base_url=API, clock=clock, max_retries=0) as c:
+        assert (await c.generate("x")).id == "gen_1"
+        assert c.retry_policy.patience == 600.0  # the documented default: ten minutes
+    assert clock.sleeps == [2.0, 2.0]
 
 
 @respx.mock
@@ -436,17 +455,21 @@ async def test_503_on_submit_waits_retry_after_and_resends(client, clock):
 
 
 @respx.mock
-async def test_503_without_retry_after_backs_off_with_jitter_then_raises(clock):
+async def test_503_without_retry_after_backs_off_with_jitter_until_patience_runs_out(clock):
     respx.post(f"{API}/generate").respond(
         503, json={"error": "busy", "type": "server_busy", "activeTasks": 7}
     )
-    async with AsyncNanoBanana(api_key=KEY, base_url=API, clock=clock, max_retries=3) as client:
+    policy = nanobanana.RetryPolicy(attempts=1, patience=20.0)
+    async with AsyncNanoBanana(api_key=KEY, base_url=API, clock=clock, retry_policy=policy) as c:
         with pytest.raises(ServerBusyError) as info:
-            await client.submit("x")
+            await c.submit("x")
+        # Our own jobs did not fill the cap (7): others' load, waited out, and no job kept.
+        assert (c.governor_stats().tasks, c.governor_stats().task_limit) == (0, 7)
     assert info.value.active_tasks == 7
-    assert len(clock.sleeps) == 3
+    assert info.value.refusals == len(clock.sleeps) + 1
+    assert sum(clock.sleeps) <= 20.0
     for n, wait in enumerate(clock.sleeps, start=1):
-        assert 0 <= wait <= 0.5 * 2 ** (n - 1)
+        assert 0 <= wait <= min(30.0, 0.5 * 2 ** (n - 1))
 
 
 @respx.mock
@@ -463,15 +486,28 @@ async def test_gets_retry_5xx_and_read_errors(client, clock):
 
 
 @respx.mock
-async def test_retry_budget_in_time_stops_retrying_before_a_long_wait(clock):
+async def test_patience_stops_waiting_before_a_wait_that_would_pass_it(clock):
     respx.get(f"{API}/credits").respond(
         429, json={"error": "busy", "limit": 1, "active": 1}, headers={"Retry-After": "50"}
     )
-    policy = nanobanana.RetryPolicy(attempts=10, timeout=60.0)
+    policy = nanobanana.RetryPolicy(attempts=10, patience=60.0)
     async with AsyncNanoBanana(api_key=KEY, base_url=API, clock=clock, retry_policy=policy) as c:
         with pytest.raises(RateLimitError):
             await c.credits()
-    assert clock.sleeps == [50.0]  # a second 50 s wait would pass the 60 s budget
+    assert clock.sleeps == [50.0]  # a second 50 s wait would pass the 60 s of patience
+
+
+@respx.mock
+async def test_retry_budget_in_time_stops_retrying_failures_before_a_long_wait(clock):
+    respx.get(f"{API}/credits").respond(500, json={"error": "down"})
+    policy = nanobanana.RetryPolicy(attempts=10, wait_initial=40.0, wait_max=40.0, timeout=60.0)
+    async with AsyncNanoBanana(
+        api_key=KEY, base_url=API, clock=clock, retry_policy=policy, rng=random.Random(3)
+    ) as c:
+        with pytest.raises(InternalServerError):
+            await c.credits()
+    assert sum(clock.sleeps) <= 60.0
+    assert len(clock.sleeps) < 9
 
 
 @respx.mock

@@ -217,7 +217,8 @@ async def test_a_wait_outlasts_more_failed_polls_than_one_call_retries(client, c
 async def test_after_a_poll_refused_with_retry_after_the_next_poll_waits_that_long(client, clock):
     route = respx.get(f"{API}/generate", params={"id": "gen_1"})
     route.side_effect = [rate_limited("7") for _ in range(4)] + [poll("completed", [])]
-    client._requester.retry = RetryPolicy(attempts=1)  # every 429 reaches the wait
+    # No retries and no patience: every 429 reaches the wait.
+    client._requester.retry = RetryPolicy(attempts=1, patience=0)
     await client.job("gen_1").wait(poll_policy=NO_JITTER)
     assert route.call_count == 5
     assert clock.sleeps == [0.0, 7.0, 7.0, 7.0, 7.0]  # never the 3 s schedule

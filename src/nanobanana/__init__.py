@@ -16,6 +16,7 @@ Example:
 
 from typing import TYPE_CHECKING, Any
 
+from nanobanana._admission import GovernorStats
 from nanobanana._client import AsyncNanoBanana
 from nanobanana._clock import Clock, FakeClock, SystemClock
 from nanobanana._errors import (
@@ -43,7 +44,6 @@ from nanobanana._errors import (
     UnexpectedResponseError,
     UnknownModelError,
 )
-from nanobanana._governor import GovernorStats
 from nanobanana._jobs import Job, PollPolicy
 from nanobanana._models import Generation, GenerationStatus, Model, ProgressEvent
 from nanobanana._retry import RetryPolicy

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from nanobanana._admission import GovernorStats, choose_governor
 from nanobanana._budget import Catalogue, Charge, Ledger, check_max_credits
 from nanobanana._clock import Clock, SystemClock
 from nanobanana._config import (
@@ -24,13 +25,13 @@ from nanobanana._errors import (
     ContentSafetyError,
     GenerationFailedError,
     NanoBananaError,
+    NotFoundError,
     UnexpectedResponseError,
     note_request,
 )
-from nanobanana._governor import Governor, GovernorStats
 from nanobanana._http import Requester
 from nanobanana._jobs import Job, PollPolicy
-from nanobanana._models import Generation, Model
+from nanobanana._models import Generation, GenerationStatus, Model
 from nanobanana._retry import RequestKind, RetryPolicy
 from nanobanana._stats import ClientStats, Recorder
 from nanobanana._version import __version__
@@ -145,6 +146,10 @@ class AsyncNanoBanana:
             `estimate_credits`) would take the credits spent and reserved by this
             client and its ``with_options()`` copies past it raises
             `BudgetExceededError` and is not sent. Default: no cap.
+        governor: who admits requests and async tasks. None: this process, unless
+            ``$NANOBANANA_REDIS_URL`` is set; a ``redis://`` URL or a
+            `nanobanana.fleet.RedisGovernor`: shared by every process and host using
+            the same API key and base URL (see "Scaling out" in the docs).
         http_client: your own ``httpx.AsyncClient``, used as is and not closed. Its
             defaults (headers, cookies, hooks) apply to API requests, but our
             ``Authorization`` wins; downloads carry neither. Its own ``User-Agent``
@@ -179,6 +184,7 @@ class AsyncNanoBanana:
         verify: ssl.SSLContext | str | bool = True,
         trust_env: bool = True,
         limits: httpx.Limits | None = None,
+        governor: Any = None,
         retry_policy: RetryPolicy | None = None,
         poll_policy: PollPolicy | None = None,
         download_concurrency: int = 8,
@@ -240,7 +246,14 @@ class AsyncNanoBanana:
         self.user_agent = (
             theirs if explicit else f"nanobanana/{__version__} httpx/{httpx.__version__}"
         )
-        self._governor = Governor(max_concurrency=max_concurrency, ceiling=pool)
+        self._governor = choose_governor(
+            governor,
+            api_key=self._api_key,
+            base_url=str(self._base_url),
+            max_concurrency=max_concurrency,
+            ceiling=pool,
+            clock=self._clock,
+        )
         self._requester = Requester(
             http=http_client,
             base_url=self._base_url,
@@ -354,8 +367,11 @@ class AsyncNanoBanana:
         self._requester.closed = True
         if self._root:
             self._requester.binding.closed = True  # and every copy with it
-        if self._owns_http:
-            await self._http.aclose()
+            try:
+                await self._governor.aclose()  # shared by the copies: the root closes it
+            finally:
+                if self._owns_http:
+                    await self._http.aclose()
 
     async def __aenter__(self) -> Self:
         return self
@@ -473,7 +489,7 @@ class AsyncNanoBanana:
             quantity=quantity,
         )
         requested_at = self._now()
-        answer = await self._post_generate(body, requested_at)
+        answer = await self._post_generate(body, requested_at, holds=True)
         # A 200 is a refusal only when it says so: an answer without ``success`` but with
         # the images is a result (and one with neither is an unreadable, charged answer).
         if isinstance(answer, dict) and (answer.get("success") is False or answer.get("warning")):
@@ -512,7 +528,9 @@ class AsyncNanoBanana:
         """The client clock's wall time, as a UTC datetime."""
         return datetime.fromtimestamp(self._clock.time(), tz=timezone.utc)
 
-    async def _post_generate(self, body: dict[str, Any], requested_at: datetime) -> Any:
+    async def _post_generate(
+        self, body: dict[str, Any], requested_at: datetime, **admission: Any
+    ) -> Any:
         """``POST /generate`` (sync or async mode); an error says what was asked, and when.
 
         Its cost is reserved first under any spend cap (`BudgetExceededError`: nothing
@@ -522,7 +540,7 @@ class AsyncNanoBanana:
         try:
             with charge:
                 answer = await self._requester.call(
-                    "POST", "/generate", kind=RequestKind.GENERATE, json_body=body
+                    "POST", "/generate", kind=RequestKind.GENERATE, json_body=body, **admission
                 )
                 charge.answered(answer)
         except NanoBananaError as exc:
@@ -599,6 +617,13 @@ class AsyncNanoBanana:
     ) -> Job:
         """Start a generation in async mode and return its `Job` at once.
 
+        The server runs a limited number of async tasks (503 ``server_busy`` beyond,
+        credits refunded: async-mode docs). The client learns that cap from the first
+        503 and keeps at most that many of its own jobs unfinished: further
+        ``submit()`` calls wait their turn, first come first served, until a poll sees
+        one of the jobs finished (while they wait, the first of them polls the job due
+        first). 503s from other users' load are waited out (`RetryPolicy.patience`).
+
         Raises `BudgetExceededError`, sending nothing, if its estimated cost would pass
         ``max_credits``.
         """
@@ -611,17 +636,21 @@ class AsyncNanoBanana:
             quantity=quantity,
         )
         requested_at = self._now()
-        answer = await self._post_generate(body, requested_at)
-        generation_id = answer.get("generationId") if isinstance(answer, dict) else None
-        if not isinstance(generation_id, str) or not generation_id:
-            error = UnexpectedResponseError(
-                "Unexpected response to POST /generate (async): no field 'generationId'.",
-                field="generationId",
-                body=answer,
-                may_have_been_charged=True,
-            )
-            note_request(error, requested_at=requested_at, prompt=prompt, model=model, mode="async")
-            raise error
+        async with self._governor.reserve_task(self._poll_for_room) as task:
+            answer = await self._post_generate(body, requested_at, task=task)
+            generation_id = answer.get("generationId") if isinstance(answer, dict) else None
+            if not isinstance(generation_id, str) or not generation_id:
+                error = UnexpectedResponseError(
+                    "Unexpected response to POST /generate (async): no field 'generationId'.",
+                    field="generationId",
+                    body=answer,
+                    may_have_been_charged=True,
+                )
+                note_request(
+                    error, requested_at=requested_at, prompt=prompt, model=model, mode="async"
+                )
+                raise error
+            await task.started(generation_id)
         return Job(
             generation_id,
             self,
@@ -641,14 +670,27 @@ class AsyncNanoBanana:
 
     async def _get_generation(self, generation_id: str, *, deadline: float | None) -> Generation:
         _check_id(generation_id)
-        body = await self._requester.call(
-            "GET",
-            "/generate",
-            kind=RequestKind.READ,
-            params={"id": generation_id},
-            deadline=deadline,
+        try:
+            body = await self._requester.call(
+                "GET",
+                "/generate",
+                kind=RequestKind.READ,
+                params={"id": generation_id},
+                deadline=deadline,
+            )
+        except NotFoundError:
+            await self._governor.job_seen(generation_id, finished=True)  # not a job of ours
+            raise
+        generation = Generation.from_json(_data(body, "GET /generate"))
+        # A job counts against the server's task cap until a poll sees it finished.
+        await self._governor.job_seen(
+            generation_id, finished=generation.status is not GenerationStatus.PROCESSING
         )
-        return Generation.from_json(_data(body, "GET /generate"))
+        return generation
+
+    async def _poll_for_room(self, generation_id: str) -> None:
+        """Poll a job for the governor, while a ``submit()`` waits for room."""
+        await self._get_generation(generation_id, deadline=None)
 
     async def download(
         self,

@@ -282,10 +282,15 @@ class NotFoundError(APIStatusError):
 
 
 class RateLimitError(APIStatusError):
-    """Raised on 429 once retries are spent: the account's concurrent-request limit.
+    """Raised on 429 once patience is spent: the account's concurrent-request limit.
 
-    Nothing was charged for the refused request.
+    Nothing was charged for the refused request. ``waited`` and ``refusals`` say how
+    long the call waited for capacity and how many refusals it saw
+    (`RetryPolicy.patience`).
     """
+
+    waited: float | None = None
+    refusals: int | None = None
 
     def __init__(
         self,
@@ -308,7 +313,13 @@ class InternalServerError(APIStatusError):
 
 
 class ServerBusyError(APIStatusError):
-    """Raised on 503 once retries are spent: the async queue is full; credits were refunded."""
+    """Raised on 503 once patience is spent: the async queue is full; credits were refunded.
+
+    ``waited`` and ``refusals`` are as on `RateLimitError`.
+    """
+
+    waited: float | None = None
+    refusals: int | None = None
 
     def __init__(
         self,

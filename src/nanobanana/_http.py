@@ -20,11 +20,11 @@ import httpx
 
 from nanobanana._errors import (
     APIConnectionError,
-    APIStatusError,
     APITimeoutError,
     MissingAPIKeyError,
     NanoBananaError,
     RateLimitError,
+    ServerBusyError,
     TLSCertificateError,
     UnexpectedResponseError,
     make_status_error,
@@ -35,6 +35,7 @@ from nanobanana._retry import (
     RequestKind,
     RetryPolicy,
     decide,
+    out_of_patience,
     outcome_of_exception,
     outcome_of_status,
     parse_retry_after,
@@ -42,9 +43,9 @@ from nanobanana._retry import (
 from nanobanana._stats import Recorder
 
 if TYPE_CHECKING:
+    from nanobanana._admission import Governor, Slot, TaskReservation
     from nanobanana._clock import Clock
     from nanobanana._config import Secret
-    from nanobanana._governor import Governor
 
 __all__ = ["Binding", "OutOfTimeError", "Requester", "current_loop_token"]
 
@@ -138,26 +139,28 @@ class _StreamContext:
     happens in a cancelled task: the server counts the request until it has seen the
     disconnect, and a slot freed sooner lets the next request in to a 429. So the
     close is shielded from cancellation (for at most `STREAM_CLOSE_TIMEOUT`), and
-    `release` comes after it. The two steps are separate for a stream's owner that
-    sends one more request on the same slot once the response is closed.
+    `release` (bounded and shielded by the governor) comes after it. The two steps
+    are separate for a stream's owner that sends one more request on the same slot
+    once the response is closed.
     """
 
-    def __init__(self, send: Callable[[], Awaitable[httpx.Response]], governor: Governor) -> None:
+    def __init__(
+        self, send: Callable[[], Awaitable[tuple[httpx.Response, Slot]]], governor: Governor
+    ) -> None:
         self._send = send
         self._governor = governor
         self._response: httpx.Response | None = None
-        self._holds_slot = False
+        self._slot: Slot | None = None
 
     async def __aenter__(self) -> httpx.Response:
-        self._response = await self._send()
-        self._holds_slot = True
+        self._response, self._slot = await self._send()
         return self._response
 
     async def __aexit__(self, *exc_info: object) -> None:
         try:
             await self.aclose_response()
         finally:
-            self.release()
+            await self.release()
 
     async def aclose_response(self) -> None:
         """Close the response (if open), shielded and bounded; the slot stays taken."""
@@ -170,11 +173,11 @@ class _StreamContext:
             scope.deadline = anyio.current_time() + STREAM_CLOSE_TIMEOUT
             await response.aclose()
 
-    def release(self) -> None:
+    async def release(self) -> None:
         """Give the slot back (once; later calls do nothing)."""
-        if self._holds_slot:
-            self._holds_slot = False
-            self._governor.release()
+        slot, self._slot = self._slot, None
+        if slot is not None:
+            await self._governor.release(slot)
 
 
 class Binding:
@@ -317,9 +320,15 @@ class Requester:
         params: Mapping[str, str] | None = None,
         auth: bool = True,
         deadline: float | None = None,
+        holds: bool = False,
+        task: TaskReservation | None = None,
     ) -> Any:
-        """Send a request (retrying as the table allows) and return its JSON body."""
-        response = await self._send(
+        """Send a request (retrying as the table allows) and return its JSON body.
+
+        ``holds``: the server holds the request for long (a sync generation). ``task``:
+        the request starts an async task, in that room.
+        """
+        response, _ = await self._send(
             method,
             path,
             kind=kind,
@@ -328,6 +337,8 @@ class Requester:
             auth=auth,
             deadline=deadline,
             stream=False,
+            holds=holds,
+            task=task,
         )
         if len(response.content) > MAX_ANSWER_SIZE:
             raise UnexpectedResponseError(
@@ -379,7 +390,7 @@ class Requester:
         Use as ``async with requester.stream(...) as response:``.
         """
 
-        async def send() -> httpx.Response:
+        async def send() -> tuple[httpx.Response, Slot]:
             return await self._send(
                 method,
                 path,
@@ -389,6 +400,7 @@ class Requester:
                 auth=True,
                 deadline=None,
                 stream=True,
+                holds=True,
                 accept="text/event-stream",
             )
 
@@ -405,30 +417,40 @@ class Requester:
         auth: bool,
         deadline: float | None,
         stream: bool,
+        holds: bool = False,
+        task: TaskReservation | None = None,
         accept: str | None = None,
-    ) -> httpx.Response:
+    ) -> tuple[httpx.Response, Slot]:
         self._check_usable()
         policy = self.retry
         clock = self.clock
-        budget_end = clock.monotonic() + policy.timeout if policy.timeout is not None else None
         governor = self.governor
         recorder = self.recorder
-        attempt = 0
+        attempt = 0  # attempts sent, refusals included (for the logs and stats)
+        failures = 0  # retryable failures other than refusals: counted against attempts
+        refusals = 0  # 429s and 503s: charged nothing, waited out with patience
+        first_attempt: float | None = None
+        first_refusal: float | None = None
         while True:
             attempt += 1
             request = self._build(
                 method, path, json_body=json_body, params=params, auth=auth, accept=accept
             )
             retry_after: float | None = None
+            own_load = False
             queued_at = clock.monotonic()
-            await governor.acquire()
+            slot = await governor.acquire(retry=failures + refusals > 0, holds=holds)
             if self.closed:  # closed while this call waited for a slot or a retry
-                governor.release()
+                await governor.release(slot)
                 raise self._closed_error(method, path)
             recorder.sending(method, path, queued=clock.monotonic() - queued_at)
             keep_slot = False
             try:
                 started = clock.monotonic()
+                if first_attempt is None:
+                    first_attempt = started
+                if task is not None:
+                    task.sent = True
                 try:
                     # Always streamed, so that no answer is read past MAX_ANSWER_SIZE.
                     # auth=None: a borrowed client's own auth must not replace our key.
@@ -463,12 +485,13 @@ class Requester:
                     elapsed = clock.monotonic() - started
                     recorder.answered(method, path, kind, attempt, response, elapsed=elapsed)
                     header_limit = response.headers.get("x-ratelimit-limit")
-                    if header_limit is not None and header_limit.isdecimal():
-                        governor.learn(int(header_limit))
+                    if status != 429 and header_limit is not None and header_limit.isdecimal():
+                        # (A 429's limit goes with the refusal: on_rate_limited, below.)
+                        await governor.learn(int(header_limit))
                     if status < 300:
-                        governor.on_success()
+                        await governor.on_success(slot)
                         keep_slot = stream
-                        return response
+                        return response, slot
                     if stream:
                         await _read_at_most(response, MAX_ANSWER_SIZE)
                     outcome = outcome_of_status(status)
@@ -487,30 +510,60 @@ class Requester:
                             may_have_been_charged=verdict.may_have_been_charged,
                         )
                     )
-                    if outcome is Outcome.RATE_LIMITED:
-                        self._learn_from_429(error)
+                    if isinstance(error, RateLimitError):
+                        await governor.on_rate_limited(
+                            slot, stated=error.limit, retry_after=retry_after
+                        )
+                    elif isinstance(error, ServerBusyError) and task is not None:
+                        own_load = await task.busy(error.active_tasks)
             except BaseException:
                 keep_slot = False
                 raise
             finally:
                 if not keep_slot:
-                    governor.release()
-            if not verdict.retry or attempt >= policy.attempts:
+                    await governor.release(slot)
+            if not verdict.retry:
                 raise error
-            if retry_after is not None and outcome in (Outcome.RATE_LIMITED, Outcome.BUSY):
-                wait = retry_after
-            else:
-                wait = policy.backoff(attempt, self.rand)
             now = clock.monotonic()
+            refused = outcome in (Outcome.RATE_LIMITED, Outcome.BUSY)
+            if refused:
+                refusals += 1
+                if first_refusal is None:
+                    first_refusal = now
+                if own_load:
+                    # Our own jobs fill the server's cap: wait in our own queue for one
+                    # to end. That is not the server's doing: patience starts afresh.
+                    first_refusal = None
+                    wait = 0.0
+                elif retry_after is not None:
+                    wait = retry_after
+                else:
+                    wait = policy.backoff(refusals, self.rand)
+                if (
+                    first_refusal is not None
+                    and policy.patience is not None
+                    and now + wait > first_refusal + policy.patience
+                ):
+                    raise out_of_patience(error, now - first_refusal, refusals)
+            else:
+                failures += 1
+                if failures >= policy.attempts:
+                    raise error
+                wait = policy.backoff(failures, self.rand)
+                if policy.timeout is not None and now + wait > first_attempt + policy.timeout:
+                    raise error
             if deadline is not None and now + wait > deadline:
                 raise OutOfTimeError(error)
-            if budget_end is not None and now + wait > budget_end:
-                raise error
-            recorder.retrying(method, path, attempt, outcome, wait, attempts=policy.attempts)
-            await clock.sleep(wait)
-
-    def _learn_from_429(self, error: APIStatusError) -> None:
-        if isinstance(error, RateLimitError) and error.limit is not None:
-            self.governor.learn(error.limit)
-        else:
-            self.governor.on_rate_limited()
+            recorder.retrying(
+                method,
+                path,
+                attempt,
+                outcome,
+                wait,
+                attempts=policy.attempts,
+                refusals=refusals if refused else None,
+            )
+            if own_load and task is not None:
+                await task.room()
+            else:
+                await clock.sleep(wait)

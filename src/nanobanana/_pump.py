@@ -118,7 +118,7 @@ async def fetch_result(requester: Requester, generation_id: str) -> Generation |
         "GET", "/generate", json_body=None, params={"id": generation_id}, auth=True
     )
     try:
-        response = await requester.http.send(request, stream=True)
+        response = await requester.http.send(request, stream=True, auth=None)
         await _read_at_most(response, MAX_ANSWER_SIZE)
         if response.status_code != 200:
             log.debug("GET /generate (stream result) -> %d", response.status_code)
@@ -297,7 +297,7 @@ class EventPump:
                     self._fetching.deadline = anyio.current_time() + RESULT_TIMEOUT
                     self.result = await self._fetch(generation_id)
         finally:
-            self._opening.release()
+            await self._opening.release()
             self.done.set()
             arrived = self._arrived
             if arrived is not None:

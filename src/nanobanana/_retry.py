@@ -25,6 +25,8 @@ from typing import Any
 import attrs
 import httpx
 
+from nanobanana._errors import NanoBananaError, RateLimitError, ServerBusyError
+
 __all__ = [
     "Decision",
     "Outcome",
@@ -32,6 +34,7 @@ __all__ = [
     "RetryPolicy",
     "decide",
     "none_or_at_least_zero",
+    "out_of_patience",
     "outcome_of_exception",
     "outcome_of_status",
     "parse_retry_after",
@@ -146,13 +149,25 @@ def outcome_of_exception(exc: httpx.HTTPError) -> Outcome:
 class RetryPolicy:
     """How often and how patiently to retry (stamina-style: a value, not code).
 
+    Two kinds of failure are told apart. A refusal that charged nothing (429: the
+    account's limit; 503: the server's async queue) is not a failure of the call: it
+    waits for capacity (``Retry-After``, else full-jitter backoff) for as long as
+    ``patience`` allows, however many refusals that takes. Other retryable failures (a
+    5xx on a read, a dropped connection before sending) count against ``attempts``.
+
     Attributes:
-        attempts: total attempts per call, the first included (``max_retries + 1``).
+        attempts: total attempts per call for failures other than refusals, the first
+            included (``max_retries + 1``).
         wait_initial: the backoff ceiling of the first retry, in seconds.
         wait_max: the largest backoff ceiling.
         wait_exp_base: how fast the ceiling grows per retry.
         retry_after_max: the longest ``Retry-After`` we obey; larger values are capped.
-        timeout: the budget for all attempts and waits of one call (None: no budget).
+        timeout: the budget for the attempts and waits of one call after failures
+            other than refusals, from its first attempt (None: no budget).
+        patience: how long one call waits out refusals that charged nothing (429,
+            503), from the first refusal (None: for ever). When it runs out, the
+            `RateLimitError` or `ServerBusyError` says how long it waited and how many
+            refusals it saw. Ten minutes by default: real generations take 10-60 s.
     """
 
     attempts: int = attrs.field(default=4, validator=attrs.validators.ge(1))
@@ -161,6 +176,7 @@ class RetryPolicy:
     wait_exp_base: float = attrs.field(default=2.0, validator=attrs.validators.ge(1.0))
     retry_after_max: float = attrs.field(default=60.0, validator=attrs.validators.ge(0.0))
     timeout: float | None = attrs.field(default=600.0, validator=none_or_at_least_zero)
+    patience: float | None = attrs.field(default=600.0, validator=none_or_at_least_zero)
 
     def backoff(self, retry: int, rand: random.Random) -> float:
         """Full-jitter exponential backoff before retry number ``retry`` (1-based)."""
@@ -199,3 +215,17 @@ def parse_retry_after(value: str | None, *, now: float, cap: float) -> float | N
     except (OverflowError, OSError, ValueError):
         return None
     return min(cap, max(0.0, delta))
+
+
+def out_of_patience(error: NanoBananaError, waited: float, refusals: int) -> NanoBananaError:
+    """``error`` (a 429 or 503), saying how long the call waited and how often it was refused."""
+    if isinstance(error, (RateLimitError, ServerBusyError)):
+        error.waited = waited
+        error.refusals = refusals
+    text = (
+        f"{error.message.rstrip('.')}. Gave up after waiting {waited:.0f} s for capacity "
+        f"through {refusals} refusal{'s' if refusals != 1 else ''} (RetryPolicy.patience)."
+    )
+    error.message = text
+    error.args = (text,)
+    return error

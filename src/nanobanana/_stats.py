@@ -38,8 +38,8 @@ if TYPE_CHECKING:
 
     import httpx
 
+    from nanobanana._admission import GovernorStats
     from nanobanana._budget import Ledger
-    from nanobanana._governor import GovernorStats
 
 __all__ = [
     "LOG_FIELDS",
@@ -313,22 +313,38 @@ class Recorder:
             )
 
     def retrying(
-        self, method: str, path: str, attempt: int, outcome: Outcome, wait: float, *, attempts: int
+        self,
+        method: str,
+        path: str,
+        attempt: int,
+        outcome: Outcome,
+        wait: float,
+        *,
+        attempts: int,
+        refusals: int | None = None,
     ) -> None:
-        """Attempt ``attempt`` failed for ``outcome``; the next one follows in ``wait`` s."""
+        """Attempt ``attempt`` failed for ``outcome``; the next one follows in ``wait`` s.
+
+        ``refusals``: for a 429 or 503 (charged nothing, waited out with patience rather
+        than counted against ``attempts``), how many the call has met so far.
+        """
         reason = REASONS[outcome]
         with self._lock:
             self._retries[reason] = self._retries.get(reason, 0) + 1
         if log.isEnabledFor(logging.INFO):
+            which = (
+                f"refusal {refusals}, waited out"
+                if refusals is not None
+                else f"attempt {attempt + 1} of {attempts}"
+            )
             _log(
                 logging.INFO,
-                "retrying %s %s in %.2f s after %s (attempt %d of %d)",
+                "retrying %s %s in %.2f s after %s (%s)",
                 method,
                 path,
                 wait,
                 outcome.value,
-                attempt + 1,
-                attempts,
+                which,
                 event="retry",
                 method=method,
                 path=path,

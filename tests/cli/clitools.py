@@ -30,7 +30,8 @@ def console_script() -> str:
 
 def clean_env(**extra: str) -> dict[str, str]:
     """The environment without any key or base URL of the person running the tests."""
-    env = {k: v for k, v in os.environ.items() if k not in API_KEY_ENV_VARS + BASE_URL_ENV_VARS}
+    names = (*API_KEY_ENV_VARS, *BASE_URL_ENV_VARS, "NANOBANANA_REDIS_URL")
+    env = {k: v for k, v in os.environ.items() if k not in names}
     env.update(extra)
     return env
 

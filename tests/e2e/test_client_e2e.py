@@ -17,6 +17,7 @@ from nanobanana import (
     PermissionDeniedError,
     PollPolicy,
     RateLimitError,
+    RetryPolicy,
 )
 from nanobanana.testing import Simulator
 
@@ -206,13 +207,15 @@ async def test_cancelling_queued_calls_frees_the_queue(sim):
         assert await client.credits() == 100 - len(charges(sim))
 
 
-async def test_rate_limit_error_when_retries_are_exhausted(sim):
-    sim.inject("429", path="/credits", times=None, retry_after="0")
-    async with sim.client(max_retries=2) as client:
-        with pytest.raises(RateLimitError) as info:
+async def test_rate_limit_error_when_patience_runs_out(sim):
+    sim.inject("429", path="/credits", times=None, retry_after="0.01")
+    policy = RetryPolicy(attempts=1, patience=0.2)
+    async with sim.client(retry_policy=policy) as client:
+        with pytest.raises(RateLimitError, match="Gave up after waiting") as info:
             await client.credits()
     assert info.value.limit == 1
-    assert len([r for r in sim.requests if r.path.endswith("/credits")]) == 3
+    refused = [r for r in sim.requests if r.path.endswith("/credits")]
+    assert info.value.refusals == len(refused) > 1
 
 
 async def test_the_key_is_sent_to_the_api_with_our_user_agent(sim):

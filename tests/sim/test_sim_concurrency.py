@@ -147,3 +147,19 @@ async def test_client_leaving_a_sync_request_frees_the_slot_and_the_generation_g
     await nanobanana_sim.wait_for_async(lambda: len(nanobanana_sim.requests) == 1)
     assert nanobanana_sim.requests[0].outcome == "disconnected"
     assert nanobanana_sim.requests[0].status is None
+
+
+async def test_peak_in_flight_counts_the_requests_the_limit_refused_too():
+    with Simulator(concurrency_limit=1) as sim:
+        headers = {"Authorization": f"Bearer {sim.api_key}"}
+        async with httpx.AsyncClient(base_url=sim.base_url, headers=headers) as http:
+            with sim.hold():
+                held = asyncio.create_task(http.post("/generate", json={"prompt": "x"}))
+                await sim.wait_for_async(lambda: sim.in_flight() == 1)
+                refused = await http.get("/credits")
+            await held
+        assert refused.status_code == 429
+        assert (sim.max_in_flight(), sim.peak_in_flight()) == (1, 2)
+        async with httpx.AsyncClient() as admin:
+            accounts = (await admin.get(sim.api_origin + "/_sim/accounts")).json()["data"]
+        assert accounts[0]["peak_in_flight"] == 2

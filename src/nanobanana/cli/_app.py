@@ -12,6 +12,7 @@ import traceback
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
 
+from nanobanana._admission import REDIS_URL_ENV
 from nanobanana._config import API_KEY_ENV_VARS, BASE_URL_ENV_VARS
 from nanobanana._errors import JobTimeoutError, NanoBananaError
 from nanobanana._version import __version__
@@ -59,7 +60,9 @@ environment:
   {", ".join(API_KEY_ENV_VARS)}
        the API key (first one set wins); --api-key overrides
   {", ".join(BASE_URL_ENV_VARS)}
-       the API's base URL; --base-url overrides"""
+       the API's base URL; --base-url overrides
+  {REDIS_URL_ENV}
+       share the account's limits with every process using the key; --redis overrides"""
 
 
 def _number(
@@ -152,6 +155,14 @@ def _add_globals(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
         default=default(None),
         help="spend at most N credits: a generation whose estimated cost would pass it "
         "fails (exit 3) and is not sent (default: no cap)",
+    )
+    group.add_argument(
+        "--redis",
+        metavar="URL",
+        default=default(None),
+        help="share the account's limits through this Redis (redis://...) with every "
+        "process and machine using the key (default: $NANOBANANA_REDIS_URL; needs the "
+        "'redis' extra)",
     )
     group.add_argument(
         "--json",

@@ -203,6 +203,9 @@ class Session:
         max_credits = getattr(self.args, "max_credits", None)
         if max_credits is not None:
             options["max_credits"] = max_credits
+        redis_url = getattr(self.args, "redis", None)
+        if redis_url is not None:
+            options["governor"] = redis_url
         if not self.simulated:
             try:
                 client = AsyncNanoBanana(
@@ -210,7 +213,7 @@ class Session:
                     base_url=getattr(self.args, "base_url", None),
                     **options,
                 )
-            except ValueError as error:  # a --base-url or key the client cannot use
+            except (ValueError, ImportError) as error:  # a --base-url, key or --redis
                 raise UsageError(str(error)) from None
             async with client:
                 yield client
@@ -218,11 +221,13 @@ class Session:
 
         from nanobanana.testing import Simulator  # noqa: PLC0415 - only for --simulate
 
-        async with (
-            Simulator(**SIMULATOR_DEMO) as sim,
-            # trust_env=False: never through the environment's proxy to our own loopback.
-            AsyncNanoBanana(
-                api_key=sim.api_key, base_url=sim.base_url, trust_env=False, **options
-            ) as client,
-        ):
-            yield client
+        async with Simulator(**SIMULATOR_DEMO) as sim:
+            try:
+                # trust_env=False: never through the environment's proxy to our own loopback.
+                client = AsyncNanoBanana(
+                    api_key=sim.api_key, base_url=sim.base_url, trust_env=False, **options
+                )
+            except (ValueError, ImportError) as error:  # a --redis the client cannot use
+                raise UsageError(str(error)) from None
+            async with client:
+                yield client

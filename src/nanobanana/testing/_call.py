@@ -142,6 +142,8 @@ class Call:
         sent (overview docs: "each account allows only 1 concurrent request by default").
         """
         state = self.state
+        state.arrive(account)
+        self.ex.on_finish(lambda: state.depart(account))
         if state.try_enter(account):
             self.ex.on_finish(lambda: state.leave(account))
             return True

@@ -343,6 +343,17 @@ class Simulator:
         with self._state.lock:
             return self._account(api_key).max_in_flight
 
+    def peak_in_flight(self, api_key: str | None = None) -> int:
+        """The most requests of the key the server saw in flight at once, refused ones included.
+
+        `max_in_flight` counts the requests the server admitted, so it never passes the
+        account's limit; this one counts every request it was handling, the ones it
+        answered 429 too. Above ``concurrency_limit``, the clients using the key sent
+        more at once than the account allows (also shown by ``GET /_sim/accounts``).
+        """
+        with self._state.lock:
+            return self._account(api_key).peak_in_flight
+
     def set_generation_time(
         self,
         seconds: float | str | tuple[float, float] | GenerationTime,

@@ -52,6 +52,9 @@ class Account:
     pro: bool = False
     in_flight: int = 0
     max_in_flight: int = 0
+    # Requests of the key being handled, refused ones (429) included, and the most at once.
+    presented: int = 0
+    peak_in_flight: int = 0
 
     @property
     def fingerprint(self) -> str:
@@ -68,6 +71,7 @@ class Account:
             "pro": self.pro,
             "in_flight": self.in_flight,
             "max_in_flight": self.max_in_flight,
+            "peak_in_flight": self.peak_in_flight,
         }
 
 
@@ -248,6 +252,17 @@ class State:
         """The account of ``api_key``, if it exists."""
         with self.lock:
             return self.accounts.get(api_key)
+
+    def arrive(self, account: Account) -> None:
+        """A request of ``account`` is being handled (admitted or not): see `peak_in_flight`."""
+        with self.lock:
+            account.presented += 1
+            account.peak_in_flight = max(account.peak_in_flight, account.presented)
+
+    def depart(self, account: Account) -> None:
+        """A request counted by `arrive` has been answered."""
+        with self.lock:
+            account.presented -= 1
 
     def try_enter(self, account: Account) -> bool:
         """Count a request in flight for ``account``, unless that would pass its limit."""
