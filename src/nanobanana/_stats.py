@@ -78,6 +78,7 @@ REASONS: Mapping[Outcome, str] = types.MappingProxyType(
         Outcome.NOT_SENT: "connect",  # connect error or timeout, pool timeout
         Outcome.MAYBE_SENT: "network",  # read/write error or timeout, dropped connection
         Outcome.INVALID: "invalid",
+        Outcome.CERTIFICATE: "certificate",  # never retried, but failures are counted
         Outcome.CLIENT_ERROR: "4xx",
     }
 )
