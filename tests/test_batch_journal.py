@@ -177,7 +177,7 @@ async def test_a_new_journal_is_created_and_the_writes_reach_the_file_at_once(tm
         (None, False, PlanKind.NEW, None),
         ({"status": "sending"}, False, PlanKind.REPLAY, None),
         ({"status": "sending"}, True, PlanKind.NEW, None),
-        ({"status": "interrupted"}, False, PlanKind.NEW, None),
+        ({"status": "not_charged"}, False, PlanKind.NEW, None),
         ({"status": "submitted", "generation_id": "g"}, False, PlanKind.RESUME, "g"),
         ({"status": "timeout", "generation_id": "g"}, False, PlanKind.RESUME, "g"),
         ({"status": "error", "generation_id": "g"}, False, PlanKind.RESUME, "g"),

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import attrs
 
-from nanobanana._batch._records import INTERRUPTED, SENDING, SUBMITTED, Plan, PlanKind
+from nanobanana._batch._records import NOT_CHARGED, SENDING, SUBMITTED, Plan, PlanKind
 from nanobanana._batch._values import BatchRequest, BatchResult, BatchStatus
 from nanobanana._errors import (
     APITimeoutError,
@@ -120,6 +120,11 @@ class Item:
     def not_charged(self) -> None:
         """That request was refused or never left (429, 503, 4xx): nothing was charged."""
         self.sent = False
+        if self.journal_says_sending:
+            # Else a run stopped while this item waits to send again (a busy server's
+            # Retry-After) would leave it looking maybe charged.
+            self.record(NOT_CHARGED)
+            self.journal_says_sending = False
 
     # -------------------------------------------------------------------------------
 
@@ -175,9 +180,6 @@ async def run_item(item: Item) -> BatchResult | None:
         return None
     # The scope was cancelled: by the batch stopping, or by the item's deadline.
     if item.stopped:
-        if item.journal_says_sending and not item.sent:
-            # Refused or never sent when the stop came: the next run may generate it.
-            item.record(INTERRUPTED)
         return None
     return _timed_out(item)
 

@@ -6,7 +6,7 @@ One JSON object per line, with the item's ``key`` and a ``status``:
 |---|---|---|
 | ``sending`` | before a generation request leaves | ``maybe_charged`` |
 | ``submitted`` | when the generation's id is known | polls it (free) |
-| ``interrupted`` | a stop cut a request refused or never sent | generates it |
+| ``not_charged`` | that request was refused (429, 503, 4xx) or never left | generates it |
 | ``completed`` | the outcome: done, images saved | reads it back |
 | ``failed``, ``lost``, ``maybe_charged`` | the outcome: paid for, or maybe | reads it back |
 | ``timeout``, ``error`` | the outcome: may still be finished | polls it if the id is known |
@@ -44,7 +44,7 @@ __all__ = ["FINAL", "Plan", "PlanKind", "outcome_record", "plan_for", "replay"]
 
 SENDING = "sending"
 SUBMITTED = "submitted"
-INTERRUPTED = "interrupted"
+NOT_CHARGED = "not_charged"
 #: Outcomes a later run reads back instead of running the item again.
 FINAL = frozenset({"completed", "failed", "lost", "maybe_charged"})
 _PAID_FAILURES = frozenset({"failed", "lost", "maybe_charged"})
