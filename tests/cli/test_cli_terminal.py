@@ -75,3 +75,42 @@ def test_the_stream_progress_bar_fills_up_in_place_and_never_goes_back(tmp_path)
     ]
     assert seen == sorted(seen), seen
     assert any(value < 100 for value in seen), "the bar was never seen before it was full"
+
+
+def test_the_batch_bar_shows_rate_credits_and_running_and_results_go_to_the_file(tmp_path):
+    socket = f"nanobanana-test-{uuid.uuid4().hex[:8]}"
+    (tmp_path / "prompts.txt").write_text("".join(f"prompt {n}\n" for n in range(5)) + "x [fail]\n")
+    cli = shlex.join(
+        [sys.executable, "-m", "nanobanana", "--simulate", "batch", "prompts.txt",
+         "--output", "out.jsonl"]
+    )  # fmt: skip
+    script = f"{cli}; echo EXIT=$?; exec cat"
+    env = clean_env(TERM="xterm-256color")
+    subprocess.run(  # noqa: S603
+        [TMUX or "tmux", "-L", socket, "-f", os.devnull, "new-session", "-d", "-x", "120",
+         "-y", "30", "sh", "-c", script],
+        env=env, check=True, timeout=10, cwd=tmp_path,
+    )  # fmt: skip
+    frames: list[str] = []
+    try:
+        deadline = time.monotonic() + 40
+        while time.monotonic() < deadline:
+            frame = tmux(socket, "capture-pane", "-p", "-S", "-", "-t", "0")
+            frames.append(frame)
+            if "EXIT=" in frame:
+                break
+    finally:
+        subprocess.run(  # noqa: S603
+            [TMUX or "tmux", "-L", socket, "kill-server"], check=False, timeout=10
+        )
+    last = frames[-1]
+    assert "EXIT=4" in last, last  # one item failed
+    bars = [line for frame in frames for line in frame.splitlines() if "━" in line]
+    assert any("running" in bar and "credits" in bar for bar in bars), bars
+    [final_bar] = [line for line in last.splitlines() if "━" in line]
+    assert "6/6" in final_bar
+    assert "1 failed" in final_bar
+    assert "/s" in final_bar  # the rate
+    assert "{" not in last  # no JSON line buries the bar: they are in the file
+    assert "results: out.jsonl" in last
+    assert len((tmp_path / "out.jsonl").read_text().splitlines()) >= 6

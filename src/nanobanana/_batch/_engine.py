@@ -206,9 +206,10 @@ class Batch:
     # -- what a progress display or an interrupted program asks -----------------------
 
     def stats(self) -> BatchStats:
-        """Counts so far: done, failed, running, credits spent (cheap; any task)."""
-        running = len(self._live)
-        awaiting = sum(1 for item in self._live if item.sent and item.generation_id is None)
+        """Counts so far: done, failed, running, credits spent (cheap; any task or thread)."""
+        live = tuple(self._live)  # one atomic copy: a display thread may call this
+        running = len(live)
+        awaiting = sum(1 for item in live if item.sent and item.generation_id is None)
         return BatchStats(
             done=self._stats["done"],
             failed=self._stats["failed"],

@@ -206,6 +206,9 @@ class Session:
         redis_url = getattr(self.args, "redis", None)
         if redis_url is not None:
             options["governor"] = redis_url
+        concurrency = getattr(self.args, "concurrency", None)  # batch --concurrency
+        if concurrency is not None:
+            options["max_concurrency"] = concurrency
         if not self.simulated:
             try:
                 client = AsyncNanoBanana(
