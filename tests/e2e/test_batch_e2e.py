@@ -95,26 +95,45 @@ async def test_a_plain_async_for_runs_to_the_end_and_mixes_strings_and_requests(
     assert charges(sim) == 4  # quantity 2 costs two
 
 
-async def test_the_input_is_read_lazily_a_window_at_a_time(sim):
-    pulled = 0
+def counting(count: int):
+    """Prompts, and how many were taken so far."""
+    pulled = [0]
 
     def prompts():
-        nonlocal pulled
-        for n in range(100_000):
-            pulled += 1
+        for n in range(count):
+            pulled[0] += 1
             yield f"prompt {n}"
 
+    return prompts(), pulled
+
+
+async def test_the_input_is_read_lazily_a_window_at_a_time(sim):
+    prompts, pulled = counting(100_000)
     async with client_of(sim) as client:
         with sim.hold():
-            async with client.batch(prompts()) as results:
+            async with client.batch(prompts, mode="sync") as results:
                 # Everything under way is held at the server: the window fills and stops.
-                await sim.wait_for_async(lambda: len(sim.generations) >= 10, timeout=10)
+                await sim.wait_for_async(lambda: sim.in_flight() == 3, timeout=10)
                 window = results.stats().running
-                await sim.wait_for_async(lambda: len(sim.generations) == window, timeout=10)
-                assert window < 100
-                assert pulled <= window + 1  # the next item waits for room
-    assert pulled <= window + 1
+                assert window == 16  # twice the limit, the downloads: the minimum
+                assert pulled[0] <= window + 1  # the next item waits for room
+                assert client.governor_stats().waiting == window - 3
+    assert pulled[0] <= window + 1
     assert results.stats().running == 0
+
+
+async def test_async_items_are_added_while_the_governor_has_room_to_spare(sim, monkeypatch):
+    monkeypatch.setattr("nanobanana._batch._engine._MAX_WINDOW", 50)
+    prompts, pulled = counting(100_000)
+    sparse = PollPolicy(first_delay=0.5, max_interval=0.5, jitter=0.0)
+    async with client_of(sim, poll_policy=sparse) as client:
+        with sim.hold():
+            async with client.batch(prompts) as results:
+                # Held generations polled twice a second keep 3 slots nearly idle: the
+                # window grows past its base (2 x 3 + 8 + 10 = 24) to the bound.
+                await sim.wait_for_async(lambda: len(sim.generations) == 50, timeout=10)
+                assert results.stats().running == 50
+                assert pulled[0] <= 51
 
 
 async def test_an_async_iterable_input_works_too(sim):

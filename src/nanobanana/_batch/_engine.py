@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import anyio.lowlevel
 
 from nanobanana._batch._item import Item, Settings, run_item
 from nanobanana._batch._journal import Journal
@@ -57,24 +58,38 @@ DEFAULT_ITEM_TIMEOUT = 900.0
 #: How long a stop waits for the answer to an async-mode generation request already
 #: sent (it comes in well under a second), so that its id is recorded, not lost.
 SUBMIT_GRACE = 10.0
-# The window of items under way: enough to keep the governors busy, no more.
+# The window of items under way: enough to keep the governor busy, no more. It starts
+# at twice the account's limit, plus what the downloads and, in async mode, the
+# server's async tasks take (its docs' 503 example says "activeTasks": 10), and grows
+# while the governor has room to spare (async items spend most of their time waiting
+# between polls, not in it), up to a bound on memory.
 _MIN_WINDOW = 16
-# The server's async-task cap, as in its docs' 503 example ("activeTasks": 10).
 _ASYNC_TASKS_GUESS = 10
+_MAX_WINDOW = 1000
+# How often a full window looks again whether the governor has room (it may free up
+# without an item of the batch finishing).
+_RECHECK = 0.05
 
 
 class _Window:
-    """A limit on items under way whose size may change (it follows the governor)."""
+    """A limit on items under way that follows the governor (`Batch._base_window`)."""
 
-    def __init__(self, size: Callable[[], int]) -> None:
-        self._size = size
+    def __init__(self, base: Callable[[], int], grow: Callable[[], bool]) -> None:
+        self._base = base
+        self._grow = grow
         self.used = 0
         self._freed: anyio.Event | None = None
 
     async def acquire(self) -> None:
-        while self.used >= self._size():
+        while self.used >= self._base():
+            if self.used < _MAX_WINDOW:
+                # Let the items just started reach the governor before asking it.
+                await anyio.lowlevel.checkpoint()
+                if self._grow():
+                    break
             self._freed = anyio.Event()
-            await self._freed.wait()
+            with anyio.move_on_after(_RECHECK):
+                await self._freed.wait()
         self.used += 1
 
     def release(self) -> None:
@@ -183,7 +198,7 @@ class Batch:
         self._journal: Journal | None = None
         self._keys = Keys()
         self._live: set[Item] = set()
-        self._window = _Window(self._window_size)
+        self._window = _Window(self._base_window, self._may_grow)
         self._send: MemoryObjectSendStream[BatchResult] | None = None
         self._receive: MemoryObjectReceiveStream[BatchResult] | None = None
         self._pulling: anyio.CancelScope | None = None
@@ -198,6 +213,7 @@ class Batch:
         )
         self._unfinished: list[str] = []
         self._unanswered = 0
+        self._delivering = 0  # results waiting for the consumer to take them
 
     def __repr__(self) -> str:
         stats = self.stats()
@@ -329,11 +345,24 @@ class Batch:
 
     # -- the host ---------------------------------------------------------------------
 
-    def _window_size(self) -> int:
+    def _base_window(self) -> int:
+        """Twice the account's limit, the downloads, and the async tasks (async mode)."""
         size = 2 * self._client.governor_stats().limit + self._client._download_concurrency
         if self._mode == "async":
             size += _ASYNC_TASKS_GUESS
         return max(_MIN_WINDOW, size)
+
+    def _may_grow(self) -> bool:
+        """Beyond the base window: while async items leave the governor idle.
+
+        Sync and stream items hold a slot for their whole generation, and items
+        waiting for the consumer to take their result need nothing: more would only
+        queue.
+        """
+        if self._mode != "async" or self._delivering:
+            return False
+        governor = self._client.governor_stats()
+        return governor.waiting == 0 and governor.active < governor.limit
 
     async def _run(self) -> None:
         settings = Settings(
@@ -451,5 +480,9 @@ class Batch:
         self._stats["failed"] += not result.ok
         self._stats["from_journal"] += result.from_journal
         assert self._send is not None  # noqa: S101 - set before the host starts
-        with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
-            await self._send.send(result)  # unless the consumer left; the journal has it
+        self._delivering += 1
+        try:
+            with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+                await self._send.send(result)  # unless the consumer left; the journal has it
+        finally:
+            self._delivering -= 1
