@@ -15,6 +15,7 @@ import nanobanana.cli
 from nanobanana._errors import CHARGE_WARNING
 from nanobanana._models import Generation, GenerationStatus
 from nanobanana.cli import _app, main
+from nanobanana.cli._batch import _batch_options
 from nanobanana.cli._exit import EXIT_CODES_HELP, ExitCode, UsageError, exit_code_for
 from nanobanana.cli._input import BatchInput, InputError, iter_requests
 from nanobanana.cli._output import Output, error_json, message_for
@@ -393,3 +394,27 @@ def test_without_rich_a_terminal_gets_plain_lines_and_quiet_gets_nothing(monkeyp
     ]
     quiet = reporter(Output(quiet=True, stderr=err), "percent")
     assert type(quiet) is Reporter
+
+
+def test_batch_options_map_the_command_line_onto_client_batch():
+    parser = _app.build_parser()
+    args = parser.parse_args(["batch", "f", "-o", "out.jsonl", "--model", "m", "--quantity", "2"])
+    options = _batch_options(args)
+    assert options["journal"] == "out.jsonl"
+    assert (options["model"], options["quantity"], options["mode"]) == ("m", 2, "async")
+    assert "poll_policy" not in options  # the client's own schedule
+    assert "item_timeout" not in options  # the library's default
+
+    # The service CLI's schedule: every S seconds, N polls at most; the item's
+    # deadline leaves time to save the images after the last poll.
+    args = parser.parse_args(["batch", "f", "--poll-interval", "10", "--max-polls", "100"])
+    options = _batch_options(args)
+    policy = options["poll_policy"]
+    assert (policy.first_delay, policy.max_interval, policy.growth) == (10.0, 10.0, 1.0)
+    assert policy.timeout == 1000.0
+    assert options["item_timeout"] == 1300.0
+    args = parser.parse_args(["batch", "f", "--item-timeout", "5", "--concurrency", "3"])
+    assert _batch_options(args)["item_timeout"] == 5.0
+    assert args.concurrency == 3
+    with pytest.raises(SystemExit):
+        parser.parse_args(["batch", "f", "--concurrency", "0"])

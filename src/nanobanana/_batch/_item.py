@@ -110,12 +110,11 @@ class Item:
         """A generation request is about to leave: note it, and start the deadline."""
         if self.stopped:
             raise ItemStoppedError
+        if not self.journal_says_sending:
+            self.record(SENDING)  # first: if the disk fails, nothing is sent
+            self.journal_says_sending = self.settings.journal is not None
         self.sent = True
         self.start_deadline()
-        journal = self.settings.journal
-        if journal is not None and not self.journal_says_sending:
-            journal.write({"key": self.key, "index": self.index, "status": SENDING})
-            self.journal_says_sending = True
 
     def not_charged(self) -> None:
         """That request was refused or never left (429, 503, 4xx): nothing was charged."""
