@@ -11,6 +11,8 @@ runs in a fresh process too, so that one row's memory does not leak into the nex
      the growth of memory does not follow N;
    - the hand-written alternative: `asyncio.gather` over all N prompts behind an
      `asyncio.Semaphore(L)`, raw httpx;
+   - the practical ideal: L raw httpx workers sending one request after another, the
+     least a client can do (L / T ignores the server's own time per request);
    - async mode (submit, then poll): `client.batch()` with polls paced to T.
    Peak RSS growth is the peak resident memory during the run (Linux VmHWM, reset
    after a warm-up) minus the resident memory before it.
@@ -126,6 +128,22 @@ async def _worker(args: argparse.Namespace) -> dict:
                     statuses[result.status] = statuses.get(result.status, 0) + 1
                     if args.echo:
                         print(json.dumps({"i": result.index, "s": result.status}), flush=True)
+        elif args.engine == "loop":  # the practical ideal: L workers, back to back, no more
+            http = httpx.AsyncClient(
+                base_url=args.base_url,
+                headers={"Authorization": f"Bearer {args.api_key}"},
+                timeout=60,
+            )
+            source = prompts(args.n, "looped")
+
+            async def worker() -> None:
+                for prompt in source:
+                    response = await http.post("/generate", json={"prompt": prompt})
+                    if response.json().get("success"):
+                        statuses["completed"] = statuses.get("completed", 0) + 1
+
+            async with http:
+                await asyncio.gather(*(worker() for _ in range(LIMIT)))
         else:  # the hand-written alternative: gather over everything, a semaphore
             semaphore = asyncio.Semaphore(LIMIT)
             http = httpx.AsyncClient(
@@ -183,6 +201,7 @@ def throughput(n: int, repeats: int) -> None:
             {"engine": "batch", "mode": "sync"},
         ),
         ("gather + Semaphore(4), raw httpx, sync", n, {"engine": "gather", "mode": "sync"}),
+        ("4 workers back to back, raw httpx, sync", n, {"engine": "loop", "mode": "sync"}),
         ("client.batch(), async, journal", n, {"engine": "batch", "mode": "async", "journal": 1}),
     ]
     results: dict[str, list[dict]] = {name: [] for name, _, _ in rows}
