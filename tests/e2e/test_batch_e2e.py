@@ -13,6 +13,7 @@ import weakref
 import pytest
 
 from nanobanana import (
+    APITimeoutError,
     AuthenticationError,
     BatchRequest,
     ContentSafetyError,
@@ -23,6 +24,7 @@ from nanobanana import (
     PollPolicy,
     RetryPolicy,
 )
+from nanobanana._batch._journal import Journal
 from nanobanana.testing import Simulator
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -232,6 +234,9 @@ async def test_misuse_raises_before_or_after_what_was_paid_for(sim, tmp_path):
                 seen.append(result)  # noqa: PERF401 - those before the error count
         assert seen == []
         assert sim.requests == ()
+        with pytest.raises(ValueError, match="item 1: prompt must not be empty"):
+            await collect(client.batch(["a", "  "]))
+        assert sim.requests == ()
 
         # An item already sent goes on to its result first.
         async def failing():
@@ -350,3 +355,68 @@ async def test_an_interrupted_batch_resumes_by_polling_what_it_paid_for(sim, tmp
     assert charges(sim) == 12  # polled, not paid again
     assert {r.generation_id for r in resumed} == submitted
     assert all(r.ok and not r.from_journal for r in resumed)
+
+
+async def test_a_request_without_an_answer_by_the_deadline_may_have_been_charged(sim):
+    async with client_of(sim, max_concurrency=1) as client:
+        with sim.hold():
+            results = await collect(client.batch(["held"], mode="sync", item_timeout=0.3))
+    [result] = results
+    assert result.status == "maybe_charged"
+    assert isinstance(result.error, APITimeoutError)
+    assert result.error.may_have_been_charged
+    assert charges(sim) == 1  # it was: the server accepted it
+
+
+async def test_a_refusal_that_charged_nothing_is_not_taken_for_a_charge(tmp_path):
+    journal = tmp_path / "j.jsonl"
+    patient = RetryPolicy(attempts=4, wait_initial=0.005, retry_after_max=30.0)
+    with Simulator(credits=100, max_async_tasks=1, busy_retry_after=30) as sim:
+        async with sim.client(poll_policy=FAST_POLLS, retry_policy=patient) as client:
+            with sim.hold():
+                async with client.batch(["first", "second"], journal=journal):
+                    # "first" runs (held); "second" was refused (503) and waits 30 s.
+                    await sim.wait_for_async(
+                        lambda: any(r.status == 503 for r in sim.requests), timeout=10
+                    )
+                    await sim.wait_for_async(lambda: "not_charged" in journal.read_text())
+            records = [json.loads(line) for line in journal.read_text().splitlines()]
+            second = [r["status"] for r in records if r["index"] == 1]
+            assert second == ["sending", "not_charged"]
+            resumed = {
+                r.index: r
+                for r in await collect(client.batch(["first", "second"], journal=journal))
+            }
+        assert resumed[1].ok  # generated now, not reported as maybe charged
+        assert charges(sim) == 2
+
+
+async def test_a_journal_that_cannot_be_written_stops_the_batch_with_the_error(
+    sim, tmp_path, monkeypatch
+):
+    real_write = Journal.write
+
+    def failing(self, record):
+        if record.get("status") == "submitted":
+            raise OSError(28, "No space left on device")
+        real_write(self, record)
+
+    monkeypatch.setattr(Journal, "write", failing)
+    async with client_of(sim) as client:
+        batch = client.batch([f"prompt {n}" for n in range(5)], journal=tmp_path / "j.jsonl")
+        with pytest.raises(OSError, match="No space left"):
+            await collect(batch)
+        assert batch.stats().running == 0
+        # The generations it could not record are not lost from sight.
+        assert set(batch.unfinished_ids()) <= {g.id for g in sim.generations}
+        assert batch.unfinished_ids()
+
+
+async def test_a_bug_inside_the_engine_reaches_the_caller(sim, monkeypatch):
+    async def broken(item, generation):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr("nanobanana._batch._item._save", broken)
+    async with client_of(sim) as client:
+        with pytest.raises(RuntimeError, match="a bug"):
+            await collect(client.batch(["a", "b"]))
