@@ -19,6 +19,7 @@ import attrs
 from nanobanana._batch._engine import DEFAULT_ITEM_TIMEOUT
 from nanobanana._batch._item import FATAL
 from nanobanana._batch._keys import Keys
+from nanobanana._batch._records import outcome_record
 from nanobanana._jobs import PollPolicy
 from nanobanana.cli._exit import ExitCode, exit_code_for
 from nanobanana.cli._input import BatchInput
@@ -134,19 +135,11 @@ def _batch_options(args: Any) -> dict[str, Any]:
 
 
 def _line(result: BatchResult, line: int) -> dict[str, Any]:
-    """A result as one JSON line on stdout."""
-    generation = result.generation
+    """A result as one JSON line on stdout: its journal record, its line, the exit code."""
     error = result.error
     return {
-        "key": result.key,
+        **outcome_record(result),
         "line": line,
-        "index": result.index,
-        "prompt": result.prompt,
-        "status": result.status,
-        "generation_id": result.generation_id,
-        "image_urls": list(generation.image_urls) if generation else [],
-        "files": [str(path) for path in result.files],
-        "credits_used": result.credits_used,
         "error": error_json(error, generation_id=result.generation_id) if error else None,
     }
 
