@@ -24,6 +24,7 @@ from nanobanana._jobs import PollPolicy
 from nanobanana.cli._exit import ExitCode, exit_code_for
 from nanobanana.cli._input import BatchInput
 from nanobanana.cli._output import error_json, message_for
+from nanobanana.cli._polling import poll_schedule
 from nanobanana.cli._progress import RichReporter, finish, reporter
 from nanobanana.cli._session import check_download_dir
 
@@ -120,10 +121,11 @@ def _batch_options(args: Any) -> dict[str, Any]:
         "reference_image_urls": args.reference_image_urls or None,
     }
     timeout = args.item_timeout
-    if args.poll_interval is not None or args.max_polls is not None:
+    schedule = poll_schedule(args.poll_interval, args.max_polls)
+    if schedule is not None:
         # The service CLI's schedule: a poll every S seconds, N of them at most.
-        interval = args.poll_interval or 3.0
-        budget = interval * (args.max_polls or 60)
+        interval = schedule.interval
+        budget = interval * schedule.max_polls
         options["poll_policy"] = PollPolicy(
             first_delay=interval, growth=1.0, max_interval=interval, jitter=0.0, timeout=budget
         )
