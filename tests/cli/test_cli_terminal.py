@@ -33,19 +33,16 @@ def tmux(socket: str, *args: str) -> str:
     return done.stdout
 
 
-def test_the_stream_progress_bar_fills_up_in_place_and_never_goes_back(tmp_path):
+def frames_of(argv: list[str], cwd, *, width: int = 100) -> list[str]:
+    """Run ``argv`` in a fresh tmux pane and capture its frames until it exits."""
     socket = f"nanobanana-test-{uuid.uuid4().hex[:8]}"
-    cli = shlex.join(
-        [sys.executable, "-m", "nanobanana", "--simulate", "generate", "--prompt",
-         "a banana [slow=1]", "--mode", "stream"]
-    )  # fmt: skip
     # `exec cat` keeps the pane open after the command, so its last frame can be read.
-    script = f"{cli}; echo EXIT=$?; exec cat"
+    script = f"{shlex.join(argv)}; echo EXIT=$?; exec cat"
     env = clean_env(TERM="xterm-256color")
     subprocess.run(  # noqa: S603
-        [TMUX or "tmux", "-L", socket, "-f", os.devnull, "new-session", "-d", "-x", "100",
-         "-y", "30", "sh", "-c", script],
-        env=env, check=True, timeout=10, cwd=tmp_path,
+        [TMUX or "tmux", "-L", socket, "-f", os.devnull, "new-session", "-d", "-x",
+         str(width), "-y", "30", "sh", "-c", script],
+        env=env, check=True, timeout=10, cwd=cwd,
     )  # fmt: skip
     frames: list[str] = []
     try:
@@ -59,6 +56,15 @@ def test_the_stream_progress_bar_fills_up_in_place_and_never_goes_back(tmp_path)
         subprocess.run(  # noqa: S603
             [TMUX or "tmux", "-L", socket, "kill-server"], check=False, timeout=10
         )
+    return frames
+
+
+def test_the_stream_progress_bar_fills_up_in_place_and_never_goes_back(tmp_path):
+    frames = frames_of(
+        [sys.executable, "-m", "nanobanana", "--simulate", "generate", "--prompt",
+         "a banana [slow=1]", "--mode", "stream"],
+        tmp_path,
+    )  # fmt: skip
     last = frames[-1]
     assert "EXIT=0" in last, last
     bar_lines = [line for line in last.splitlines() if "━" in line]
@@ -78,31 +84,13 @@ def test_the_stream_progress_bar_fills_up_in_place_and_never_goes_back(tmp_path)
 
 
 def test_the_batch_bar_shows_rate_credits_and_running_and_results_go_to_the_file(tmp_path):
-    socket = f"nanobanana-test-{uuid.uuid4().hex[:8]}"
     (tmp_path / "prompts.txt").write_text("".join(f"prompt {n}\n" for n in range(5)) + "x [fail]\n")
-    cli = shlex.join(
+    frames = frames_of(
         [sys.executable, "-m", "nanobanana", "--simulate", "batch", "prompts.txt",
-         "--output", "out.jsonl"]
+         "--output", "out.jsonl"],
+        tmp_path,
+        width=120,
     )  # fmt: skip
-    script = f"{cli}; echo EXIT=$?; exec cat"
-    env = clean_env(TERM="xterm-256color")
-    subprocess.run(  # noqa: S603
-        [TMUX or "tmux", "-L", socket, "-f", os.devnull, "new-session", "-d", "-x", "120",
-         "-y", "30", "sh", "-c", script],
-        env=env, check=True, timeout=10, cwd=tmp_path,
-    )  # fmt: skip
-    frames: list[str] = []
-    try:
-        deadline = time.monotonic() + 40
-        while time.monotonic() < deadline:
-            frame = tmux(socket, "capture-pane", "-p", "-S", "-", "-t", "0")
-            frames.append(frame)
-            if "EXIT=" in frame:
-                break
-    finally:
-        subprocess.run(  # noqa: S603
-            [TMUX or "tmux", "-L", socket, "kill-server"], check=False, timeout=10
-        )
     last = frames[-1]
     assert "EXIT=4" in last, last  # one item failed
     bars = [line for frame in frames for line in frame.splitlines() if "━" in line]
