@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import signal
 
-import pytest
 from clitools import assert_png, run, start
 
 from nanobanana.testing import Simulator
@@ -259,7 +258,6 @@ def test_an_item_whose_generation_is_gone_is_lost_and_retry_failed_generates_it_
     assert charges(sim) == 1
 
 
-@pytest.mark.skip(reason="until #11: the client's own patience with refunded 503s")
 def test_batch_keeps_sending_items_the_busy_server_refunded(tmp_path):
     # The server runs 2 async tasks at once; 4 items at once meet a 503, which states the
     # cap: the client then keeps the other items queued until some finish (even with

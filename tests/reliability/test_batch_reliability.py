@@ -21,7 +21,7 @@ from pathlib import Path
 import anyio
 import pytest
 import trio
-from reliability_support import LoopErrors, assert_no_leaks, fast_client, stray_files
+from reliability_support import LoopErrors, assert_no_leaks, fast_client, pool_state, stray_files
 
 from nanobanana import APIConnectionError
 from nanobanana._download import safe_stem
@@ -54,6 +54,13 @@ async def collect(batch) -> list:
         return [result async for result in results]
 
 
+async def nothing_left(sim, client) -> None:
+    """No slot, no connection held: a connection cut mid-answer goes back to the pool
+    once the server has closed its end too (a moment later), so wait for that first."""
+    await sim.wait_for_async(lambda: pool_state(client).checked_out == 0, timeout=5)
+    assert_no_leaks(client)
+
+
 async def cancelled_when(sim, predicate, run) -> None:
     """Run ``run()`` in a task and cancel it as soon as ``predicate()`` holds."""
     async with anyio.create_task_group() as group:
@@ -78,7 +85,7 @@ async def test_cancelled_while_polling_every_id_is_recorded_and_resumed(sim, tmp
                     await collect(client.batch(prompts, journal=journal))
 
                 await cancelled_when(sim, lambda: processing(sim) == 10, run)
-            assert_no_leaks(client)
+            await nothing_left(sim, client)
             assert {r["status"] for r in last_records(journal).values()} == {"submitted"}
             resumed = await collect(client.batch(prompts, journal=journal))
     finally:
@@ -105,7 +112,7 @@ async def test_cancelled_while_downloading_leaves_no_partial_file_and_resumes(si
             return done and sim.in_flight() == 0 and journal.exists()
 
         await cancelled_when(sim, downloading, run)
-        assert_no_leaks(client)
+        await nothing_left(sim, client)
         assert stray_files(tmp_path) == []
         assert {r["status"] for r in last_records(journal).values()} == {"submitted"}
         sim.clear_faults()
@@ -124,9 +131,12 @@ async def test_a_stop_waits_for_the_answer_to_a_submission_already_sent(sim, tmp
             async def run():
                 await collect(client.batch(["a banana"], journal=journal))
 
+            def at_the_server() -> bool:  # sent (the journal says so), not yet accepted
+                return journal.exists() and "sending" in journal.read_text() and not sim.generations
+
             # Cancelled while its POST is at the server and no answer has come back.
-            await cancelled_when(sim, lambda: sim.in_flight() == 1, run)
-        assert_no_leaks(client)
+            await cancelled_when(sim, at_the_server, run)
+        await nothing_left(sim, client)
         [record] = last_records(journal).values()
         [generation] = sim.generations
         assert (record["status"], record["generation_id"]) == ("submitted", generation.id)
@@ -145,7 +155,7 @@ async def test_a_sync_request_cut_by_a_stop_is_maybe_charged_and_not_sent_again(
                 await collect(client.batch(prompts, mode="sync", journal=journal))
 
             await cancelled_when(sim, lambda: sim.in_flight() == 1, run)
-        assert_no_leaks(client)
+        await nothing_left(sim, client)
         # Only the first was sent; the others waited for the one slot.
         assert {r["status"] for r in last_records(journal).values()} == {"sending"}
         assert net_credits(sim) == 1
@@ -174,7 +184,7 @@ async def test_items_waiting_for_a_slot_stop_at_once_and_leave_no_record(sim, tm
                 assert results.stats().running == 6
                 assert results.stats().awaiting_id == 1
             assert results.stats().awaiting_id == 1  # the one that may have been charged
-        assert_no_leaks(client)
+        await nothing_left(sim, client)
     assert len(last_records(journal)) == 1
     assert len(sim.generations) == 1
 
@@ -194,7 +204,7 @@ async def test_a_plain_loop_left_early_breaks_nothing_around_it(sim, tmp_path):
             gc.collect()  # the loop's iterator goes; its finalizer stops the batch
             await batch.aclose()  # and this waits for that
             assert batch.stats().running == 0
-            assert_no_leaks(client)
+            await nothing_left(sim, client)
     finally:
         errors.uninstall()
     assert errors.messages() == []
