@@ -11,9 +11,10 @@ runs in a fresh process too, so that one row's memory does not leak into the nex
      the growth of memory does not follow N;
    - the hand-written alternative: `asyncio.gather` over all N prompts behind an
      `asyncio.Semaphore(L)`, raw httpx;
-   - the practical ideal: L raw httpx workers sending one request after another, the
-     least a client can do (L / T ignores the server's own time per request);
-   - async mode (submit, then poll): `client.batch()` with polls paced to T.
+   - L raw httpx workers sending one request after another (httpx's own transport):
+     what a minimal hand-written client gets from the same simulator;
+   - async mode (submit, then poll): `client.batch()` with polls paced to T; and
+     against the server's async-task cap (10, generations of 0.2 s: ideal cap / T).
    Peak RSS growth is the peak resident memory during the run (Linux VmHWM, reset
    after a warm-up) minus the resident memory before it.
 2. `kill -9`. A batch of K prompts (async mode, journal and downloads) is killed at a
@@ -187,56 +188,90 @@ def _run_worker(sim: Sim, n: int, *, engine: str = "batch", mode: str = "sync", 
 
 
 def throughput(n: int, repeats: int) -> None:
-    ideal = LIMIT / GENERATION_TIME
+    sync_ideal = LIMIT / GENERATION_TIME
+    cap, slow = 10, 0.2
     print(
         f"\n1. {n:,} prompts from a generator; account limit {LIMIT}, generations of "
-        f"{GENERATION_TIME} s: the governor's ideal is {ideal:.0f} items/s (sync mode)\n"
+        f"{GENERATION_TIME} s: the governor's ideal is {sync_ideal:.0f} items/s in sync mode "
+        f"(L / T). The last row: the server's async cap {cap}, generations of {slow} s, "
+        f"ideal {cap / slow:.0f} items/s (cap / T)\n"
     )
+    fast = {"generation_time": GENERATION_TIME, "max_async_tasks": 100_000}
+    capped = {"generation_time": slow, "max_async_tasks": cap}
+    # name, prompts, worker options, simulator options, ideal items/s (None: not set)
     rows = [
-        ("client.batch(), sync", n, {"engine": "batch", "mode": "sync"}),
-        ("client.batch(), sync, journal", n, {"engine": "batch", "mode": "sync", "journal": 1}),
+        ("client.batch(), sync", n, {"engine": "batch", "mode": "sync"}, fast, sync_ideal),
+        (
+            "client.batch(), sync, journal",
+            n,
+            {"engine": "batch", "mode": "sync", "journal": 1},
+            fast,
+            sync_ideal,
+        ),
         (
             f"client.batch(), sync, {n // 10:,} prompts",
             n // 10,
             {"engine": "batch", "mode": "sync"},
+            fast,
+            sync_ideal,
         ),
-        ("gather + Semaphore(4), raw httpx, sync", n, {"engine": "gather", "mode": "sync"}),
-        ("4 workers back to back, raw httpx, sync", n, {"engine": "loop", "mode": "sync"}),
-        ("client.batch(), async, journal", n, {"engine": "batch", "mode": "async", "journal": 1}),
+        (
+            "gather + Semaphore(4), raw httpx, sync",
+            n,
+            {"engine": "gather", "mode": "sync"},
+            fast,
+            sync_ideal,
+        ),
+        (
+            "4 workers back to back, raw httpx, sync",
+            n,
+            {"engine": "loop", "mode": "sync"},
+            fast,
+            sync_ideal,
+        ),
+        (
+            "client.batch(), async, journal",
+            n,
+            {"engine": "batch", "mode": "async", "journal": 1},
+            fast,
+            None,
+        ),
+        (
+            f"client.batch(), async, cap {cap}, {n // 5:,} prompts",
+            n // 5,
+            {"engine": "batch", "mode": "async", "journal": 1, "poll": slow},
+            capped,
+            cap / slow,
+        ),
     ]
-    results: dict[str, list[dict]] = {name: [] for name, _, _ in rows}
+    results: dict[str, list[dict]] = {row[0]: [] for row in rows}
     for _ in range(repeats):
-        for name, count, options in rows:
-            sim = Sim(
-                concurrency_limit=LIMIT,
-                generation_time=GENERATION_TIME,
-                credits=10 * n + 1000,
-                max_async_tasks=100_000,
-            )
+        for name, count, options, sim_options, _ideal in rows:
+            sim = Sim(concurrency_limit=LIMIT, credits=10 * n + 1000, **sim_options)
             try:
                 with tempfile.TemporaryDirectory() as folder:
-                    extra = dict(options)
+                    extra = {"poll": GENERATION_TIME, **options}
                     if extra.pop("journal", None):
                         extra["journal"] = str(Path(folder) / "journal.jsonl")
-                    results[name].append(_run_worker(sim, count, poll=GENERATION_TIME, **extra))
+                    results[name].append(_run_worker(sim, count, **extra))
             finally:
                 sim.stop()
-    print(f"{'':40} {'items/s':>16} {'x ideal':>7} {'CPU ms/item':>12} {'peak RSS growth':>24}")
-    for name, count, options in rows:
+    print(f"{'':44} {'items/s':>16} {'x ideal':>7} {'CPU ms/item':>12} {'peak RSS growth':>24}")
+    for name, count, _options, _sim, ideal in rows:
         runs = results[name]
         rates = [count / r["elapsed"] for r in runs]
         growth = [r["growth"] / 2**10 for r in runs]
         cpu = statistics.median(r["cpu"] / count * 1000 for r in runs)
         spread = f"({min(rates):.0f}-{max(rates):.0f})" if len(runs) > 1 else ""
         gspread = f"({min(growth):.0f}-{max(growth):.0f})" if len(runs) > 1 else ""
-        versus = statistics.median(rates) / ideal if options["mode"] == "sync" else float("nan")
+        versus = f"{statistics.median(rates) / ideal:7.2f}" if ideal else f"{'-':>7}"
         print(
-            f"{name:40} {statistics.median(rates):7.0f} {spread:>9} {versus:7.2f} "
+            f"{name:44} {statistics.median(rates):7.0f} {spread:>9} {versus} "
             f"{cpu:12.2f} {statistics.median(growth):8.0f} KiB {gspread:>14}"
         )
         bad = {s: c for r in runs for s, c in r["statuses"].items() if s != "completed"}
         if bad:
-            print(f"{'':40} not completed: {bad}")
+            print(f"{'':44} not completed: {bad}")
 
 
 # -- 2. kill -9, then resume --------------------------------------------------------------

@@ -420,3 +420,18 @@ async def test_a_bug_inside_the_engine_reaches_the_caller(sim, monkeypatch):
     async with client_of(sim) as client:
         with pytest.raises(RuntimeError, match="a bug"):  # several at once: their group
             await collect(client.batch(["a"]))
+
+
+async def test_a_batch_wider_than_the_servers_async_cap_waits_for_room_and_loses_nothing():
+    with Simulator(
+        credits=1000, seed=9, concurrency_limit=3, max_async_tasks=3, generation_time=0.05
+    ) as sim:
+        async with sim.client(poll_policy=FAST_POLLS, max_concurrency=3) as client:
+            results = await collect(client.batch([f"prompt {n}" for n in range(30)]))
+            stats = client.governor_stats()
+        assert sorted(r.index for r in results) == list(range(30))
+        assert all(r.ok for r in results)
+        assert charges(sim) == 30  # each once; a refused submit was refunded
+        assert stats.task_limit == 3  # learned from the first 503
+        # The first 503 states the cap; then the client keeps submissions for room.
+        assert sum(r.status == 503 for r in sim.requests) <= 2

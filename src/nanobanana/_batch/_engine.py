@@ -60,9 +60,10 @@ DEFAULT_ITEM_TIMEOUT = 900.0
 SUBMIT_GRACE = 10.0
 # The window of items under way: enough to keep the governor busy, no more. It starts
 # at twice the account's limit, plus what the downloads and, in async mode, the
-# server's async tasks take (its docs' 503 example says "activeTasks": 10), and grows
-# while the governor has room to spare (async items spend most of their time waiting
-# between polls, not in it), up to a bound on memory.
+# server's async tasks take (the cap the client learned from a 503; until then its
+# docs' example, "activeTasks": 10), and grows while the governor has room to spare
+# (async items spend most of their time waiting between polls, not in it), up to a
+# bound on memory.
 _MIN_WINDOW = 16
 _ASYNC_TASKS_GUESS = 10
 _MAX_WINDOW = 1000
@@ -347,22 +348,28 @@ class Batch:
 
     def _base_window(self) -> int:
         """Twice the account's limit, the downloads, and the async tasks (async mode)."""
-        size = 2 * self._client.governor_stats().limit + self._client._download_concurrency
+        governor = self._client.governor_stats()
+        size = 2 * governor.limit + self._client._download_concurrency
         if self._mode == "async":
-            size += _ASYNC_TASKS_GUESS
+            size += governor.task_limit or _ASYNC_TASKS_GUESS
         return max(_MIN_WINDOW, size)
 
     def _may_grow(self) -> bool:
         """Beyond the base window: while async items leave the governor idle.
 
-        Sync and stream items hold a slot for their whole generation, and items
+        Not when submissions already wait for the server's async-task cap, nor for
+        sync and stream items, which hold a slot for their whole generation; items
         waiting for the consumer to take their result need nothing: more would only
         queue.
         """
         if self._mode != "async" or self._delivering:
             return False
         governor = self._client.governor_stats()
-        return governor.waiting == 0 and governor.active < governor.limit
+        return (
+            governor.waiting == 0
+            and governor.tasks_waiting == 0
+            and governor.active < governor.limit
+        )
 
     async def _run(self) -> None:
         settings = Settings(
