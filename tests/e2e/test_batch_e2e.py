@@ -16,6 +16,7 @@ from nanobanana import (
     APITimeoutError,
     AuthenticationError,
     BatchRequest,
+    BudgetExceededError,
     ContentSafetyError,
     GenerationFailedError,
     InsufficientCreditsError,
@@ -435,3 +436,21 @@ async def test_a_batch_wider_than_the_servers_async_cap_waits_for_room_and_loses
         assert stats.task_limit == 3  # learned from the first 503
         # The first 503 states the cap; then the client keeps submissions for room.
         assert sum(r.status == 503 for r in sim.requests) <= 2
+
+
+async def test_items_past_the_spend_cap_fail_alone_and_nothing_is_sent_for_them(sim, tmp_path):
+    journal = tmp_path / "j.jsonl"
+    prompts = [f"prompt {n}" for n in range(5)]
+    async with client_of(sim, max_credits=3, max_concurrency=1) as client:
+        results = {r.index: r for r in await collect(client.batch(prompts, journal=journal))}
+    budget = [r for r in results.values() if isinstance(r.error, BudgetExceededError)]
+    assert len(budget) == 2
+    assert all(r.status == "error" and not r.generation_id for r in budget)
+    assert sum(r.ok for r in results.values()) == 3
+    assert charges(sim) == 3
+    # Not paid for, so not final: a later run (with a new budget) generates them.
+    async with client_of(sim, max_credits=10) as client:
+        again = {r.index: r for r in await collect(client.batch(prompts, journal=journal))}
+    assert all(r.ok for r in again.values())
+    assert sum(r.from_journal for r in again.values()) == 3
+    assert charges(sim) == 5
