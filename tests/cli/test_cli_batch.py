@@ -281,3 +281,30 @@ def test_batch_keeps_sending_items_the_busy_server_refunded(tmp_path):
         assert [json.loads(line)["status"] for line in stdout.splitlines()] == ["completed"] * 4
         assert net_charges(sim) == 4  # each 503 was refunded
         assert refusals() == 1  # the first 503 said the cap; the rest waited for room
+
+
+def test_an_output_file_that_cannot_be_the_journal_is_refused_before_anything_is_sent(
+    sim, tmp_path
+):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a banana\n")
+    missing = run("batch", str(prompts), "-o", str(tmp_path / "no" / "out.jsonl"), sim=sim)
+    assert missing.code == 2, missing.stderr
+    assert "No such file or directory" in missing.stderr
+    assert "Traceback" not in missing.stderr
+    assert sim.requests == ()
+
+    # One batch per journal at a time: a second run would pay for what the first has
+    # not recorded yet.
+    out = tmp_path / "out.jsonl"
+    with sim.hold():
+        first = start("batch", str(prompts), "-o", str(out), *FAST, sim=sim)
+        try:
+            sim.wait_for(lambda: submitted_in(out), timeout=20)
+            second = run("batch", str(prompts), "-o", str(out), *FAST, sim=sim)
+        finally:
+            first.send_signal(signal.SIGINT)
+            first.communicate(timeout=20)
+    assert second.code == 2, second.stderr
+    assert "in use by another batch" in second.stderr
+    assert charges(sim) == 1

@@ -199,9 +199,10 @@ async def cmd_batch(session: Session, client: AsyncNanoBanana) -> int:
     codes: list[int] = []
     fatal: BaseException | None = None
     try:
-        with progress:
-            try:
-                async with batch as results:
+        # The journal is opened (and locked) first: a bad --output says so before any bar.
+        async with batch as results:
+            with progress:
+                try:
                     async for result in results:
                         line = lines.pop(result.index, 0)
                         if args.output is None:
@@ -217,9 +218,9 @@ async def cmd_batch(session: Session, client: AsyncNanoBanana) -> int:
                             if isinstance(progress, RichReporter):  # plain lines say it anyway
                                 progress.note(message)
                         progress.update(batch.stats().done, message=message, detail=display())
-            except FATAL as exc:
-                fatal = exc
-            finish(progress)
+                except FATAL as exc:
+                    fatal = exc
+                finish(progress)
     finally:
         source.close()
         # What an interrupt leaves behind, for the hints of `nanobanana` on Ctrl-C.
