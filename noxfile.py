@@ -65,6 +65,7 @@ def bench(session: nox.Session) -> None:
         "bench_delivery.py",
         "bench_async.py",
         "bench_fleet.py",
+        "bench_batch.py",
     ]
     for script in (f"benchmarks/{name}" for name in scripts):
         session.run("python", script, *session.posargs)

@@ -668,6 +668,7 @@ def test_public_names_match_the_documented_api():
         "GenerationFailedError",
         "ContentSafetyError",
         "JobTimeoutError",
+        "BatchResult",  # the production surface (client.batch())
     }
     assert documented <= set(nanobanana.__all__)
     for name in nanobanana.__all__:

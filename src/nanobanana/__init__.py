@@ -17,6 +17,7 @@ Example:
 from typing import TYPE_CHECKING, Any
 
 from nanobanana._admission import GovernorStats
+from nanobanana._batch._values import BatchRequest, BatchResult, BatchStats
 from nanobanana._client import AsyncNanoBanana
 from nanobanana._clock import Clock, FakeClock, SystemClock
 from nanobanana._errors import (
@@ -51,6 +52,7 @@ from nanobanana._stats import ClientStats
 from nanobanana._version import __version__
 
 if TYPE_CHECKING:
+    from nanobanana._batch._engine import Batch
     from nanobanana._stream import GenerationStream
 
 __all__ = [
@@ -60,6 +62,10 @@ __all__ = [
     "AsyncNanoBanana",
     "AuthenticationError",
     "BadRequestError",
+    "Batch",
+    "BatchRequest",
+    "BatchResult",
+    "BatchStats",
     "BudgetExceededError",
     "ClientStats",
     "Clock",
@@ -103,6 +109,11 @@ def __getattr__(name: str) -> Any:
 
         GenerationStream.__module__ = "nanobanana"
         return GenerationStream
+    if name == "Batch":  # the batch engine loads on first use, like the stream's
+        from nanobanana._batch._engine import Batch  # noqa: PLC0415
+
+        Batch.__module__ = "nanobanana"
+        return Batch
     raise AttributeError(f"module 'nanobanana' has no attribute {name!r}")
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import math
 import random
 import warnings
-from collections.abc import Sequence
+from collections.abc import AsyncIterable, Iterable, Sequence
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import httpx
 
@@ -44,6 +44,8 @@ if TYPE_CHECKING:
 
     from typing_extensions import Self
 
+    from nanobanana._batch._engine import Batch
+    from nanobanana._batch._values import BatchRequest
     from nanobanana._stream import GenerationStream
 
 __all__ = ["AsyncNanoBanana"]
@@ -657,6 +659,69 @@ class AsyncNanoBanana:
             submitted_at=self._clock.monotonic(),
             credits_used=_opt_int(answer.get("creditsUsed")),
             remaining_credits=_opt_int(answer.get("remainingCredits")),
+        )
+
+    def batch(
+        self,
+        prompts_or_requests: Iterable[str | BatchRequest] | AsyncIterable[str | BatchRequest],
+        *,
+        mode: Literal["sync", "stream", "async"] = "async",
+        download_dir: str | os.PathLike[str] | None = None,
+        journal: str | os.PathLike[str] | None = None,
+        retry_failed: bool = False,
+        item_timeout: float | None = NOT_GIVEN,
+        poll_policy: PollPolicy | None = None,
+        model: str | None = None,
+        aspect_ratio: str | None = None,
+        quantity: int | None = None,
+        reference_image_urls: Sequence[str] | None = None,
+    ) -> Batch:
+        """Generate many prompts: an async iterator of `BatchResult`, in completion order.
+
+        ```python
+        async with client.batch(prompts, download_dir="images", journal="run.jsonl") as results:
+            async for result in results:
+                print(result.index, result.status, result.files)
+        ```
+
+        The input is read lazily, a window of items at a time: enough to keep the
+        concurrency governor busy, which decides what is in flight, as for any call.
+        Images download as items finish. One item's failure is that item's ``error``.
+        With ``journal``, every generation id is on disk before anything waits on it:
+        running the batch again with the same journal (after Ctrl-C, a crash or
+        ``kill -9``) polls and downloads what was paid for instead of paying again.
+        See [Batches](batches.md) and `Batch`.
+
+        Args:
+            prompts_or_requests: prompts and `BatchRequest` values (iterable or async).
+            mode: ``"async"`` (the resumable mode), ``"sync"`` or ``"stream"``.
+            download_dir: save every item's images in this folder (checked first).
+            journal: a JSON-lines file that makes the batch resumable.
+            retry_failed: generate again items an earlier run with this journal ended
+                as ``failed``, ``lost`` or ``maybe_charged`` (costs credits).
+            item_timeout: seconds one item may take from its first request to its last
+                image saved (default 15 minutes; None: only the client's own limits).
+            poll_policy: how async-mode items poll (default: the client's).
+            model: default for items that do not set it; as are the options below.
+            aspect_ratio: e.g. ``"16:9"``.
+            quantity: images per item.
+            reference_image_urls: images for image-to-image.
+        """
+        from nanobanana._batch._engine import DEFAULT_ITEM_TIMEOUT, Batch  # noqa: PLC0415
+
+        return Batch(
+            self,
+            prompts_or_requests,
+            mode=mode,
+            download_dir=download_dir,
+            journal=journal,
+            retry_failed=retry_failed,
+            item_timeout=DEFAULT_ITEM_TIMEOUT if item_timeout is NOT_GIVEN else item_timeout,
+            poll_policy=poll_policy,
+            model=model,
+            aspect_ratio=aspect_ratio,
+            quantity=quantity,
+            reference_image_urls=reference_image_urls,
         )
 
     def job(self, generation_id: str) -> Job:

@@ -14,7 +14,8 @@ import logging
 import random
 import sys
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
 import httpx
 
@@ -47,7 +48,14 @@ if TYPE_CHECKING:
     from nanobanana._clock import Clock
     from nanobanana._config import Secret
 
-__all__ = ["Binding", "OutOfTimeError", "Requester", "current_loop_token"]
+__all__ = [
+    "GENERATE_WATCH",
+    "Binding",
+    "GenerateWatch",
+    "OutOfTimeError",
+    "Requester",
+    "current_loop_token",
+]
 
 log = logging.getLogger("nanobanana")
 
@@ -55,6 +63,37 @@ CERTIFICATE_HINT = (
     "The server's TLS certificate was not trusted, so nothing was sent and nothing is "
     "retried. Behind a proxy that inspects TLS, trust its CA with verify='ca.pem' or "
     "SSL_CERT_FILE."
+)
+
+
+class GenerateWatch(Protocol):
+    """Told, in the calling task, when its ``POST /generate`` may reach the server.
+
+    The batch journal records "a request for this item may have been charged" before
+    the bytes leave, so that a run stopped by ``kill -9`` before the answer came back
+    is not paid for twice by the next one.
+    """
+
+    def sending(self) -> None:
+        """An attempt is about to be sent (it may be accepted, and charged)."""
+
+    def not_charged(self) -> None:
+        """That attempt was refused (429, 503, 4xx) or never left: nothing was charged."""
+
+
+#: The watch of the current task, if any (contextvars are per task).
+GENERATE_WATCH: ContextVar[GenerateWatch | None] = ContextVar(
+    "nanobanana_generate_watch", default=None
+)
+_FREE_OUTCOMES = frozenset(
+    {
+        Outcome.NOT_SENT,
+        Outcome.INVALID,
+        Outcome.CERTIFICATE,
+        Outcome.RATE_LIMITED,
+        Outcome.BUSY,
+        Outcome.CLIENT_ERROR,
+    }
 )
 
 
@@ -426,6 +465,7 @@ class Requester:
         clock = self.clock
         governor = self.governor
         recorder = self.recorder
+        watch = GENERATE_WATCH.get() if kind is RequestKind.GENERATE else None
         attempt = 0  # attempts sent, refusals included (for the logs and stats)
         failures = 0  # retryable failures other than refusals: counted against attempts
         refusals = 0  # 429s and 503s: charged nothing, waited out with patience
@@ -451,6 +491,8 @@ class Requester:
                     first_attempt = started
                 if task is not None:
                     task.sent = True
+                if watch is not None:
+                    watch.sending()
                 try:
                     # Always streamed, so that no answer is read past MAX_ANSWER_SIZE.
                     # auth=None: a borrowed client's own auth must not replace our key.
@@ -516,6 +558,8 @@ class Requester:
                         )
                     elif isinstance(error, ServerBusyError) and task is not None:
                         own_load = await task.busy(error.active_tasks)
+                if watch is not None and outcome in _FREE_OUTCOMES:
+                    watch.not_charged()
             except BaseException:
                 keep_slot = False
                 raise

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import random
 import subprocess
 import sys
 
@@ -16,9 +15,9 @@ import nanobanana.cli
 from nanobanana._errors import CHARGE_WARNING
 from nanobanana._models import Generation, GenerationStatus
 from nanobanana.cli import _app, main
-from nanobanana.cli._batch import BusyRetry
+from nanobanana.cli._batch import _batch_options
 from nanobanana.cli._exit import EXIT_CODES_HELP, ExitCode, UsageError, exit_code_for
-from nanobanana.cli._journal import InputError, Journal, parse_items, read_journal
+from nanobanana.cli._input import BatchInput, InputError, iter_requests
 from nanobanana.cli._output import Output, error_json, message_for
 from nanobanana.cli._polling import PollCount, poll_schedule, wait_for_job
 from nanobanana.cli._progress import PlainReporter, Reporter, reporter
@@ -74,6 +73,10 @@ def test_importing_nanobanana_imports_neither_the_cli_nor_rich():
     assert out.strip() == "[]"
 
 
+def parse_items(lines, *, name):
+    return [(number, request) for number, request in iter_requests(lines, name=name)]
+
+
 def test_batch_input_mixes_plain_prompts_and_json_lines_and_skips_comments():
     items = parse_items(
         [
@@ -85,19 +88,13 @@ def test_batch_input_mixes_plain_prompts_and_json_lines_and_skips_comments():
         ],
         name="f",
     )
-    assert [(i.key, i.line, i.prompt) for i in items][1] == ("moon", 4, "a moon")
-    assert items[1].aspect_ratio == "16:9"
-    assert items[1].quantity == 2
-    assert items[2].reference_image_urls == ("https://x/cat.png",)
-    assert items[0].line == 2
-
-
-def test_batch_keys_follow_content_not_line_numbers_and_number_repeats():
-    first = parse_items(["a banana", "a banana", "a cat"], name="f")
-    moved = parse_items(["new first line", "a cat", "a banana", "a banana"], name="f")
-    assert first[0].key != first[1].key
-    assert first[1].key == f"{first[0].key}#2"
-    assert {i.key for i in first} <= {i.key for i in moved}
+    line, moon = items[1]
+    assert (moon.key, line, moon.prompt) == ("moon", 4, "a moon")
+    assert moon.aspect_ratio == "16:9"
+    assert moon.quantity == 2
+    assert items[2][1].reference_image_urls == ("https://x/cat.png",)
+    assert items[0][0] == 2
+    assert items[0][1].key is None  # the library gives it one
 
 
 @pytest.mark.parametrize(
@@ -116,33 +113,38 @@ def test_bad_batch_lines_are_usage_errors_naming_the_line(line, message):
     assert message in str(info.value)
 
 
-def test_duplicate_explicit_keys_and_empty_files_are_rejected():
-    with pytest.raises(InputError, match="used twice"):
-        parse_items(['{"prompt": "a", "key": "k"}', '{"prompt": "b", "key": "k"}'], name="f")
+def test_the_batch_file_is_checked_whole_and_counted_before_anything_is_sent(tmp_path):
+    path = tmp_path / "prompts.txt"
+    path.write_text('{"prompt": "a", "key": "k"}\n\n# note\n{"prompt": "b", "key": "k"}\n')
+    with pytest.raises(InputError, match="line 4: key 'k' is used twice \\(first on line 1\\)"):
+        BatchInput.open(str(path))
+    path.write_text("\n# nothing\n")
     with pytest.raises(InputError, match="no prompts"):
-        parse_items(["", "# nothing"], name="f")
+        BatchInput.open(str(path))
+    path.write_bytes(b"a banana\n\xff\xfe\n")
+    with pytest.raises(InputError, match="not UTF-8"):
+        BatchInput.open(str(path))
+    with pytest.raises(InputError, match="cannot read"):
+        BatchInput.open(str(tmp_path / "missing.txt"))
+    path.write_text('a banana\n{"prompt": "a moon"}\n')
+    source = BatchInput.open(str(path))
+    try:
+        assert source.total == 2
+        first = [request.prompt for _, request in source.requests()]
+        again = [request.prompt for _, request in source.requests()]
+        assert first == again == ["a banana", "a moon"]
+    finally:
+        source.close()
 
 
-def test_journal_survives_a_line_torn_by_a_crash(tmp_path):
-    path = tmp_path / "out.jsonl"
-    path.write_text('{"key": "a", "status": "completed"}\n{"key": "b", "sta')
-    assert read_journal(str(path)) == {"a": {"key": "a", "status": "completed"}}
-    journal = Journal(str(path))
-    journal.write({"key": "b", "status": "submitted", "generation_id": "g"})
-    journal.close()
-    records = read_journal(str(path))
-    assert records["b"]["generation_id"] == "g"
-    assert all(json.loads(line) for line in path.read_text().splitlines()[2:])
-
-
-def test_the_last_journal_record_of_a_key_wins(tmp_path):
-    path = tmp_path / "out.jsonl"
-    journal = Journal(str(path))
-    journal.write({"key": "a", "status": "submitted", "generation_id": "g"})
-    journal.write({"key": "a", "status": "completed", "generation_id": "g"})
-    journal.close()
-    assert read_journal(str(path))["a"]["status"] == "completed"
-    assert read_journal(str(tmp_path / "missing.jsonl")) == {}
+def test_standard_input_is_read_twice_from_a_copy(monkeypatch):
+    monkeypatch.setattr(sys, "stdin", io.StringIO("one\ntwo\n"))
+    source = BatchInput.open("-")
+    try:
+        assert (source.name, source.total) == ("stdin", 2)
+        assert [request.prompt for _, request in source.requests()] == ["one", "two"]
+    finally:
+        source.close()
 
 
 def test_poll_interval_and_max_polls_are_a_count_of_polls():
@@ -276,16 +278,6 @@ def test_the_librarys_python_advice_becomes_cli_commands():
 
 
 @pytest.mark.parametrize(
-    ("tries", "retry_after", "low", "high"),
-    [(1, 2.5, 2.5, 2.5), (1, None, 0.0, 0.5), (3, None, 0.0, 2.0), (10, None, 0.0, 10.0)],
-)
-def test_a_refused_batch_item_waits_retry_after_or_jittered_backoff(tries, retry_after, low, high):
-    policy = BusyRetry(initial=0.5, max_wait=10.0)
-    delays = [policy.delay(tries, retry_after, random.Random(seed)) for seed in range(50)]
-    assert all(low <= delay <= high for delay in delays)
-
-
-@pytest.mark.parametrize(
     ("line", "kind"), [('["a"]', "JSON an array"), ('"a banana"', "JSON a string")]
 )
 def test_a_json_line_that_is_not_an_object_is_a_usage_error(line, kind):
@@ -294,7 +286,7 @@ def test_a_json_line_that_is_not_an_object_is_a_usage_error(line, kind):
     assert kind in str(info.value)
     # Text that only looks like it is a prompt as written.
     items = parse_items(["[draft] a cat", '"quoted" words'], name="f")
-    assert [item.prompt for item in items] == ["[draft] a cat", '"quoted" words']
+    assert [item.prompt for _, item in items] == ["[draft] a cat", '"quoted" words']
 
 
 def test_the_download_dir_is_created_or_refused_before_anything_is_sent(tmp_path):
@@ -402,3 +394,27 @@ def test_without_rich_a_terminal_gets_plain_lines_and_quiet_gets_nothing(monkeyp
     ]
     quiet = reporter(Output(quiet=True, stderr=err), "percent")
     assert type(quiet) is Reporter
+
+
+def test_batch_options_map_the_command_line_onto_client_batch():
+    parser = _app.build_parser()
+    args = parser.parse_args(["batch", "f", "-o", "out.jsonl", "--model", "m", "--quantity", "2"])
+    options = _batch_options(args)
+    assert options["journal"] == "out.jsonl"
+    assert (options["model"], options["quantity"], options["mode"]) == ("m", 2, "async")
+    assert "poll_policy" not in options  # the client's own schedule
+    assert "item_timeout" not in options  # the library's default
+
+    # The service CLI's schedule: every S seconds, N polls at most; the item's
+    # deadline leaves time to save the images after the last poll.
+    args = parser.parse_args(["batch", "f", "--poll-interval", "10", "--max-polls", "100"])
+    options = _batch_options(args)
+    policy = options["poll_policy"]
+    assert (policy.first_delay, policy.max_interval, policy.growth) == (10.0, 10.0, 1.0)
+    assert policy.timeout == 1000.0
+    assert options["item_timeout"] == 1300.0
+    args = parser.parse_args(["batch", "f", "--item-timeout", "5", "--concurrency", "3"])
+    assert _batch_options(args)["item_timeout"] == 5.0
+    assert args.concurrency == 3
+    with pytest.raises(SystemExit):
+        parser.parse_args(["batch", "f", "--concurrency", "0"])

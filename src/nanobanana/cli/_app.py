@@ -284,6 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
         command("batch", "generate a file of prompts concurrently, resumably"),
         add_generation_options=_add_generation_options,
         add_poll_options=_add_poll_options,
+        positive_int=_positive_int,
+        positive_float=_positive_float,
     )
 
     # The simulator takes none of the client's options (nor --simulate, which it is).

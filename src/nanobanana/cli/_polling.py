@@ -47,11 +47,6 @@ class PollCount:
     interval: float
     max_polls: int
 
-    @property
-    def budget(self) -> float:
-        """About how long the whole wait may take, in seconds."""
-        return self.interval * self.max_polls
-
 
 def poll_schedule(interval: float | None, max_polls: int | None) -> PollCount | None:
     """The service CLI's ``--poll-interval``/``--max-polls``, or None for the client's own.

@@ -16,6 +16,7 @@ import time
 from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from types import TracebackType
 
     from rich.progress import Progress, TaskID
@@ -30,12 +31,25 @@ Kind = Literal["percent", "wait", "count"]
 
 
 class Reporter:
-    """Shows one task's progress; this base class shows nothing (``--quiet``)."""
+    """Shows one task's progress; this base class shows nothing (``--quiet``).
 
-    def __init__(self, kind: Kind, *, total: int | None = None, title: str = "") -> None:
+    ``live``, when given, returns the detail text afresh: a live bar shows it at every
+    refresh (a batch's rate and ETA move while nothing finishes); plain lines show the
+    ``detail`` of each update instead.
+    """
+
+    def __init__(
+        self,
+        kind: Kind,
+        *,
+        total: int | None = None,
+        title: str = "",
+        live: Callable[[], str] | None = None,
+    ) -> None:
         self.kind = kind
         self.total = total
         self.title = title
+        self.live = live
         self.completed = 0.0
         self.message = ""
         self.detail = ""
@@ -89,8 +103,16 @@ class Reporter:
 class PlainReporter(Reporter):
     """One line on stderr per change: for logs, CI and pipes."""
 
-    def __init__(self, output: Output, kind: Kind, *, total: int | None, title: str) -> None:
-        super().__init__(kind, total=total, title=title)
+    def __init__(
+        self,
+        output: Output,
+        kind: Kind,
+        *,
+        total: int | None,
+        title: str,
+        live: Callable[[], str] | None = None,
+    ) -> None:
+        super().__init__(kind, total=total, title=title, live=live)
         self._output = output
         self._started = time.monotonic()
 
@@ -120,8 +142,16 @@ class PlainReporter(Reporter):
 class RichReporter(Reporter):
     """A live rich progress bar on the terminal behind stderr."""
 
-    def __init__(self, output: Output, kind: Kind, *, total: int | None, title: str) -> None:
-        super().__init__(kind, total=total, title=title)
+    def __init__(
+        self,
+        output: Output,
+        kind: Kind,
+        *,
+        total: int | None,
+        title: str,
+        live: Callable[[], str] | None = None,
+    ) -> None:
+        super().__init__(kind, total=total, title=title, live=live)
         self._output = output
         self._progress: Progress | None = None
         self._task: TaskID | None = None
@@ -133,11 +163,21 @@ class RichReporter(Reporter):
             BarColumn,
             MofNCompleteColumn,
             Progress,
+            ProgressColumn,
             SpinnerColumn,
             TaskProgressColumn,
             TextColumn,
             TimeElapsedColumn,
         )
+        from rich.text import Text  # noqa: PLC0415
+
+        live = self.live
+
+        class LiveColumn(ProgressColumn):
+            """The detail text, asked for afresh at every refresh."""
+
+            def render(self, task: object) -> Text:  # noqa: ARG002 - rich's signature
+                return Text(live() if live is not None else "")
 
         console = Console(file=self._output.stderr, stderr=True)
         middle = {
@@ -150,7 +190,7 @@ class RichReporter(Reporter):
             TextColumn("[bold]{task.description}"),
             *middle,
             TimeElapsedColumn(),
-            TextColumn("{task.fields[detail]}"),
+            LiveColumn() if live is not None else TextColumn("{task.fields[detail]}"),
             console=console,
             transient=False,
             refresh_per_second=10,
@@ -209,18 +249,25 @@ def _isatty(stream: object) -> bool:
         return False
 
 
-def reporter(output: Output, kind: Kind, *, title: str = "", total: int | None = None) -> Reporter:
+def reporter(
+    output: Output,
+    kind: Kind,
+    *,
+    title: str = "",
+    total: int | None = None,
+    live: Callable[[], str] | None = None,
+) -> Reporter:
     """The reporter that suits where stderr goes: bar, plain lines, or nothing."""
     if output.quiet:
-        return Reporter(kind, total=total, title=title)
+        return Reporter(kind, total=total, title=title, live=live)
     if output.stderr_is_terminal:
         try:
             import rich.progress  # noqa: F401, PLC0415 - is the extra installed?
         except ImportError:
             pass
         else:
-            return RichReporter(output, kind, total=total, title=title)
-    return PlainReporter(output, kind, total=total, title=title)
+            return RichReporter(output, kind, total=total, title=title, live=live)
+    return PlainReporter(output, kind, total=total, title=title, live=live)
 
 
 def finish(progress: Reporter, message: str | None = None) -> None:

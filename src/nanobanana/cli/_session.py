@@ -126,12 +126,6 @@ class Session:
             getattr(self.args, "poll_interval", None), getattr(self.args, "max_polls", None)
         )
 
-    @property
-    def wait_budget(self) -> float | None:
-        """About how long this command waits for one generation (None: the default)."""
-        schedule = self.poll_schedule()
-        return None if schedule is None else schedule.budget
-
     def poll_command(self, generation_id: str, *, wait: bool = True) -> str:
         """The command that picks up ``generation_id``, with this command's download dir."""
         words = ["nanobanana", "poll", "--id", generation_id]
@@ -206,6 +200,9 @@ class Session:
         redis_url = getattr(self.args, "redis", None)
         if redis_url is not None:
             options["governor"] = redis_url
+        concurrency = getattr(self.args, "concurrency", None)  # batch --concurrency
+        if concurrency is not None:
+            options["max_concurrency"] = concurrency
         if not self.simulated:
             try:
                 client = AsyncNanoBanana(
