@@ -294,6 +294,31 @@ async def test_a_429_within_a_known_limit_cools_admission_down_for_retry_after()
     assert gov.limit == 2
 
 
+class CreepingClock(ManualClock):
+    """Every read moves time on by a second: a real clock read twice is never the same."""
+
+    def monotonic(self):
+        self.now += 1.0
+        return self.now
+
+
+async def test_a_cool_down_that_ends_between_two_looks_admits_the_waiter():
+    # The head compared the clock with the cool-down's end once to hand out slots and
+    # again to choose how long to nap; when it ended in between, the waiter napped with
+    # no timer and nobody to wake it (seen under uvloop as a test hung forever).
+    clock = CreepingClock()
+    gov = gate(2, clock=clock)
+    refused = await gov.acquire()
+    # The cool-down ends 2.5 reads later: after the look that hands out slots, before
+    # the one that chooses the nap.
+    gov.refused(refused, stated=2, retry_after=2.5)
+    gov.release(refused)
+    waiter = asyncio.create_task(gov.acquire())
+    await settle()
+    assert waiter.done()
+    gov.release(waiter.result())
+
+
 # -- async tasks -------------------------------------------------------------------------
 
 

@@ -96,6 +96,11 @@ class RequestGate:
                     due = self._proof_due()
                     delays = [d for d in (cooling if cooling > 0 else None, due) if d is not None]
                     delay = min(delays) if delays else None
+                    if delay is None and self._room():
+                        # The cool-down ended since `_wake` last looked (the clock moves
+                        # between two reads): take the slot now rather than nap forever.
+                        self._wake()
+                        continue
                 await waiter.nap(self._clock, delay)
                 self._wake()
         except BaseException:
