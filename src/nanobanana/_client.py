@@ -2,33 +2,34 @@
 
 from __future__ import annotations
 
-import math
 import random
 import warnings
-from collections.abc import AsyncIterable, Iterable, Sequence
-from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Literal
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from nanobanana._admission import GovernorStats, choose_governor
-from nanobanana._budget import Catalogue, Charge, Ledger, check_max_credits
+from nanobanana._budget import Catalogue, Ledger, check_max_credits
+from nanobanana._calls import (
+    check_id,
+    data_of,
+    opt_int,
+)
 from nanobanana._clock import Clock, SystemClock
 from nanobanana._config import (
     DEFAULT_TIMEOUT,
+    NOT_GIVEN,
     resolve_api_key,
     resolve_base_url,
     resolve_timeout,
     with_max_retries,
 )
 from nanobanana._errors import (
-    ContentSafetyError,
-    GenerationFailedError,
-    NanoBananaError,
     NotFoundError,
     UnexpectedResponseError,
-    note_request,
 )
+from nanobanana._generating import GenerationCalls
 from nanobanana._http import Requester
 from nanobanana._jobs import Job, PollPolicy
 from nanobanana._models import Generation, GenerationStatus, Model
@@ -44,21 +45,9 @@ if TYPE_CHECKING:
 
     from typing_extensions import Self
 
-    from nanobanana._batch._engine import Batch
-    from nanobanana._batch._values import BatchRequest
-    from nanobanana._stream import GenerationStream
 
 __all__ = ["AsyncNanoBanana"]
 
-
-class _NotGiven:
-    """Sentinel for "argument not passed", where None means something else."""
-
-    def __repr__(self) -> str:
-        return "NOT_GIVEN"
-
-
-NOT_GIVEN: Any = _NotGiven()
 
 DEFAULT_MAX_RETRIES = 3
 # httpx's pool defaults keep only 20 idle connections: with more in flight, every
@@ -66,55 +55,7 @@ DEFAULT_MAX_RETRIES = 3
 DEFAULT_POOL_SIZE = 100
 
 
-def _generate_body(
-    prompt: str,
-    *,
-    mode: str,
-    model: str | None,
-    reference_image_urls: Sequence[str] | None,
-    aspect_ratio: str | None,
-    quantity: int | None,
-) -> dict[str, Any]:
-    if not isinstance(prompt, str):
-        raise TypeError(f"prompt must be a str, not {type(prompt).__name__}")
-    if not prompt.strip():
-        raise ValueError("prompt must not be empty")
-    body: dict[str, Any] = {"prompt": prompt, "mode": mode}
-    if model is not None:
-        if not isinstance(model, str) or not model:
-            raise TypeError("model must be a non-empty str (a name from client.models())")
-        body["selectedModel"] = model
-    if reference_image_urls is not None:
-        if isinstance(reference_image_urls, (str, bytes)):
-            raise TypeError("reference_image_urls must be a list of URLs, not a single string")
-        urls = list(reference_image_urls)
-        for url in urls:
-            if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-                raise ValueError(f"reference image URL must be an http(s) URL: {url!r}")
-        if urls:
-            body["referenceImageUrls"] = urls
-    if aspect_ratio is not None:
-        if not isinstance(aspect_ratio, str) or not aspect_ratio:
-            raise TypeError("aspect_ratio must be a str such as '16:9'")
-        body["aspectRatio"] = aspect_ratio
-    if quantity is not None:
-        if isinstance(quantity, bool) or not isinstance(quantity, int):
-            raise TypeError("quantity must be an int")
-        if quantity < 1:
-            raise ValueError("quantity must be at least 1 (the server caps the maximum)")
-        body["quantity"] = quantity
-    return body
-
-
-def _data(body: Any, what: str) -> Any:
-    if not isinstance(body, dict) or "data" not in body:
-        raise UnexpectedResponseError(
-            f"Unexpected response to {what}: no field 'data'.", field="data", body=body
-        )
-    return body["data"]
-
-
-class AsyncNanoBanana:
+class AsyncNanoBanana(GenerationCalls):
     """The asyncio-native Nano Banana client.
 
     Every call, poll, stream and download of one client shares one httpx connection
@@ -404,7 +345,7 @@ class AsyncNanoBanana:
         The catalogue is authoritative: the docs' ``nano-banana`` may not exist.
         """
         body = await self._requester.call("GET", "/models", kind=RequestKind.READ, auth=False)
-        data = _data(body, "GET /models")
+        data = data_of(body, "GET /models")
         if not isinstance(data, list):
             raise UnexpectedResponseError(
                 "Unexpected response to GET /models: 'data' is not a list.", field="data", body=body
@@ -413,45 +354,11 @@ class AsyncNanoBanana:
         self._catalogue.store(models)  # the costs that spend caps are estimated from
         return models
 
-    async def estimate_credits(
-        self,
-        *,
-        model: str | None = None,
-        quantity: int | None = None,
-        reference_image_urls: Sequence[str] | None = None,
-    ) -> int:
-        """The credits a generation with these options would cost, as a spend cap counts.
-
-        The model's ``creditsCost`` from `models` (fetched once per client and kept;
-        without ``model``, the documented default ``nano-banana``), plus one credit per
-        reference image beyond the first, times the quantity the server will make
-        (1 to 4; a stream makes one). Sends nothing but, once, ``GET /models``.
-
-        Raises:
-            UnknownModelError: ``model`` is not in the catalogue (a `ValueError`).
-        """
-        # The body's own checks, with a stand-in prompt: the estimate reads the rest.
-        body = _generate_body(
-            "estimate",
-            mode="sync",
-            model=model,
-            reference_image_urls=reference_image_urls,
-            aspect_ratio=None,
-            quantity=quantity,
-        )
-        return await self._catalogue.cost_of(body, self.models)
-
-    async def _charge(self, body: dict[str, Any]) -> Charge:
-        """Reserve what ``body`` will cost, under every cap that applies (`_budget`)."""
-        capped = self._ledger.capped
-        estimate = await self._catalogue.cost_of(body, self.models) if capped else None
-        return self._ledger.charge(estimate)
-
     async def credits(self) -> int:
         """The account's credit balance (``GET /credits``)."""
         body = await self._requester.call("GET", "/credits", kind=RequestKind.READ)
-        data = _data(body, "GET /credits")
-        value = _opt_int(data.get("credits") if isinstance(data, dict) else None)
+        data = data_of(body, "GET /credits")
+        value = opt_int(data.get("credits") if isinstance(data, dict) else None)
         if value is None:
             raise UnexpectedResponseError(
                 "Unexpected response to GET /credits: no numeric field 'credits'.",
@@ -460,273 +367,9 @@ class AsyncNanoBanana:
             )
         return value
 
-    async def generate(
-        self,
-        prompt: str,
-        *,
-        model: str | None = None,
-        reference_image_urls: Sequence[str] | None = None,
-        aspect_ratio: str | None = None,
-        quantity: int | None = None,
-    ) -> Generation:
-        """Generate images and wait for them (sync mode: 10-60 s).
-
-        Pass ``reference_image_urls`` for image-to-image (each image beyond the first
-        costs one more credit). Returns a completed `Generation`.
-
-        Raises:
-            ContentSafetyError: the safety check refused the result (credits spent).
-            InternalServerError: a 500; the generation may have been charged and was
-                not resent (the error holds the request's ``prompt``, ``model``,
-                ``requested_at`` and any ``generation_id`` seen, to reconcile it).
-            BudgetExceededError: the estimated cost would pass ``max_credits``;
-                nothing was sent.
-        """
-        body = _generate_body(
-            prompt,
-            mode="sync",
-            model=model,
-            reference_image_urls=reference_image_urls,
-            aspect_ratio=aspect_ratio,
-            quantity=quantity,
-        )
-        requested_at = self._now()
-        answer = await self._post_generate(body, requested_at, holds=True)
-        # A 200 is a refusal only when it says so: an answer without ``success`` but with
-        # the images is a result (and one with neither is an unreadable, charged answer).
-        if isinstance(answer, dict) and (answer.get("success") is False or answer.get("warning")):
-            generation_id = answer.get("generationId")
-            generation_id = generation_id if isinstance(generation_id, str) else None
-            message = answer.get("message") or answer.get("error") or "Generation refused"
-            if answer.get("warning"):
-                raise ContentSafetyError(
-                    f"{message} (generation {generation_id}); the credits were spent.",
-                    generation_id=generation_id,
-                    credits_used=_opt_int(answer.get("creditsUsed")),
-                    remaining_credits=_opt_int(answer.get("remainingCredits")),
-                )
-            raise GenerationFailedError(str(message), generation_id=generation_id)
-        try:
-            return Generation.from_sync_json(
-                answer, prompt=prompt, model=model, requested_at=requested_at
-            )
-        except UnexpectedResponseError as exc:
-            # A 2xx: accepted, and so charged. Say so, as for a 500.
-            error = UnexpectedResponseError(
-                exc.message, field=exc.field, body=exc.body, may_have_been_charged=True
-            )
-            seen = answer.get("generationId") if isinstance(answer, dict) else None
-            note_request(
-                error,
-                requested_at=requested_at,
-                prompt=prompt,
-                model=model,
-                mode="sync",
-                generation_id=seen if isinstance(seen, str) and seen else None,
-            )
-            raise error from None
-
-    def _now(self) -> datetime:
-        """The client clock's wall time, as a UTC datetime."""
-        return datetime.fromtimestamp(self._clock.time(), tz=timezone.utc)
-
-    async def _post_generate(
-        self, body: dict[str, Any], requested_at: datetime, **admission: Any
-    ) -> Any:
-        """``POST /generate`` (sync or async mode); an error says what was asked, and when.
-
-        Its cost is reserved first under any spend cap (`BudgetExceededError`: nothing
-        sent) and settled on the answer.
-        """
-        charge = await self._charge(body)
-        try:
-            with charge:
-                answer = await self._requester.call(
-                    "POST", "/generate", kind=RequestKind.GENERATE, json_body=body, **admission
-                )
-                charge.answered(answer)
-        except NanoBananaError as exc:
-            model = body.get("selectedModel")
-            note_request(
-                exc,
-                requested_at=requested_at,
-                prompt=body["prompt"],
-                model=model if isinstance(model, str) else None,
-                mode=body["mode"],
-            )
-            raise
-        return answer
-
-    def stream(
-        self,
-        prompt: str,
-        *,
-        model: str | None = None,
-        reference_image_urls: Sequence[str] | None = None,
-        aspect_ratio: str | None = None,
-        quantity: int | None = None,
-        idle_timeout: float | None = 30.0,
-        max_event_size: int = 1024 * 1024,
-    ) -> GenerationStream:
-        """Generate with live progress (stream mode): an async iterator of ProgressEvent.
-
-        Use ``async for event in client.stream(...)`` or, to close it early
-        deterministically, ``async with client.stream(...) as events:``. Show
-        ``event.progress``: it never goes backwards (heartbeats report 0). The
-        last event has ``type == "complete"`` and the result in ``event.generation``.
-
-        A stream cut after an event carried the generation's id is finished by polling
-        ``GET /generate?id=``; cut before that, it raises `APIConnectionError`
-        (the generation may still be running, and may have been charged).
-
-        Args:
-            prompt: what to draw.
-            model: a model name from `models`.
-            reference_image_urls: images for image-to-image.
-            aspect_ratio: e.g. ``"16:9"``.
-            quantity: images to make (streaming models force 1).
-            idle_timeout: seconds without a byte (not even the 15 s heartbeat) after
-                which the stream counts as cut; None waits forever.
-            max_event_size: the largest event accepted, in characters.
-
-        Raises:
-            GenerationFailedError: the server sent an ``error`` event.
-            BudgetExceededError: (when iteration starts) the estimated cost would pass
-                ``max_credits``; nothing was sent.
-        """
-        from nanobanana._stream import GenerationStream  # noqa: PLC0415
-
-        body = _generate_body(
-            prompt,
-            mode="stream",
-            model=model,
-            reference_image_urls=reference_image_urls,
-            aspect_ratio=aspect_ratio,
-            quantity=quantity,
-        )
-        return GenerationStream(
-            self, body, idle_timeout=idle_timeout, max_event_size=max_event_size
-        )
-
-    async def submit(
-        self,
-        prompt: str,
-        *,
-        model: str | None = None,
-        reference_image_urls: Sequence[str] | None = None,
-        aspect_ratio: str | None = None,
-        quantity: int | None = None,
-    ) -> Job:
-        """Start a generation in async mode and return its `Job` at once.
-
-        The server runs a limited number of async tasks (503 ``server_busy`` beyond,
-        credits refunded: async-mode docs). The client learns that cap from the first
-        503 and keeps at most that many of its own jobs unfinished: further
-        ``submit()`` calls wait their turn, first come first served, until a poll sees
-        one of the jobs finished (while they wait, the first of them polls the job due
-        first). 503s from other users' load are waited out (`RetryPolicy.patience`).
-
-        Raises `BudgetExceededError`, sending nothing, if its estimated cost would pass
-        ``max_credits``.
-        """
-        body = _generate_body(
-            prompt,
-            mode="async",
-            model=model,
-            reference_image_urls=reference_image_urls,
-            aspect_ratio=aspect_ratio,
-            quantity=quantity,
-        )
-        requested_at = self._now()
-        async with self._governor.reserve_task(self._poll_for_room) as task:
-            answer = await self._post_generate(body, requested_at, task=task)
-            generation_id = answer.get("generationId") if isinstance(answer, dict) else None
-            if not isinstance(generation_id, str) or not generation_id:
-                error = UnexpectedResponseError(
-                    "Unexpected response to POST /generate (async): no field 'generationId'.",
-                    field="generationId",
-                    body=answer,
-                    may_have_been_charged=True,
-                )
-                note_request(
-                    error, requested_at=requested_at, prompt=prompt, model=model, mode="async"
-                )
-                raise error
-            await task.started(generation_id)
-        return Job(
-            generation_id,
-            self,
-            submitted_at=self._clock.monotonic(),
-            credits_used=_opt_int(answer.get("creditsUsed")),
-            remaining_credits=_opt_int(answer.get("remainingCredits")),
-        )
-
-    def batch(
-        self,
-        prompts_or_requests: Iterable[str | BatchRequest] | AsyncIterable[str | BatchRequest],
-        *,
-        mode: Literal["sync", "stream", "async"] = "async",
-        download_dir: str | os.PathLike[str] | None = None,
-        journal: str | os.PathLike[str] | None = None,
-        retry_failed: bool = False,
-        item_timeout: float | None = NOT_GIVEN,
-        poll_policy: PollPolicy | None = None,
-        model: str | None = None,
-        aspect_ratio: str | None = None,
-        quantity: int | None = None,
-        reference_image_urls: Sequence[str] | None = None,
-    ) -> Batch:
-        """Generate many prompts: an async iterator of `BatchResult`, in completion order.
-
-        ```python
-        async with client.batch(prompts, download_dir="images", journal="run.jsonl") as results:
-            async for result in results:
-                print(result.index, result.status, result.files)
-        ```
-
-        The input is read lazily, a window of items at a time: enough to keep the
-        concurrency governor busy, which decides what is in flight, as for any call.
-        Images download as items finish. One item's failure is that item's ``error``.
-        With ``journal``, every generation id is on disk before anything waits on it:
-        running the batch again with the same journal (after Ctrl-C, a crash or
-        ``kill -9``) polls and downloads what was paid for instead of paying again.
-        See [Batches](batches.md) and `Batch`.
-
-        Args:
-            prompts_or_requests: prompts and `BatchRequest` values (iterable or async).
-            mode: ``"async"`` (the resumable mode), ``"sync"`` or ``"stream"``.
-            download_dir: save every item's images in this folder (checked first).
-            journal: a JSON-lines file that makes the batch resumable.
-            retry_failed: generate again items an earlier run with this journal ended
-                as ``failed``, ``lost`` or ``maybe_charged`` (costs credits).
-            item_timeout: seconds one item may take from its first request to its last
-                image saved (default 15 minutes; None: only the client's own limits).
-            poll_policy: how async-mode items poll (default: the client's).
-            model: default for items that do not set it; as are the options below.
-            aspect_ratio: e.g. ``"16:9"``.
-            quantity: images per item.
-            reference_image_urls: images for image-to-image.
-        """
-        from nanobanana._batch._engine import DEFAULT_ITEM_TIMEOUT, Batch  # noqa: PLC0415
-
-        return Batch(
-            self,
-            prompts_or_requests,
-            mode=mode,
-            download_dir=download_dir,
-            journal=journal,
-            retry_failed=retry_failed,
-            item_timeout=DEFAULT_ITEM_TIMEOUT if item_timeout is NOT_GIVEN else item_timeout,
-            poll_policy=poll_policy,
-            model=model,
-            aspect_ratio=aspect_ratio,
-            quantity=quantity,
-            reference_image_urls=reference_image_urls,
-        )
-
     def job(self, generation_id: str) -> Job:
         """A `Job` for an id you already have (e.g. saved before a restart)."""
-        _check_id(generation_id)
+        check_id(generation_id)
         return Job(generation_id, self)
 
     async def get_generation(self, generation_id: str) -> Generation:
@@ -734,7 +377,7 @@ class AsyncNanoBanana:
         return await self._get_generation(generation_id, deadline=None)
 
     async def _get_generation(self, generation_id: str, *, deadline: float | None) -> Generation:
-        _check_id(generation_id)
+        check_id(generation_id)
         try:
             body = await self._requester.call(
                 "GET",
@@ -746,7 +389,7 @@ class AsyncNanoBanana:
         except NotFoundError:
             await self._governor.job_seen(generation_id, finished=True)  # not a job of ours
             raise
-        generation = Generation.from_json(_data(body, "GET /generate"))
+        generation = Generation.from_json(data_of(body, "GET /generate"))
         # A job counts against the server's task cap until a poll sees it finished.
         await self._governor.job_seen(
             generation_id, finished=generation.status is not GenerationStatus.PROCESSING
@@ -799,15 +442,3 @@ class AsyncNanoBanana:
         from nanobanana._download import download  # noqa: PLC0415
 
         return await download(self, generation_or_url, dest, max_size=max_size, timeout=timeout)
-
-
-def _opt_int(value: Any) -> int | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    # json.loads reads 1e400 as inf and accepts NaN, which int() refuses.
-    return int(value) if math.isfinite(value) else None
-
-
-def _check_id(generation_id: str) -> None:
-    if not isinstance(generation_id, str) or not generation_id.strip():
-        raise ValueError("generation_id must be a non-empty str")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import httpx
@@ -16,12 +16,24 @@ __all__ = [
     "BASE_URL_ENV_VARS",
     "DEFAULT_BASE_URL",
     "DEFAULT_TIMEOUT",
+    "NOT_GIVEN",
     "Secret",
     "resolve_api_key",
     "resolve_base_url",
     "resolve_timeout",
     "with_max_retries",
 ]
+
+
+class _NotGiven:
+    """Sentinel for "argument not passed", where None means something else."""
+
+    def __repr__(self) -> str:
+        return "NOT_GIVEN"
+
+
+#: An argument's default that says "not passed" (httpx's ``USE_CLIENT_DEFAULT``).
+NOT_GIVEN: Any = _NotGiven()
 
 # Ours first, then the names the service's own agent CLI reads (api-reference-agent-notes).
 API_KEY_ENV_VARS = ("NANOBANANA_API_KEY", "NANO_BANANA_API_KEY", "NB_API_KEY")

@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Literal
 
 import attrs
 
+from nanobanana._calls import generate_body
+
 if TYPE_CHECKING:
     from nanobanana._errors import NanoBananaError
     from nanobanana._models import Generation
@@ -35,9 +37,8 @@ def check_options(
     prompt: str = "a prompt",
 ) -> None:
     """Raise `TypeError`/`ValueError` for options ``client.generate()`` would refuse."""
-    from nanobanana._client import _generate_body  # noqa: PLC0415 - one set of rules
-
-    _generate_body(
+    # One set of rules: the checks of client.generate() itself.
+    generate_body(
         prompt,
         mode="async",
         model=model,
