@@ -7,7 +7,14 @@ import httpcore
 import httpx
 import pytest
 
+from nanobanana import (
+    APIConnectionError,
+    InternalServerError,
+    RateLimitError,
+    ServerBusyError,
+)
 from nanobanana._retry import (
+    CallRetries,
     Outcome,
     RequestKind,
     RetryPolicy,
@@ -192,3 +199,66 @@ def test_backoff_is_full_jitter_below_a_growing_capped_ceiling():
 def test_retry_policy_rejects_zero_attempts():
     with pytest.raises(ValueError):
         RetryPolicy(attempts=0)
+
+
+# -- CallRetries: one call's account of its retries ---------------------------------------
+
+
+def _refusal():
+    return RateLimitError(
+        "Too many requests.",
+        response=_answer(429),
+        body=None,
+        retry_after=3.0,
+        limit=1,
+        active=1,
+    )
+
+
+def _answer(status):
+    return httpx.Response(status, request=httpx.Request("GET", "https://api.test/x"))
+
+
+def test_refusals_are_waited_out_until_patience_runs_out_then_say_so():
+    retries = CallRetries(RetryPolicy(attempts=1, patience=10.0), random.Random(0))
+    now, waits = 0.0, []
+    for _ in range(3):
+        waits.append(retries.wait(_refusal(), Outcome.RATE_LIMITED, now=now, retry_after=3.0))
+        now += waits[-1]
+    assert waits == [3.0, 3.0, 3.0]  # attempts=1 does not count refusals
+    with pytest.raises(RateLimitError, match=r"waiting 9 s for capacity through 4 refusals") as e:
+        retries.wait(_refusal(), Outcome.RATE_LIMITED, now=now, retry_after=3.0)
+    assert (e.value.waited, e.value.refusals) == (9.0, 4)
+
+
+def test_failures_count_against_attempts_and_end_with_the_error_itself():
+    retries = CallRetries(RetryPolicy(attempts=3, wait_initial=1.0), random.Random(0))
+    error = InternalServerError("down", response=_answer(500), body=None)
+    retries.started(0.0)
+    waits = [retries.wait(error, Outcome.SERVER_ERROR, now=0.0, retry_after=None)]
+    waits.append(retries.wait(error, Outcome.SERVER_ERROR, now=0.0, retry_after=None))
+    with pytest.raises(InternalServerError) as info:
+        retries.wait(error, Outcome.SERVER_ERROR, now=0.0, retry_after=None)
+    assert info.value is error
+    assert all(0.0 <= w <= 2.0 for w in waits)
+    assert (retries.failures, retries.refusals) == (3, 0)
+
+
+def test_a_failure_past_the_timeout_from_the_first_attempt_ends_the_call():
+    retries = CallRetries(RetryPolicy(attempts=10, timeout=5.0, wait_initial=0.0), random.Random(0))
+    retries.started(100.0)
+    error = APIConnectionError("gone")
+    assert retries.wait(error, Outcome.NOT_SENT, now=104.0, retry_after=None) == 0.0
+    with pytest.raises(APIConnectionError):
+        retries.wait(error, Outcome.NOT_SENT, now=105.5, retry_after=None)
+
+
+def test_a_503_of_our_own_load_waits_for_room_and_restarts_patience():
+    retries = CallRetries(RetryPolicy(patience=1.0), random.Random(0))
+    busy = ServerBusyError(
+        "busy", response=_answer(503), body=None, retry_after=None, active_tasks=10
+    )
+    assert retries.wait(busy, Outcome.BUSY, now=0.0, retry_after=None, own_load=True) == 0.0
+    # Later, others' load: patience counts from this refusal, not the first one.
+    assert retries.wait(busy, Outcome.BUSY, now=50.0, retry_after=0.5, own_load=False) == 0.5
+    assert retries.retrying

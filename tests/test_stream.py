@@ -843,7 +843,7 @@ async def test_a_cancelled_stream_keeps_its_slot_until_its_connection_is_closed(
 async def test_a_cancelled_stream_whose_close_hangs_frees_its_slot_after_a_bound(
     make_client, monkeypatch
 ):
-    monkeypatch.setattr("nanobanana._http.STREAM_CLOSE_TIMEOUT", 0.05)
+    monkeypatch.setattr("nanobanana._responses.STREAM_CLOSE_TIMEOUT", 0.05)
     api = FakeAPI([status(1), STALL])
     api.close_gate = anyio.Event()  # never set: the close would hang forever
     client = await make_client(api, max_concurrency=1)

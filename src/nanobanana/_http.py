@@ -7,15 +7,14 @@ asks `nanobanana._retry.decide` what to do after each failure.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import logging
 import random
 import sys
-from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import httpx
 
@@ -31,12 +30,14 @@ from nanobanana._errors import (
     make_status_error,
 )
 from nanobanana._redact import forget_key, scrub_body, scrub_error, without_key
+from nanobanana._responses import MAX_ANSWER_SIZE, StreamContext, read_at_most
 from nanobanana._retry import (
+    REFUSALS,
+    CallRetries,
     Outcome,
     RequestKind,
     RetryPolicy,
     decide,
-    out_of_patience,
     outcome_of_exception,
     outcome_of_status,
     parse_retry_after,
@@ -120,103 +121,12 @@ def current_loop_token() -> object:
 
 
 _E = TypeVar("_E", bound=NanoBananaError)
-#: The most bytes of an API answer that are read (its JSON is a few kilobytes at most).
-#: Past it, the rest is not read: a 2xx is refused, an error keeps what was read.
-MAX_ANSWER_SIZE = 1024 * 1024
-
-
-async def _read_at_most(response: httpx.Response, limit: int) -> None:
-    """Read a streamed response's body, but no more than ``limit`` bytes and a chunk.
-
-    Afterwards ``response.content`` holds what was read and the response is closed
-    (a body left unread closes its connection). httpx has no public way to read a
-    bounded body into a response, so this sets the attribute its own ``aread`` sets.
-    """
-    headers = response.headers
-    length = headers.get("content-length", "")
-    parts: list[bytes] = []
-    size = 0
-    try:
-        if length.isdecimal() and int(length) <= limit and "content-encoding" not in headers:
-            # The common case, and the fast one: the framing already bounds the body.
-            await response.aread()
-            return
-        # Typed as an iterator, it is an async generator: close it when we stop early.
-        body = cast("AsyncGenerator[bytes, None]", response.aiter_bytes())
-        async with contextlib.aclosing(body) as chunks:
-            async for chunk in chunks:
-                parts.append(chunk)
-                size += len(chunk)
-                if size > limit:
-                    break
-    finally:
-        # Also when the read fails or is cancelled, as httpx's own non-streamed send
-        # does: the connection is then given up, never left checked out.
-        await response.aclose()
-    response._content = b"".join(parts)  # what httpx's aread sets
 
 
 def _describe(exc: httpx.HTTPError) -> str:
     """``ReadTimeout: the text.``: the exception's name and text, as one sentence."""
     text = str(exc).rstrip(".") or type(exc).__name__
     return f"{type(exc).__name__}: {text}."
-
-
-#: The longest a stream's close may hold up its caller, cancelled or not (seconds).
-STREAM_CLOSE_TIMEOUT = 5.0
-
-
-class _StreamContext:
-    """`Requester.stream`'s context manager: a class, not an ``@asynccontextmanager``.
-
-    A generator-based one is a second async generator inside the stream's own. When
-    trio ends a run it closes the async generators still alive one by one, in no
-    particular order: closing the inner one first made the outer one's ``async with``
-    fail with "generator didn't stop after athrow()". A class has nothing to close.
-
-    The slot is given back only once the response is closed, also when the close
-    happens in a cancelled task: the server counts the request until it has seen the
-    disconnect, and a slot freed sooner lets the next request in to a 429. So the
-    close is shielded from cancellation (for at most `STREAM_CLOSE_TIMEOUT`), and
-    `release` (bounded and shielded by the governor) comes after it. The two steps
-    are separate for a stream's owner that sends one more request on the same slot
-    once the response is closed.
-    """
-
-    def __init__(
-        self, send: Callable[[], Awaitable[tuple[httpx.Response, Slot]]], governor: Governor
-    ) -> None:
-        self._send = send
-        self._governor = governor
-        self._response: httpx.Response | None = None
-        self._slot: Slot | None = None
-
-    async def __aenter__(self) -> httpx.Response:
-        self._response, self._slot = await self._send()
-        return self._response
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        try:
-            await self.aclose_response()
-        finally:
-            await self.release()
-
-    async def aclose_response(self) -> None:
-        """Close the response (if open), shielded and bounded; the slot stays taken."""
-        response, self._response = self._response, None
-        if response is None:
-            return
-        import anyio  # noqa: PLC0415 - lazily: keeps `import nanobanana` cheap
-
-        with anyio.CancelScope(shield=True) as scope:
-            scope.deadline = anyio.current_time() + STREAM_CLOSE_TIMEOUT
-            await response.aclose()
-
-    async def release(self) -> None:
-        """Give the slot back (once; later calls do nothing)."""
-        slot, self._slot = self._slot, None
-        if slot is not None:
-            await self._governor.release(slot)
 
 
 class Binding:
@@ -423,7 +333,7 @@ class Requester:
         *,
         kind: RequestKind,
         json_body: Any = None,
-    ) -> _StreamContext:
+    ) -> StreamContext:
         """Open a streaming request; the 2xx response holds its governor slot until exit.
 
         Use as ``async with requester.stream(...) as response:``.
@@ -443,7 +353,7 @@ class Requester:
                 accept="text/event-stream",
             )
 
-        return _StreamContext(send, self.governor)
+        return StreamContext(send, self.governor)
 
     async def _send(
         self,
@@ -466,11 +376,8 @@ class Requester:
         governor = self.governor
         recorder = self.recorder
         watch = GENERATE_WATCH.get() if kind is RequestKind.GENERATE else None
+        retries = CallRetries(policy, self.rand)
         attempt = 0  # attempts sent, refusals included (for the logs and stats)
-        failures = 0  # retryable failures other than refusals: counted against attempts
-        refusals = 0  # 429s and 503s: charged nothing, waited out with patience
-        first_attempt: float | None = None
-        first_refusal: float | None = None
         while True:
             attempt += 1
             request = self._build(
@@ -479,7 +386,7 @@ class Requester:
             retry_after: float | None = None
             own_load = False
             queued_at = clock.monotonic()
-            slot = await governor.acquire(retry=failures + refusals > 0, holds=holds)
+            slot = await governor.acquire(retry=retries.retrying, holds=holds)
             if self.closed:  # closed while this call waited for a slot or a retry
                 await governor.release(slot)
                 raise self._closed_error(method, path)
@@ -487,8 +394,7 @@ class Requester:
             keep_slot = False
             try:
                 started = clock.monotonic()
-                if first_attempt is None:
-                    first_attempt = started
+                retries.started(started)
                 if task is not None:
                     task.sent = True
                 if watch is not None:
@@ -498,7 +404,7 @@ class Requester:
                     # auth=None: a borrowed client's own auth must not replace our key.
                     response = await self.http.send(request, stream=True, auth=None)
                     if not stream:
-                        await _read_at_most(response, MAX_ANSWER_SIZE)
+                        await read_at_most(response, MAX_ANSWER_SIZE)
                 except RuntimeError as exc:
                     # httpx's "client has been closed", our pool's "transport was closed".
                     if self.closed:
@@ -535,7 +441,7 @@ class Requester:
                         keep_slot = stream
                         return response, slot
                     if stream:
-                        await _read_at_most(response, MAX_ANSWER_SIZE)
+                        await read_at_most(response, MAX_ANSWER_SIZE)
                     outcome = outcome_of_status(status)
                     verdict = decide(kind, outcome)
                     response.request = without_key(request)
@@ -569,33 +475,7 @@ class Requester:
             if not verdict.retry:
                 raise error
             now = clock.monotonic()
-            refused = outcome in (Outcome.RATE_LIMITED, Outcome.BUSY)
-            if refused:
-                refusals += 1
-                if first_refusal is None:
-                    first_refusal = now
-                if own_load:
-                    # Our own jobs fill the server's cap: wait in our own queue for one
-                    # to end. That is not the server's doing: patience starts afresh.
-                    first_refusal = None
-                    wait = 0.0
-                elif retry_after is not None:
-                    wait = retry_after
-                else:
-                    wait = policy.backoff(refusals, self.rand)
-                if (
-                    first_refusal is not None
-                    and policy.patience is not None
-                    and now + wait > first_refusal + policy.patience
-                ):
-                    raise out_of_patience(error, now - first_refusal, refusals)
-            else:
-                failures += 1
-                if failures >= policy.attempts:
-                    raise error
-                wait = policy.backoff(failures, self.rand)
-                if policy.timeout is not None and now + wait > first_attempt + policy.timeout:
-                    raise error
+            wait = retries.wait(error, outcome, now=now, retry_after=retry_after, own_load=own_load)
             if deadline is not None and now + wait > deadline:
                 raise OutOfTimeError(error)
             recorder.retrying(
@@ -605,7 +485,7 @@ class Requester:
                 outcome,
                 wait,
                 attempts=policy.attempts,
-                refusals=refusals if refused else None,
+                refusals=retries.refusals if outcome in REFUSALS else None,
             )
             if own_load and task is not None:
                 await task.room()

@@ -37,15 +37,16 @@ import anyio
 import httpx
 
 from nanobanana._events import CutError, event_id, payloads
-from nanobanana._http import MAX_ANSWER_SIZE, STREAM_CLOSE_TIMEOUT, _read_at_most
 from nanobanana._models import Generation, GenerationStatus
 from nanobanana._redact import forget_key
+from nanobanana._responses import MAX_ANSWER_SIZE, STREAM_CLOSE_TIMEOUT, read_at_most
 from nanobanana._sse import SSETooLargeError, StreamIdleError
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Coroutine
 
-    from nanobanana._http import Requester, _StreamContext
+    from nanobanana._http import Requester
+    from nanobanana._responses import StreamContext
     from nanobanana._sse import SSEReader
 
 __all__ = ["RESULT_TIMEOUT", "EventPump", "Item", "fetch_result", "wait_uncancelled"]
@@ -119,7 +120,7 @@ async def fetch_result(requester: Requester, generation_id: str) -> Generation |
     )
     try:
         response = await requester.http.send(request, stream=True, auth=None)
-        await _read_at_most(response, MAX_ANSWER_SIZE)
+        await read_at_most(response, MAX_ANSWER_SIZE)
         if response.status_code != 200:
             log.debug("GET /generate (stream result) -> %d", response.status_code)
             return None
@@ -159,7 +160,7 @@ class EventPump:
     def __init__(
         self,
         *,
-        opening: _StreamContext,
+        opening: StreamContext,
         reader: SSEReader,
         fetch: Callable[[str], Awaitable[Generation | None]] | None,
     ) -> None:

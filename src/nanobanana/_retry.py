@@ -28,6 +28,8 @@ import httpx
 from nanobanana._errors import NanoBananaError, RateLimitError, ServerBusyError
 
 __all__ = [
+    "REFUSALS",
+    "CallRetries",
     "Decision",
     "Outcome",
     "RequestKind",
@@ -229,3 +231,87 @@ def out_of_patience(error: NanoBananaError, waited: float, refusals: int) -> Nan
     error.message = text
     error.args = (text,)
     return error
+
+
+#: Refusals that charged nothing: waited out with patience, not counted as failures.
+REFUSALS = frozenset({Outcome.RATE_LIMITED, Outcome.BUSY})
+
+
+@attrs.define
+class CallRetries:
+    """One call's account of its retries under a `RetryPolicy`.
+
+    Refusals that charged nothing (429, 503) are waited out until ``patience`` runs out,
+    counted from the first refusal; other retryable failures count against
+    ``attempts`` and the policy's ``timeout``, from the first attempt. `wait` is the one
+    place that turns an outcome into "again in so many seconds" or "give up".
+
+    Attributes:
+        failures: retryable failures other than refusals so far.
+        refusals: 429s and 503s so far.
+    """
+
+    policy: RetryPolicy
+    rand: random.Random
+    failures: int = 0
+    refusals: int = 0
+    first_attempt: float | None = None
+    first_refusal: float | None = None
+
+    @property
+    def retrying(self) -> bool:
+        """Whether an attempt has failed already (the next one is a retry)."""
+        return self.failures + self.refusals > 0
+
+    def started(self, now: float) -> None:
+        """An attempt is being sent at ``now``."""
+        if self.first_attempt is None:
+            self.first_attempt = now
+
+    def wait(
+        self,
+        error: NanoBananaError,
+        outcome: Outcome,
+        *,
+        now: float,
+        retry_after: float | None,
+        own_load: bool = False,
+    ) -> float:
+        """Seconds until the next attempt after ``error``; raises it when the call must end.
+
+        Args:
+            error: what the attempt ended with (a retryable outcome).
+            outcome: its kind.
+            now: the monotonic time.
+            retry_after: the server's ``Retry-After``, parsed.
+            own_load: a 503 caused by this client's own jobs filling the server's task
+                cap: nothing to wait out (the caller queues for room), and patience
+                starts afresh.
+
+        Raises:
+            NanoBananaError: ``error``, when ``attempts`` or ``timeout`` are spent, or
+                (via `out_of_patience`) saying how long it waited, when ``patience`` is.
+        """
+        policy = self.policy
+        if outcome in REFUSALS:
+            self.refusals += 1
+            if own_load:
+                self.first_refusal = None
+                return 0.0
+            if self.first_refusal is None:
+                self.first_refusal = now
+            if retry_after is not None:
+                wait = retry_after
+            else:
+                wait = policy.backoff(self.refusals, self.rand)
+            if policy.patience is not None and now + wait > self.first_refusal + policy.patience:
+                raise out_of_patience(error, now - self.first_refusal, self.refusals)
+            return wait
+        self.failures += 1
+        if self.failures >= policy.attempts:
+            raise error
+        wait = policy.backoff(self.failures, self.rand)
+        started = self.first_attempt if self.first_attempt is not None else now
+        if policy.timeout is not None and now + wait > started + policy.timeout:
+            raise error
+        return wait
