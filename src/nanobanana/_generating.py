@@ -63,15 +63,18 @@ class GenerationCalls:
         quantity: int | None = None,
         reference_image_urls: Sequence[str] | None = None,
     ) -> int:
-        """The credits a generation with these options would cost, as a spend cap counts.
+        """The most a generation with these options may cost, as a spend cap counts.
 
         The model's ``creditsCost`` from `models` (fetched once per client and kept;
-        without ``model``, the documented default ``nano-banana``), plus one credit per
-        reference image beyond the first, times the quantity the server will make
-        (1 to 4; a stream makes one). Sends nothing but, once, ``GET /models``.
+        without ``model``, the documented default ``nano-banana`` if the catalogue lists
+        it, else the dearest model listed), plus one credit per reference image beyond
+        the first, times ``quantity`` (not clamped to the docs' default limit of 4: an
+        account may be allowed more; a stream makes one). Sends nothing but, once,
+        ``GET /models``.
 
         Raises:
-            UnknownModelError: ``model`` is not in the catalogue (a `ValueError`).
+            UnknownModelError: ``model`` is not in the catalogue, or the catalogue is
+                empty (a `ValueError`).
         """
         # The body's own checks, with a stand-in prompt: the estimate reads the rest.
         body = generate_body(
