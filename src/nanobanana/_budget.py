@@ -13,14 +13,17 @@ does not (api-reference-agent-notes), and then the server's default is unknown, 
 dearest model in the catalogue is what it may cost.
 
 The ledger. Every generation call on a client with a cap takes a `Charge`: its
-estimate is reserved before anything is sent, so that concurrent calls see each
-other's reservations and cannot pass the cap together. The charge is settled when
+estimate is reserved before anything is sent or waited for (a request slot, room for
+an async task), so that a call over the cap raises at once, and concurrent calls see
+each other's reservations and cannot pass the cap together. The charge is settled when
 the call ends, from the `CallTrace` its request left (``_stats.py``):
 
 - accepted (a 2xx): spent, at the ``creditsUsed`` the server reported, else at the
   estimate;
 - refused with nothing charged (429, 503, another 4xx), or never sent (a connect
-  error, a cancellation while queued, `BudgetExceededError` itself): released;
+  error, a cancellation or failure while queued, `BudgetExceededError` itself):
+  released (only a ``POST /generate`` marks a charge sent: not the polls a submit
+  makes while it waits for room);
 - unknown (a 500, a timeout or a dropped connection after sending, a cancellation
   while the request was out): spent at the estimate, and counted as maybe charged.
 
@@ -42,10 +45,8 @@ from nanobanana._stats import CallTrace, tracing
 
 if TYPE_CHECKING:
     import contextlib
-    from types import TracebackType
 
     import anyio
-    from typing_extensions import Self
 
     from nanobanana._models import Model
 
@@ -269,9 +270,10 @@ class Ledger:
 class Charge:
     """One generation call's reservation, settled by `finish` when the call ends.
 
-    Use ``with charge:`` around the call that sends the request (its requests are
-    traced, and it is finished on the way out), or ``with charge.sending():`` around
-    the sending and `finish` later (a stream, whose result comes after).
+    Take it before the call waits for anything (a request slot, room for a task), so
+    that a call over the cap raises at once. Use ``with charge.sending():`` around the
+    ``POST /generate`` alone, and `finish` it in a ``finally`` when the call ends: a
+    call cancelled or failed while it waited is then released.
     """
 
     def __init__(self, ledger: Ledger, estimate: int | None) -> None:
@@ -280,7 +282,6 @@ class Charge:
         self.trace = CallTrace()
         self._reported: int | None = None
         self._finished = False
-        self._tracing: contextlib.AbstractContextManager[CallTrace] | None = None
 
     def report(self, credits_used: int | None) -> None:
         """What the server said it charged (``creditsUsed``), when it said it."""
@@ -311,20 +312,3 @@ class Charge:
             self._ledger._settle(estimate or 0, known or 0, maybe=True, uncounted=False)
         else:
             self._ledger._settle(estimate or 0, 0, maybe=False, uncounted=False)
-
-    def __enter__(self) -> Self:
-        self._tracing = self.sending()
-        self._tracing.__enter__()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        try:
-            if self._tracing is not None:
-                self._tracing.__exit__(exc_type, exc, tb)
-        finally:
-            self.finish()

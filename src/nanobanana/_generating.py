@@ -124,7 +124,12 @@ class GenerationCalls:
             quantity=quantity,
         )
         requested_at = self._now()
-        answer = await self._post_generate(body, requested_at, holds=True)
+        # Reserved before the wait for a request slot: over the cap, it raises at once.
+        charge = await self._charge(body)
+        try:
+            answer = await self._post_generate(body, requested_at, charge, holds=True)
+        finally:
+            charge.finish()
         return read_sync_answer(answer, prompt=prompt, model=model, requested_at=requested_at)
 
     def _now(self) -> datetime:
@@ -132,20 +137,19 @@ class GenerationCalls:
         return datetime.fromtimestamp(self._clock.time(), tz=timezone.utc)
 
     async def _post_generate(
-        self, body: dict[str, Any], requested_at: datetime, **admission: Any
+        self, body: dict[str, Any], requested_at: datetime, charge: Charge, **admission: Any
     ) -> Any:
         """``POST /generate`` (sync or async mode); an error says what was asked, and when.
 
-        Its cost is reserved first under any spend cap (`BudgetExceededError`: nothing
-        sent) and settled on the answer.
+        ``charge`` (from `_charge`, taken before any wait) learns what the request did
+        and what the answer says was charged; the caller finishes it.
         """
-        charge = await self._charge(body)
         try:
-            with charge:
+            with charge.sending():
                 answer = await self._requester.call(
                     "POST", "/generate", kind=RequestKind.GENERATE, json_body=body, **admission
                 )
-                charge.answered(answer)
+            charge.answered(answer)
         except NanoBananaError as exc:
             model = body.get("selectedModel")
             note_request(
@@ -227,8 +231,8 @@ class GenerationCalls:
         one of the jobs finished (while they wait, the first of them polls the job due
         first). 503s from other users' load are waited out (`RetryPolicy.patience`).
 
-        Raises `BudgetExceededError`, sending nothing, if its estimated cost would pass
-        ``max_credits``.
+        Raises `BudgetExceededError` at once, sending nothing and waiting for no room,
+        if its estimated cost would pass ``max_credits``.
         """
         body = generate_body(
             prompt,
@@ -239,12 +243,18 @@ class GenerationCalls:
             quantity=quantity,
         )
         requested_at = self._now()
-        async with self._governor.reserve_task(self._poll_for_room) as task:
-            answer = await self._post_generate(body, requested_at, task=task)
-            generation_id = read_async_answer(
-                answer, prompt=prompt, model=model, requested_at=requested_at
-            )
-            await task.started(generation_id)
+        # Reserved before the wait for room for a task (and for a request slot): over
+        # the cap, it raises at once; cancelled or failed while waiting, it is released.
+        charge = await self._charge(body)
+        try:
+            async with self._governor.reserve_task(self._poll_for_room) as task:
+                answer = await self._post_generate(body, requested_at, charge, task=task)
+                generation_id = read_async_answer(
+                    answer, prompt=prompt, model=model, requested_at=requested_at
+                )
+                await task.started(generation_id)
+        finally:
+            charge.finish()
         return Job(
             generation_id,
             self._client(),
