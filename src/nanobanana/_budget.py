@@ -2,19 +2,28 @@
 
 Cost (overview docs): a model's ``creditsCost`` from ``GET /models``, plus one credit
 per reference image beyond the first ("each additional reference image costs 1 extra
-credit"), times the quantity the server will use ("total = unit cost x quantity
-(image-to-image extra-image fees are included in the unit cost)"; the quantity is
-clamped to 1..4 by default, and streams make one image).
+credit"), times the quantity asked for ("total = unit cost x quantity (image-to-image
+extra-image fees are included in the unit cost)"; streams make one image).
+
+An estimate is never below what the server may charge, since a cap it undershoots can
+be passed. So the quantity is not clamped to the docs' 4: that is only the default of
+a "backend limit" an account may have raised. And a call that names no model is priced
+at the documented default ``nano-banana`` only if the catalogue lists it; the live one
+does not (api-reference-agent-notes), and then the server's default is unknown, so the
+dearest model in the catalogue is what it may cost.
 
 The ledger. Every generation call on a client with a cap takes a `Charge`: its
-estimate is reserved before anything is sent, so that concurrent calls see each
-other's reservations and cannot pass the cap together. The charge is settled when
+estimate is reserved before anything is sent or waited for (a request slot, room for
+an async task), so that a call over the cap raises at once, and concurrent calls see
+each other's reservations and cannot pass the cap together. The charge is settled when
 the call ends, from the `CallTrace` its request left (``_stats.py``):
 
 - accepted (a 2xx): spent, at the ``creditsUsed`` the server reported, else at the
   estimate;
 - refused with nothing charged (429, 503, another 4xx), or never sent (a connect
-  error, a cancellation while queued, `BudgetExceededError` itself): released;
+  error, a cancellation or failure while queued, `BudgetExceededError` itself):
+  released (only a ``POST /generate`` marks a charge sent: not the polls a submit
+  makes while it waits for room);
 - unknown (a 500, a timeout or a dropped connection after sending, a cancellation
   while the request was out): spent at the estimate, and counted as maybe charged.
 
@@ -36,17 +45,13 @@ from nanobanana._stats import CallTrace, tracing
 
 if TYPE_CHECKING:
     import contextlib
-    from types import TracebackType
 
     import anyio
-    from typing_extensions import Self
 
     from nanobanana._models import Model
 
 __all__ = [
     "DEFAULT_MODEL",
-    "DEFAULT_MODEL_COST",
-    "MAX_QUANTITY",
     "Catalogue",
     "Charge",
     "Ledger",
@@ -56,8 +61,6 @@ __all__ = [
 ]
 
 DEFAULT_MODEL = "nano-banana"  # overview docs: selectedModel 'defaults to "nano-banana"'
-DEFAULT_MODEL_COST = 1  # overview docs: "The default model costs 1 credit"
-MAX_QUANTITY = 4  # overview docs: quantity "range 1-backend limit (default max 4)"
 
 
 def count_credits(count: int) -> str:
@@ -77,17 +80,16 @@ def check_max_credits(value: Any) -> int | None:
 
 
 def estimate_cost(costs: Mapping[str, int], body: Mapping[str, Any]) -> int:
-    """The credits a ``POST /generate`` with ``body`` costs, from the catalogue's ``costs``.
+    """The most a ``POST /generate`` with ``body`` may cost, from the catalogue's ``costs``.
 
     Raises:
         UnknownModelError: the body names a model that is not in the catalogue (the
-            server would refuse it: the live catalogue is authoritative).
+            server would refuse it: the live catalogue is authoritative), or names none
+            and the catalogue is empty.
     """
     name = body.get("selectedModel")
     if name is None:
-        # The documented default model, at its catalogue price; the live catalogue
-        # may not list it (api-reference-agent-notes), and then its documented price.
-        unit = costs.get(DEFAULT_MODEL, DEFAULT_MODEL_COST)
+        unit = _default_unit(costs)
     elif name in costs:
         unit = costs[name]
     else:
@@ -100,11 +102,30 @@ def estimate_cost(costs: Mapping[str, int], body: Mapping[str, Any]) -> int:
         )
     references = body.get("referenceImageUrls") or ()
     unit += max(0, len(references) - 1)
-    if body.get("mode") == "stream":
-        quantity = 1  # "Streaming models emit a single image per call" (overview docs)
-    else:
-        quantity = min(max(int(body.get("quantity") or 1), 1), MAX_QUANTITY)
+    # A stream: "Streaming models emit a single image per call" (overview docs). Else
+    # "clamped to 1-backend limit (default max 4)": 1 is the only bound the docs fix,
+    # the upper one is the account's, so the whole quantity may be charged.
+    stream = body.get("mode") == "stream"
+    quantity = 1 if stream else max(int(body.get("quantity") or 1), 1)
     return unit * quantity
+
+
+def _default_unit(costs: Mapping[str, int]) -> int:
+    """The price of a generation that names no model: the default's, else the dearest."""
+    if DEFAULT_MODEL in costs:
+        # The catalogue lists the documented default ("selectedModel ... defaults to
+        # nano-banana", overview docs): the server uses it, at the catalogue's price.
+        return costs[DEFAULT_MODEL]
+    if not costs:
+        raise UnknownModelError(
+            "GET /models lists no model: the cost of a generation with the server's "
+            "default model cannot be estimated, and nothing was sent.",
+            model=DEFAULT_MODEL,
+            known=(),
+        )
+    # The live catalogue lacks it (api-reference-agent-notes), and does not say which
+    # model the server uses instead: any of them, so the dearest, may be charged.
+    return max(costs.values())
 
 
 class Catalogue:
@@ -124,11 +145,12 @@ class Catalogue:
         """`estimate_cost` of ``body``; ``fetch()`` fetches the catalogue (and stores it).
 
         Concurrent first calls fetch once. A model missing from the catalogue kept
-        makes one more fetch (it may be newer than the catalogue) before it is refused.
+        (or, for a call that names none, an empty catalogue) makes one more fetch (it
+        may be newer than the catalogue) before it is refused.
         """
         costs, version = await self._costs_now(fetch, stale=None)
         name = body.get("selectedModel")
-        if name is not None and name not in costs:
+        if (name not in costs) if name is not None else not costs:
             costs, _ = await self._costs_now(fetch, stale=version)
         return estimate_cost(costs, body)
 
@@ -248,9 +270,10 @@ class Ledger:
 class Charge:
     """One generation call's reservation, settled by `finish` when the call ends.
 
-    Use ``with charge:`` around the call that sends the request (its requests are
-    traced, and it is finished on the way out), or ``with charge.sending():`` around
-    the sending and `finish` later (a stream, whose result comes after).
+    Take it before the call waits for anything (a request slot, room for a task), so
+    that a call over the cap raises at once. Use ``with charge.sending():`` around the
+    ``POST /generate`` alone, and `finish` it in a ``finally`` when the call ends: a
+    call cancelled or failed while it waited is then released.
     """
 
     def __init__(self, ledger: Ledger, estimate: int | None) -> None:
@@ -259,7 +282,6 @@ class Charge:
         self.trace = CallTrace()
         self._reported: int | None = None
         self._finished = False
-        self._tracing: contextlib.AbstractContextManager[CallTrace] | None = None
 
     def report(self, credits_used: int | None) -> None:
         """What the server said it charged (``creditsUsed``), when it said it."""
@@ -290,20 +312,3 @@ class Charge:
             self._ledger._settle(estimate or 0, known or 0, maybe=True, uncounted=False)
         else:
             self._ledger._settle(estimate or 0, 0, maybe=False, uncounted=False)
-
-    def __enter__(self) -> Self:
-        self._tracing = self.sending()
-        self._tracing.__enter__()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        try:
-            if self._tracing is not None:
-                self._tracing.__exit__(exc_type, exc, tb)
-        finally:
-            self.finish()

@@ -63,15 +63,18 @@ class GenerationCalls:
         quantity: int | None = None,
         reference_image_urls: Sequence[str] | None = None,
     ) -> int:
-        """The credits a generation with these options would cost, as a spend cap counts.
+        """The most a generation with these options may cost, as a spend cap counts.
 
         The model's ``creditsCost`` from `models` (fetched once per client and kept;
-        without ``model``, the documented default ``nano-banana``), plus one credit per
-        reference image beyond the first, times the quantity the server will make
-        (1 to 4; a stream makes one). Sends nothing but, once, ``GET /models``.
+        without ``model``, the documented default ``nano-banana`` if the catalogue lists
+        it, else the dearest model listed), plus one credit per reference image beyond
+        the first, times ``quantity`` (not clamped to the docs' default limit of 4: an
+        account may be allowed more; a stream makes one). Sends nothing but, once,
+        ``GET /models``.
 
         Raises:
-            UnknownModelError: ``model`` is not in the catalogue (a `ValueError`).
+            UnknownModelError: ``model`` is not in the catalogue, or the catalogue is
+                empty (a `ValueError`).
         """
         # The body's own checks, with a stand-in prompt: the estimate reads the rest.
         body = generate_body(
@@ -121,7 +124,12 @@ class GenerationCalls:
             quantity=quantity,
         )
         requested_at = self._now()
-        answer = await self._post_generate(body, requested_at, holds=True)
+        # Reserved before the wait for a request slot: over the cap, it raises at once.
+        charge = await self._charge(body)
+        try:
+            answer = await self._post_generate(body, requested_at, charge, holds=True)
+        finally:
+            charge.finish()
         return read_sync_answer(answer, prompt=prompt, model=model, requested_at=requested_at)
 
     def _now(self) -> datetime:
@@ -129,20 +137,19 @@ class GenerationCalls:
         return datetime.fromtimestamp(self._clock.time(), tz=timezone.utc)
 
     async def _post_generate(
-        self, body: dict[str, Any], requested_at: datetime, **admission: Any
+        self, body: dict[str, Any], requested_at: datetime, charge: Charge, **admission: Any
     ) -> Any:
         """``POST /generate`` (sync or async mode); an error says what was asked, and when.
 
-        Its cost is reserved first under any spend cap (`BudgetExceededError`: nothing
-        sent) and settled on the answer.
+        ``charge`` (from `_charge`, taken before any wait) learns what the request did
+        and what the answer says was charged; the caller finishes it.
         """
-        charge = await self._charge(body)
         try:
-            with charge:
+            with charge.sending():
                 answer = await self._requester.call(
                     "POST", "/generate", kind=RequestKind.GENERATE, json_body=body, **admission
                 )
-                charge.answered(answer)
+            charge.answered(answer)
         except NanoBananaError as exc:
             model = body.get("selectedModel")
             note_request(
@@ -224,8 +231,8 @@ class GenerationCalls:
         one of the jobs finished (while they wait, the first of them polls the job due
         first). 503s from other users' load are waited out (`RetryPolicy.patience`).
 
-        Raises `BudgetExceededError`, sending nothing, if its estimated cost would pass
-        ``max_credits``.
+        Raises `BudgetExceededError` at once, sending nothing and waiting for no room,
+        if its estimated cost would pass ``max_credits``.
         """
         body = generate_body(
             prompt,
@@ -236,12 +243,18 @@ class GenerationCalls:
             quantity=quantity,
         )
         requested_at = self._now()
-        async with self._governor.reserve_task(self._poll_for_room) as task:
-            answer = await self._post_generate(body, requested_at, task=task)
-            generation_id = read_async_answer(
-                answer, prompt=prompt, model=model, requested_at=requested_at
-            )
-            await task.started(generation_id)
+        # Reserved before the wait for room for a task (and for a request slot): over
+        # the cap, it raises at once; cancelled or failed while waiting, it is released.
+        charge = await self._charge(body)
+        try:
+            async with self._governor.reserve_task(self._poll_for_room) as task:
+                answer = await self._post_generate(body, requested_at, charge, task=task)
+                generation_id = read_async_answer(
+                    answer, prompt=prompt, model=model, requested_at=requested_at
+                )
+                await task.started(generation_id)
+        finally:
+            charge.finish()
         return Job(
             generation_id,
             self._client(),

@@ -390,7 +390,7 @@ class Requester:
             if self.closed:  # closed while this call waited for a slot or a retry
                 await governor.release(slot)
                 raise self._closed_error(method, path)
-            recorder.sending(method, path, queued=clock.monotonic() - queued_at)
+            recorder.sending(method, path, kind, queued=clock.monotonic() - queued_at)
             keep_slot = False
             try:
                 started = clock.monotonic()
@@ -427,7 +427,7 @@ class Requester:
                         may_have_been_charged=verdict.may_have_been_charged,
                     )
                     error.__cause__ = exc
-                    recorder.failed(method, path, attempt, exc, verdict)
+                    recorder.failed(method, path, attempt, exc, verdict, kind=kind)
                 else:
                     status = response.status_code
                     elapsed = clock.monotonic() - started

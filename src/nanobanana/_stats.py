@@ -229,14 +229,16 @@ class Recorder:
         self._server_busy = 0
         self._time_queued = 0.0
 
-    def sending(self, method: str, path: str, *, queued: float) -> None:
+    def sending(self, method: str, path: str, kind: RequestKind, *, queued: float) -> None:
         """An attempt holds its governor slot (after ``queued`` seconds) and goes out."""
         endpoint = f"{method} {path}"
         with self._lock:
             self._requests[endpoint] = self._requests.get(endpoint, 0) + 1
             self._time_queued += max(0.0, queued)
+        # Only a POST /generate can charge: a submit waiting for room polls jobs under
+        # its trace, and those polls must not make its refunded request look sent.
         trace = _TRACE.get()
-        if trace is not None:
+        if trace is not None and kind is RequestKind.GENERATE:
             trace.sent = True
 
     def answered(
@@ -292,10 +294,12 @@ class Recorder:
         attempt: int,
         exc: BaseException,
         verdict: Decision,
+        *,
+        kind: RequestKind,
     ) -> None:
         """An attempt failed in the transport: no status came back."""
         trace = _TRACE.get()
-        if trace is not None and not verdict.may_have_been_charged:
+        if trace is not None and kind is RequestKind.GENERATE and not verdict.may_have_been_charged:
             trace.sent = False  # it never left (connect error), or could not be sent
         if log.isEnabledFor(logging.INFO):
             _log(

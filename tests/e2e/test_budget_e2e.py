@@ -10,7 +10,7 @@ from nanobanana import (
     InternalServerError,
     PollPolicy,
 )
-from nanobanana.testing import Simulator
+from nanobanana.testing import SimModel, Simulator
 
 FAST_POLLS = PollPolicy(first_delay=0.02, max_interval=0.05, jitter=0.0)
 REFS = ["https://img.test/1.png", "https://img.test/2.png", "https://img.test/3.png"]
@@ -26,7 +26,6 @@ async def test_the_estimate_is_what_the_simulator_charges_in_every_mode():
         cases = [
             ("sync", {}),
             ("sync", {"model": "nanobanan-2", "quantity": 3}),
-            ("sync", {"quantity": 9}),  # clamped to 4 by the server
             ("async", {"model": "nanobanan-2-2k", "reference_image_urls": REFS}),
             ("async", {"quantity": 2, "reference_image_urls": REFS[:2]}),
             ("stream", {"model": "seedream-5.0-2k", "quantity": 4}),  # streams make one
@@ -47,6 +46,46 @@ async def test_the_estimate_is_what_the_simulator_charges_in_every_mode():
     assert stats.credits_spent == charged(sim)
     assert stats.credits_reserved == 0
     assert stats.maybe_charged == stats.uncounted_charges == 0
+
+
+async def test_a_quantity_past_the_documented_limit_is_reserved_whole():
+    # "range 1-backend limit (default max 4)": an account may be allowed more.
+    with Simulator(credits=100, max_quantity=8) as sim:
+        async with sim.client(max_credits=5) as client:
+            with pytest.raises(BudgetExceededError) as info:
+                await client.generate("six bananas", quantity=6)
+            assert (info.value.needed, info.value.remaining) == (6, 5)
+            await client.generate("five bananas", quantity=5)
+            stats = client.stats()
+        assert [g.quantity for g in sim.generations] == [5]  # the six were never sent
+    assert stats.credits_spent == charged(sim) == 5
+
+
+async def test_a_quantity_the_server_clamps_is_settled_at_what_it_charged():
+    with Simulator(credits=100) as sim:  # the default limit: 4
+        async with sim.client(max_credits=9) as client:
+            assert await client.estimate_credits(quantity=9) == 9
+            generation = await client.generate("nine bananas?", quantity=9)
+            stats = client.stats()
+    assert len(generation.image_urls) == 4
+    assert stats.credits_spent == charged(sim) == 4
+    assert (stats.credits_reserved, stats.credits_remaining) == (0, 5)
+
+
+async def test_without_the_default_model_a_call_naming_none_reserves_the_dearest_price():
+    # As the live catalogue: no nano-banana, and the server's default is not said.
+    models = [
+        SimModel(name="gemini-2.5-flash-image", display_name="Gemini", credits_cost=1),
+        SimModel(name="nanobanan-2-2k", display_name="2K", credits_cost=3),
+    ]
+    with Simulator(credits=100, models=models, default_model="nanobanan-2-2k") as sim:
+        async with sim.client(max_credits=5) as client:
+            await client.generate("a banana")
+            with pytest.raises(BudgetExceededError) as info:
+                await client.generate("another banana")
+            assert (info.value.needed, info.value.remaining) == (3, 2)
+            stats = client.stats()
+    assert stats.credits_spent == charged(sim) == 3
 
 
 async def test_concurrent_generations_never_spend_past_the_cap():
