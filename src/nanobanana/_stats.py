@@ -26,16 +26,14 @@ import json
 import logging
 import threading
 import types
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import attrs
 
 from nanobanana._retry import Decision, Outcome, RequestKind, decide, outcome_of_status
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
-
     import httpx
 
     from nanobanana._admission import GovernorStats
@@ -46,6 +44,7 @@ __all__ = [
     "REASONS",
     "CallTrace",
     "ClientStats",
+    "FrozenCounts",
     "Recorder",
     "poll_failed_fields",
     "tracing",
@@ -88,6 +87,55 @@ _MAX_PEEK = 64 * 1024
 _MIN_KEY = 8
 
 
+class FrozenCounts(Mapping[str, int]):
+    """A read-only mapping of counts by name: `ClientStats.requests` and ``retries``.
+
+    Unlike `types.MappingProxyType`, it pickles and deep-copies (stats are shipped to
+    other processes: multiprocessing, Celery), and it hashes, as a frozen value does.
+    It equals any mapping with the same items: ``stats.requests == {"GET /models": 1}``.
+    """
+
+    __slots__ = ("_counts",)
+    _counts: dict[str, int]
+
+    def __init__(self, counts: Mapping[str, int] | None = None, /) -> None:
+        object.__setattr__(self, "_counts", dict(counts or {}))
+
+    def __getitem__(self, key: str) -> int:
+        return self._counts[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._counts)
+
+    def __len__(self) -> int:
+        return len(self._counts)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._counts
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, FrozenCounts):
+            return self._counts == other._counts
+        if isinstance(other, Mapping):
+            return self._counts == dict(other.items())
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(frozenset(self._counts.items()))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._counts!r})"
+
+    def __reduce__(self) -> tuple[type[FrozenCounts], tuple[dict[str, int]]]:
+        return (type(self), (dict(self._counts),))
+
+    def __setattr__(self, name: str, value: object) -> NoReturn:
+        raise AttributeError(f"{type(self).__name__} is read-only")
+
+    def __delattr__(self, name: str) -> NoReturn:
+        raise AttributeError(f"{type(self).__name__} is read-only")
+
+
 @attrs.frozen(kw_only=True)
 class ClientStats:
     """A snapshot of a client's counters since it was created (`AsyncNanoBanana.stats`).
@@ -125,8 +173,8 @@ class ClientStats:
         queued: API requests waiting for a slot now.
     """
 
-    requests: Mapping[str, int]
-    retries: Mapping[str, int]
+    requests: Mapping[str, int] = attrs.field(converter=FrozenCounts)
+    retries: Mapping[str, int] = attrs.field(converter=FrozenCounts)
     rate_limited: int
     server_busy: int
     credits_spent: int
@@ -362,8 +410,8 @@ class Recorder:
             rate_limited, server_busy = self._rate_limited, self._server_busy
             time_queued = self._time_queued
         return ClientStats(
-            requests=types.MappingProxyType(requests),
-            retries=types.MappingProxyType(retries),
+            requests=requests,
+            retries=retries,
             rate_limited=rate_limited,
             server_busy=server_busy,
             credits_spent=ledger.spent,
