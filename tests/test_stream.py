@@ -1,5 +1,6 @@
 import gc
 import json
+import logging
 import random
 import warnings
 from datetime import datetime, timedelta, timezone
@@ -929,6 +930,45 @@ async def test_a_failed_get_after_complete_loses_nothing_and_is_not_retried(
     assert [r.method for r in api.requests] == ["POST", "GET"]
     assert clock.sleeps == []
     assert client.governor_stats().active == 0
+
+
+async def test_the_get_after_complete_is_counted_and_logged_as_every_request(make_client, caplog):
+    api = FakeAPI([status(1), complete(generationId="g_c")], polls=[poll_body("g_c")])
+    client = await make_client(api)
+    with caplog.at_level(logging.DEBUG, logger="nanobanana"):
+        events = await collect(client.stream("p"))
+    assert events[-1].generation.credits_used == 1  # (from the GET)
+    assert client.stats().requests == {"POST /generate": 1, "GET /generate": 1}
+    assert [(r.event, r.method, r.path, r.status, r.generation_id) for r in caplog.records] == [
+        ("response", "POST", "/generate", 200, None),
+        ("response", "GET", "/generate", 200, "g_c"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("answer", "logged"),
+    [
+        (httpx.Response(429, json={"error": "busy"}), ("response", 429, None)),
+        (httpx.ConnectError("refused"), ("error", None, "ConnectError")),
+    ],
+    ids=["429", "connect"],
+)
+async def test_a_failed_get_after_complete_is_counted_and_logged_once(
+    make_client, caplog, answer, logged
+):
+    api = FakeAPI([complete(generationId="g_x")], polls=[answer])
+    client = await make_client(api)
+    with caplog.at_level(logging.DEBUG, logger="nanobanana"):
+        await collect(client.stream("p"))
+    stats = client.stats()
+    assert stats.requests == {"POST /generate": 1, "GET /generate": 1}
+    assert (stats.rate_limited, stats.retries) == (int(logged[1] == 429), {})  # not retried
+    got = [(r.event, r.method, r.status, r.error, r.generation_id) for r in caplog.records]
+    event, status_code, error = logged
+    assert got[1:] == [
+        (event, "GET", status_code, error, "g_x"),
+        ("stream_result_unused", "GET", None, error, "g_x"),
+    ]
 
 
 async def test_a_get_after_complete_that_hangs_is_given_up_after_a_bound(make_client, monkeypatch):

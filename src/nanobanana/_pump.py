@@ -37,10 +37,13 @@ import anyio
 import httpx
 
 from nanobanana._events import CutError, event_id, payloads
+from nanobanana._logs import emit, loggable_id
 from nanobanana._models import Generation, GenerationStatus
 from nanobanana._redact import forget_key
 from nanobanana._responses import MAX_ANSWER_SIZE, STREAM_CLOSE_TIMEOUT, read_at_most
+from nanobanana._retry import RequestKind, decide, outcome_of_exception
 from nanobanana._sse import SSETooLargeError, StreamIdleError
+from nanobanana._stats import CallTrace, tracing
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Coroutine
@@ -50,8 +53,6 @@ if TYPE_CHECKING:
     from nanobanana._sse import SSEReader
 
 __all__ = ["RESULT_TIMEOUT", "EventPump", "Item", "fetch_result", "wait_uncancelled"]
-
-log = logging.getLogger("nanobanana")
 
 #: The longest the one ``GET /generate?id=`` after a ``complete`` event may take.
 RESULT_TIMEOUT = 5.0
@@ -114,25 +115,62 @@ async def fetch_result(requester: Requester, generation_id: str) -> Generation |
 
     Sent without the governor (the stream's slot is still taken, and its response is
     closed) and without retries: it only completes a result the caller already has.
+    Counted and logged as every API request is (`Recorder`), under a trace of its own:
+    the stream's call is charged by its ``POST``, never by this read.
     """
-    request = requester._build(
-        "GET", "/generate", json_body=None, params={"id": generation_id}, auth=True
-    )
-    try:
-        response = await requester.http.send(request, stream=True, auth=None)
-        await read_at_most(response, MAX_ANSWER_SIZE)
-        if response.status_code != 200:
-            log.debug("GET /generate (stream result) -> %d", response.status_code)
+    method, path = "GET", "/generate"
+    recorder = requester.recorder
+    clock = requester.clock
+    with tracing(CallTrace()):
+        try:
+            request = requester._build(
+                method, path, json_body=None, params={"id": generation_id}, auth=True
+            )
+            recorder.sending(method, path, queued=0.0)
+            started = clock.monotonic()
+            response = await requester.http.send(request, stream=True, auth=None)
+            await read_at_most(response, MAX_ANSWER_SIZE)
+        except httpx.HTTPError as exc:
+            forget_key(exc)
+            verdict = decide(RequestKind.READ, outcome_of_exception(exc))
+            recorder.failed(method, path, 1, exc, verdict)
+            _unused(requester, generation_id, exc)
             return None
+        except Exception as exc:  # noqa: BLE001 - whatever it is, the stream's result stands
+            forget_key(exc)
+            _unused(requester, generation_id, exc)
+            return None
+        elapsed = clock.monotonic() - started
+        recorder.answered(method, path, RequestKind.READ, 1, response, elapsed=elapsed)
+    if response.status_code != 200:
+        _unused(requester, generation_id, None)
+        return None
+    try:
         body = json.loads(response.content)
         generation = Generation.from_json(body.get("data") if isinstance(body, dict) else None)
     except Exception as exc:  # noqa: BLE001 - whatever it is, the stream's result stands
-        forget_key(exc)
-        log.debug("GET /generate (stream result) failed: %s", type(exc).__name__)
+        _unused(requester, generation_id, exc)
         return None
     if generation.id != generation_id or generation.status is not GenerationStatus.COMPLETED:
+        _unused(requester, generation_id, None)
         return None
     return generation
+
+
+def _unused(requester: Requester, generation_id: str, exc: BaseException | None) -> None:
+    """Log that the ``GET`` after ``complete`` gave nothing to use (its answer is logged too)."""
+    key = requester.api_key.reveal() if requester.api_key is not None else ""
+    emit(
+        logging.DEBUG,
+        "GET /generate (stream result) unused%s; the stream's result stands",
+        f" ({type(exc).__name__})" if exc is not None else "",
+        event="stream_result_unused",
+        method="GET",
+        path="/generate",
+        error=type(exc).__name__ if exc is not None else None,
+        may_have_been_charged=False,
+        generation_id=loggable_id(generation_id, key),
+    )
 
 
 def _parse(text: str) -> list[dict[str, Any]]:
@@ -238,7 +276,16 @@ class EventPump:
                 except Exception as exc:  # noqa: BLE001 - given up either way; a task
                     # with nobody to raise to must not end in an error (trio: a crash)
                     forget_key(exc)
-                    log.debug("closing a stream failed: %s", type(exc).__name__)
+                    emit(
+                        logging.DEBUG,
+                        "closing a stream failed: %s",
+                        type(exc).__name__,
+                        event="stream_close_failed",
+                        method="POST",
+                        path="/generate",
+                        error=type(exc).__name__,
+                        generation_id=self.generation_id,
+                    )
 
     async def _read(self) -> None:
         reader = self._reader

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import attrs
 
+from nanobanana._logs import LOG_FIELDS, emit, log, loggable_id
 from nanobanana._retry import Decision, Outcome, RequestKind, decide, outcome_of_status
 
 if TYPE_CHECKING:
@@ -40,33 +41,14 @@ if TYPE_CHECKING:
     from nanobanana._budget import Ledger
 
 __all__ = [
-    "LOG_FIELDS",
+    "LOG_FIELDS",  # (from _logs, where it moved)
     "REASONS",
     "CallTrace",
     "ClientStats",
     "FrozenCounts",
     "Recorder",
-    "poll_failed_fields",
     "tracing",
 ]
-
-log = logging.getLogger("nanobanana")
-
-#: The fields (``extra=``) of every record the client logs; None where one does not apply.
-LOG_FIELDS = (
-    "event",  # "response", "error", "retry" (and "poll_failed" from job.wait)
-    "method",
-    "path",  # without the query: "/generate"
-    "status",  # the HTTP status of a "response"
-    "attempt",  # 1 for the first attempt of a call
-    "wait",  # seconds before the next attempt ("retry")
-    "elapsed",  # seconds the attempt took ("response")
-    "reason",  # why a retry happens: a key of ClientStats.retries
-    "error",  # the exception's class name ("error")
-    "may_have_been_charged",
-    "generation_id",
-)
-_NO_FIELDS: dict[str, Any] = dict.fromkeys(LOG_FIELDS)
 
 #: The reasons of retries, as `ClientStats.retries` and the ``reason`` field name them.
 REASONS: Mapping[Outcome, str] = types.MappingProxyType(
@@ -84,7 +66,6 @@ REASONS: Mapping[Outcome, str] = types.MappingProxyType(
 
 # Bodies larger than this are not parsed for a generation id to log.
 _MAX_PEEK = 64 * 1024
-_MIN_KEY = 8
 
 
 class FrozenCounts(Mapping[str, int]):
@@ -225,14 +206,8 @@ def _generation_id(response: httpx.Response) -> str | None:
             if len(content) <= _MAX_PEEK:
                 body = json.loads(content)
                 found = body.get("generationId") if isinstance(body, dict) else None
-    if not isinstance(found, str) or not found:
-        return None
-    # Never log the key, even if a server were to echo it in (or as) an id. Keys
-    # shorter than the redaction minimum are not looked for, as in _redact.
     key = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-    if len(key) >= _MIN_KEY and key in found:
-        return None
-    return found
+    return loggable_id(found, key)
 
 
 def _requested_id(exc: BaseException) -> str | None:
@@ -243,27 +218,6 @@ def _requested_id(exc: BaseException) -> str | None:
         return None
     found = request.url.params.get("id")
     return found if isinstance(found, str) and found else None
-
-
-def poll_failed_fields(generation_id: str, exc: BaseException) -> dict[str, Any]:
-    """The fields of ``job.wait()``'s record of a failed poll (it polls again).
-
-    No ``status``: the poll's last answer has its own record, and counting records by
-    status must count each answer once.
-    """
-    return {
-        **_NO_FIELDS,
-        "event": "poll_failed",
-        "method": "GET",
-        "path": "/generate",
-        "error": type(exc).__name__,
-        "may_have_been_charged": False,
-        "generation_id": generation_id,
-    }
-
-
-def _log(level: int, message: str, *args: object, **fields: Any) -> None:
-    log.log(level, message, *args, extra={**_NO_FIELDS, **fields})
 
 
 class Recorder:
@@ -316,7 +270,7 @@ class Recorder:
                 trace.sent = False  # 429, 503, 4xx: refused, nothing charged
         level = logging.DEBUG if status < 300 else logging.INFO
         if log.isEnabledFor(level):
-            _log(
+            emit(
                 level,
                 "%s %s -> %d in %.0f ms",
                 method,
@@ -346,7 +300,7 @@ class Recorder:
         if trace is not None and not verdict.may_have_been_charged:
             trace.sent = False  # it never left (connect error), or could not be sent
         if log.isEnabledFor(logging.INFO):
-            _log(
+            emit(
                 logging.INFO,
                 "%s %s -> %s",
                 method,
@@ -386,7 +340,7 @@ class Recorder:
                 if refusals is not None
                 else f"attempt {attempt + 1} of {attempts}"
             )
-            _log(
+            emit(
                 logging.INFO,
                 "retrying %s %s in %.2f s after %s (%s)",
                 method,
