@@ -1,3 +1,4 @@
+import contextlib
 import gc
 import json
 import logging
@@ -777,6 +778,69 @@ async def test_a_stream_kept_after_break_frees_its_slot_once_the_server_has_ende
     assert [e.progress for e in rest] == [60, 100]
     assert rest[-1].generation.model == "nanobanan-2"
     await stream.aclose()
+
+
+MODELS = {"data": [{"name": "nano-banana", "displayName": "Nano Banana", "creditsCost": 1}]}
+
+
+def charged(gid, credits_used):
+    body = poll_body(gid)
+    body["data"]["creditsUsed"] = credits_used
+    return body
+
+
+@pytest.mark.parametrize(
+    ("last", "answer", "spent"),
+    [
+        (complete(), charged("g_paid", 3), 3),  # what the GET after it says was charged
+        (complete(), httpx.Response(500, json={"error": "boom"}), 1),  # else the estimate
+        (sse({"type": "error", "message": "Generation failed"}), None, 1),  # spent too
+    ],
+    ids=["complete", "complete-get-failed", "error"],
+)
+async def test_a_stream_kept_after_break_settles_its_reservation_once_the_server_has_ended_it(
+    make_client, last, answer, spent
+):
+    gate = anyio.Event()
+    polls = [MODELS] if answer is None else [MODELS, answer]
+    api = FakeAPI([status(10, generationId="g_paid"), gate, status(60), last], polls=polls)
+    client = await make_client(api, max_credits=10)
+    stream = client.stream("p", idle_timeout=None)
+    async for _ in stream:
+        break
+    await api.stalled.wait()
+    await anyio.wait_all_tasks_blocked()
+    stats = client.stats()
+    assert (stats.credits_reserved, stats.credits_spent) == (1, 0)  # still generating
+    gate.set()  # the server sends the rest and ends the stream
+    await anyio.wait_all_tasks_blocked()
+    # Settled, with the stream still unclosed in its variable.
+    stats = client.stats()
+    assert (stats.credits_reserved, stats.credits_spent) == (0, spent)
+    assert (stats.credits_remaining, stats.maybe_charged) == (10 - spent, 0)
+    # Reading on, or closing, settles nothing twice.
+    with contextlib.suppress(GenerationFailedError):
+        async for _ in stream:
+            pass
+    await stream.aclose()
+    assert client.stats() == stats
+
+
+async def test_a_stream_cut_and_kept_after_break_keeps_its_reservation_until_closed(make_client):
+    gate = anyio.Event()
+    api = FakeAPI([status(10, generationId="g_cut"), gate], polls=[MODELS])
+    client = await make_client(api, max_credits=10)
+    stream = client.stream("p", idle_timeout=None)
+    async for _ in stream:
+        break
+    await api.stalled.wait()
+    gate.set()  # the connection ends with no last event: the generation may go on
+    await anyio.wait_all_tasks_blocked()
+    assert client.governor_stats().active == 0
+    assert client.stats().credits_reserved == 1  # its cost is not known yet
+    await stream.aclose()
+    stats = client.stats()
+    assert (stats.credits_reserved, stats.credits_spent, stats.maybe_charged) == (0, 1, 0)
 
 
 async def test_a_stream_dropped_while_open_is_closed_and_warns(make_client):
