@@ -12,8 +12,8 @@ import respx
 
 from nanobanana import FakeClock, InternalServerError, PollPolicy
 from nanobanana._admission._tasks import LocalLedger, TaskGate
+from nanobanana._logs import LOG_FIELDS
 from nanobanana._responses import StreamContext
-from nanobanana._stats import LOG_FIELDS
 from nanobanana.fleet import RedisGovernor
 from nanobanana.testing import Simulator
 from redis_support import RedisServer, free_port

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import attrs
 
-from nanobanana._logs import LOG_FIELDS, emit, log, loggable_id
+from nanobanana._logs import emit, log, loggable_id
 from nanobanana._retry import Decision, Outcome, RequestKind, decide, outcome_of_status
 
 if TYPE_CHECKING:
@@ -41,7 +41,6 @@ if TYPE_CHECKING:
     from nanobanana._budget import Ledger
 
 __all__ = [
-    "LOG_FIELDS",  # (from _logs, where it moved)
     "REASONS",
     "CallTrace",
     "ClientStats",
