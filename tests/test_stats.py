@@ -1,6 +1,8 @@
 """client.stats(): counters of requests, retries, refusals, credits and queueing."""
 
 import asyncio
+import copy
+import pickle
 import threading
 
 import attrs
@@ -53,6 +55,51 @@ async def test_a_snapshot_is_frozen_and_later_calls_do_not_change_it(client):
         stats.rate_limited = 3  # type: ignore[misc]
     with pytest.raises(TypeError):
         stats.requests["GET /credits"] = 1  # type: ignore[index]
+
+
+@respx.mock
+async def test_a_snapshot_pickles_and_deep_copies_equal_and_still_read_only(client):
+    # Users ship stats to other processes (multiprocessing, Celery): they must pickle.
+    respx.get(f"{API}/credits").mock(
+        side_effect=[
+            httpx.ConnectError("refused"),
+            httpx.Response(200, json={"data": {"credits": 1}}),
+        ]
+    )
+    await client.credits()
+    stats = client.stats()
+    assert stats.requests == {"GET /credits": 2}
+    assert stats.retries == {"connect": 1}
+    unpickled = pickle.loads(pickle.dumps(stats))  # noqa: S301 - our own bytes
+    for copied in (unpickled, copy.deepcopy(stats), copy.copy(stats)):
+        assert copied == stats
+        assert copied.requests == {"GET /credits": 2}
+        assert hash(copied) == hash(stats)
+        with pytest.raises(TypeError):
+            copied.requests["GET /credits"] = 3  # type: ignore[index]
+        with pytest.raises(AttributeError):
+            copied.retries.clear()  # type: ignore[attr-defined]
+    assert repr(stats.requests) == "FrozenCounts({'GET /credits': 2})"
+
+
+def test_stats_built_from_plain_dicts_are_read_only_and_pickle_too():
+    stats = ClientStats(
+        requests={"POST /generate": 1},
+        retries={},
+        rate_limited=0,
+        server_busy=0,
+        credits_spent=0,
+        credits_reserved=0,
+        credits_remaining=None,
+        maybe_charged=0,
+        uncounted_charges=0,
+        time_queued=0.0,
+        in_flight=0,
+        queued=0,
+    )
+    with pytest.raises(TypeError):
+        stats.requests["POST /generate"] = 2  # type: ignore[index]
+    assert pickle.loads(pickle.dumps(stats)) == stats  # noqa: S301 - our own bytes
 
 
 @respx.mock

@@ -1,5 +1,7 @@
+import contextlib
 import gc
 import json
+import logging
 import random
 import warnings
 from datetime import datetime, timedelta, timezone
@@ -778,6 +780,69 @@ async def test_a_stream_kept_after_break_frees_its_slot_once_the_server_has_ende
     await stream.aclose()
 
 
+MODELS = {"data": [{"name": "nano-banana", "displayName": "Nano Banana", "creditsCost": 1}]}
+
+
+def charged(gid, credits_used):
+    body = poll_body(gid)
+    body["data"]["creditsUsed"] = credits_used
+    return body
+
+
+@pytest.mark.parametrize(
+    ("last", "answer", "spent"),
+    [
+        (complete(), charged("g_paid", 3), 3),  # what the GET after it says was charged
+        (complete(), httpx.Response(500, json={"error": "boom"}), 1),  # else the estimate
+        (sse({"type": "error", "message": "Generation failed"}), None, 1),  # spent too
+    ],
+    ids=["complete", "complete-get-failed", "error"],
+)
+async def test_a_stream_kept_after_break_settles_its_reservation_once_the_server_has_ended_it(
+    make_client, last, answer, spent
+):
+    gate = anyio.Event()
+    polls = [MODELS] if answer is None else [MODELS, answer]
+    api = FakeAPI([status(10, generationId="g_paid"), gate, status(60), last], polls=polls)
+    client = await make_client(api, max_credits=10)
+    stream = client.stream("p", idle_timeout=None)
+    async for _ in stream:
+        break
+    await api.stalled.wait()
+    await anyio.wait_all_tasks_blocked()
+    stats = client.stats()
+    assert (stats.credits_reserved, stats.credits_spent) == (1, 0)  # still generating
+    gate.set()  # the server sends the rest and ends the stream
+    await anyio.wait_all_tasks_blocked()
+    # Settled, with the stream still unclosed in its variable.
+    stats = client.stats()
+    assert (stats.credits_reserved, stats.credits_spent) == (0, spent)
+    assert (stats.credits_remaining, stats.maybe_charged) == (10 - spent, 0)
+    # Reading on, or closing, settles nothing twice.
+    with contextlib.suppress(GenerationFailedError):
+        async for _ in stream:
+            pass
+    await stream.aclose()
+    assert client.stats() == stats
+
+
+async def test_a_stream_cut_and_kept_after_break_keeps_its_reservation_until_closed(make_client):
+    gate = anyio.Event()
+    api = FakeAPI([status(10, generationId="g_cut"), gate], polls=[MODELS])
+    client = await make_client(api, max_credits=10)
+    stream = client.stream("p", idle_timeout=None)
+    async for _ in stream:
+        break
+    await api.stalled.wait()
+    gate.set()  # the connection ends with no last event: the generation may go on
+    await anyio.wait_all_tasks_blocked()
+    assert client.governor_stats().active == 0
+    assert client.stats().credits_reserved == 1  # its cost is not known yet
+    await stream.aclose()
+    stats = client.stats()
+    assert (stats.credits_reserved, stats.credits_spent, stats.maybe_charged) == (0, 1, 0)
+
+
 async def test_a_stream_dropped_while_open_is_closed_and_warns(make_client):
     api = FakeAPI([status(1, generationId="g_drop"), STALL])
     client = await make_client(api, max_concurrency=1)
@@ -929,6 +994,45 @@ async def test_a_failed_get_after_complete_loses_nothing_and_is_not_retried(
     assert [r.method for r in api.requests] == ["POST", "GET"]
     assert clock.sleeps == []
     assert client.governor_stats().active == 0
+
+
+async def test_the_get_after_complete_is_counted_and_logged_as_every_request(make_client, caplog):
+    api = FakeAPI([status(1), complete(generationId="g_c")], polls=[poll_body("g_c")])
+    client = await make_client(api)
+    with caplog.at_level(logging.DEBUG, logger="nanobanana"):
+        events = await collect(client.stream("p"))
+    assert events[-1].generation.credits_used == 1  # (from the GET)
+    assert client.stats().requests == {"POST /generate": 1, "GET /generate": 1}
+    assert [(r.event, r.method, r.path, r.status, r.generation_id) for r in caplog.records] == [
+        ("response", "POST", "/generate", 200, None),
+        ("response", "GET", "/generate", 200, "g_c"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("answer", "logged"),
+    [
+        (httpx.Response(429, json={"error": "busy"}), ("response", 429, None)),
+        (httpx.ConnectError("refused"), ("error", None, "ConnectError")),
+    ],
+    ids=["429", "connect"],
+)
+async def test_a_failed_get_after_complete_is_counted_and_logged_once(
+    make_client, caplog, answer, logged
+):
+    api = FakeAPI([complete(generationId="g_x")], polls=[answer])
+    client = await make_client(api)
+    with caplog.at_level(logging.DEBUG, logger="nanobanana"):
+        await collect(client.stream("p"))
+    stats = client.stats()
+    assert stats.requests == {"POST /generate": 1, "GET /generate": 1}
+    assert (stats.rate_limited, stats.retries) == (int(logged[1] == 429), {})  # not retried
+    got = [(r.event, r.method, r.status, r.error, r.generation_id) for r in caplog.records]
+    event, status_code, error = logged
+    assert got[1:] == [
+        (event, "GET", status_code, error, "g_x"),
+        ("stream_result_unused", "GET", None, error, "g_x"),
+    ]
 
 
 async def test_a_get_after_complete_that_hangs_is_given_up_after_a_bound(make_client, monkeypatch):

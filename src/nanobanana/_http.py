@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import json
-import logging
 import random
 import sys
 from collections.abc import Mapping
@@ -57,8 +56,6 @@ __all__ = [
     "Requester",
     "current_loop_token",
 ]
-
-log = logging.getLogger("nanobanana")
 
 CERTIFICATE_HINT = (
     "The server's TLS certificate was not trusted, so nothing was sent and nothing is "

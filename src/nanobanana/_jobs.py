@@ -18,9 +18,9 @@ from nanobanana._errors import (
     ServerBusyError,
 )
 from nanobanana._http import OutOfTimeError
+from nanobanana._logs import emit
 from nanobanana._models import Generation, GenerationStatus
 from nanobanana._retry import none_or_at_least_zero
-from nanobanana._stats import poll_failed_fields
 
 if TYPE_CHECKING:
     import random
@@ -29,8 +29,6 @@ if TYPE_CHECKING:
     from nanobanana._client import AsyncNanoBanana
 
 __all__ = ["PASSING_POLL_ERRORS", "Job", "PollPolicy"]
-
-log = logging.getLogger("nanobanana")
 
 #: Failures of a poll that pass: a wait polls again rather than ending.
 PASSING_POLL_ERRORS = (APIConnectionError, InternalServerError, RateLimitError, ServerBusyError)
@@ -153,11 +151,19 @@ class Job:
                     raise
                 last_error = exc
                 not_before = getattr(exc, "retry_after", None) or 0.0
-                log.debug(
+                # No status: the poll's last answer has its own record, and counting
+                # records by status must count each answer once.
+                emit(
+                    logging.DEBUG,
                     "poll of %s failed (%s); polling again",
                     self.id,
                     type(exc).__name__,
-                    extra=poll_failed_fields(self.id, exc),
+                    event="poll_failed",
+                    method="GET",
+                    path="/generate",
+                    error=type(exc).__name__,
+                    may_have_been_charged=False,
+                    generation_id=self.id,
                 )
                 continue
             if scope.cancelled_caught:

@@ -15,6 +15,8 @@ After a ``complete`` event that names its generation it first sends one
 `RESULT_TIMEOUT`), so that the result is as complete as a polled one: the stream's
 events have no ``modelUsed``, ``creditsUsed`` or ``createdAt`` (stream-mode docs). A
 failure of that request loses nothing: the consumer falls back to what the stream said.
+Then (``on_last``) the call's spend-cap reservation is settled at what it cost, so that
+a stream kept unclosed after ``break`` does not hold its credits either.
 
 The task is not in any task group: it must outlive the call that started it (the
 consumer is a generator, suspended between events). It is an asyncio task, or a trio
@@ -34,24 +36,35 @@ import logging
 from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
+import attrs
 import httpx
 
 from nanobanana._events import CutError, event_id, payloads
-from nanobanana._models import Generation, GenerationStatus
+from nanobanana._logs import emit, loggable_id
+from nanobanana._models import Generation, GenerationStatus, ProgressEvent
 from nanobanana._redact import forget_key
 from nanobanana._responses import MAX_ANSWER_SIZE, STREAM_CLOSE_TIMEOUT, read_at_most
+from nanobanana._retry import RequestKind, decide, outcome_of_exception
 from nanobanana._sse import SSETooLargeError, StreamIdleError
+from nanobanana._stats import CallTrace, tracing
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Coroutine
 
+    from nanobanana._budget import Charge
     from nanobanana._http import Requester
     from nanobanana._responses import StreamContext
     from nanobanana._sse import SSEReader
 
-__all__ = ["RESULT_TIMEOUT", "EventPump", "Item", "fetch_result", "wait_uncancelled"]
-
-log = logging.getLogger("nanobanana")
+__all__ = [
+    "RESULT_TIMEOUT",
+    "EventPump",
+    "Item",
+    "complete_result",
+    "fetch_result",
+    "settle_charge",
+    "wait_uncancelled",
+]
 
 #: The longest the one ``GET /generate?id=`` after a ``complete`` event may take.
 RESULT_TIMEOUT = 5.0
@@ -114,25 +127,99 @@ async def fetch_result(requester: Requester, generation_id: str) -> Generation |
 
     Sent without the governor (the stream's slot is still taken, and its response is
     closed) and without retries: it only completes a result the caller already has.
+    Counted and logged as every API request is (`Recorder`), under a trace of its own:
+    the stream's call is charged by its ``POST``, never by this read.
     """
-    request = requester._build(
-        "GET", "/generate", json_body=None, params={"id": generation_id}, auth=True
-    )
-    try:
-        response = await requester.http.send(request, stream=True, auth=None)
-        await read_at_most(response, MAX_ANSWER_SIZE)
-        if response.status_code != 200:
-            log.debug("GET /generate (stream result) -> %d", response.status_code)
+    method, path = "GET", "/generate"
+    recorder = requester.recorder
+    clock = requester.clock
+    with tracing(CallTrace()):
+        try:
+            request = requester._build(
+                method, path, json_body=None, params={"id": generation_id}, auth=True
+            )
+            recorder.sending(method, path, queued=0.0)
+            started = clock.monotonic()
+            response = await requester.http.send(request, stream=True, auth=None)
+            await read_at_most(response, MAX_ANSWER_SIZE)
+        except httpx.HTTPError as exc:
+            forget_key(exc)
+            verdict = decide(RequestKind.READ, outcome_of_exception(exc))
+            recorder.failed(method, path, 1, exc, verdict)
+            _unused(requester, generation_id, exc)
             return None
+        except Exception as exc:  # noqa: BLE001 - whatever it is, the stream's result stands
+            forget_key(exc)
+            _unused(requester, generation_id, exc)
+            return None
+        elapsed = clock.monotonic() - started
+        recorder.answered(method, path, RequestKind.READ, 1, response, elapsed=elapsed)
+    if response.status_code != 200:
+        _unused(requester, generation_id, None)
+        return None
+    try:
         body = json.loads(response.content)
         generation = Generation.from_json(body.get("data") if isinstance(body, dict) else None)
     except Exception as exc:  # noqa: BLE001 - whatever it is, the stream's result stands
-        forget_key(exc)
-        log.debug("GET /generate (stream result) failed: %s", type(exc).__name__)
+        _unused(requester, generation_id, exc)
         return None
     if generation.id != generation_id or generation.status is not GenerationStatus.COMPLETED:
+        _unused(requester, generation_id, None)
         return None
     return generation
+
+
+def _unused(requester: Requester, generation_id: str, exc: BaseException | None) -> None:
+    """Log that the ``GET`` after ``complete`` gave nothing to use (its answer is logged too)."""
+    key = requester.api_key.reveal() if requester.api_key is not None else ""
+    emit(
+        logging.DEBUG,
+        "GET /generate (stream result) unused%s; the stream's result stands",
+        f" ({type(exc).__name__})" if exc is not None else "",
+        event="stream_result_unused",
+        method="GET",
+        path="/generate",
+        error=type(exc).__name__ if exc is not None else None,
+        may_have_been_charged=False,
+        generation_id=loggable_id(generation_id, key),
+    )
+
+
+def complete_result(final: ProgressEvent, polled: Generation | None) -> ProgressEvent:
+    """The ``complete`` event, its generation completed with what a poll of it said.
+
+    The stream's events say nothing of the model, the credits or the creation time;
+    the poll does. The images are the stream's.
+    """
+    streamed = final.generation
+    if polled is None or streamed is None or polled.id != streamed.id:
+        return final
+    generation = attrs.evolve(
+        streamed,
+        prompt=polled.prompt if polled.prompt is not None else streamed.prompt,
+        model=polled.model or streamed.model,
+        credits_used=(
+            polled.credits_used if polled.credits_used is not None else streamed.credits_used
+        ),
+        created_at=polled.created_at or streamed.created_at,
+        expires_at=polled.expires_at or streamed.expires_at,
+        image_urls=streamed.image_urls or polled.image_urls,
+    )
+    return attrs.evolve(final, generation=generation)
+
+
+def settle_charge(charge: Charge, pump: EventPump) -> None:
+    """Settle a stream's reservation once the server has ended it (`EventPump` on_last).
+
+    At what the ``complete`` event or the ``GET`` after it said was charged, as the
+    result handed over says, else at the estimate (an ``error`` event spends it too).
+    """
+    last = pump.last_event or {}
+    if last.get("type") == "complete":
+        charge.answered(last.get("data"))
+        if pump.result is not None:
+            charge.report(pump.result.credits_used)
+    charge.finish()
 
 
 def _parse(text: str) -> list[dict[str, Any]]:
@@ -155,6 +242,11 @@ class EventPump:
         opening: the open stream request, holding the response and the slot.
         reader: the event reader over the response's body.
         fetch: sends the ``GET /generate?id=`` that completes a ``complete`` result.
+        on_last: called (in the pump's task, before the slot is given back) once the
+            server has ended the stream with its last event and that fetch is over:
+            what the generation cost is then known, whether or not anyone reads on. Not
+            called for a ``complete`` without its images (the consumer polls for them),
+            a cut stream (the generation may go on), or a consumer that left first.
     """
 
     def __init__(
@@ -163,10 +255,12 @@ class EventPump:
         opening: StreamContext,
         reader: SSEReader,
         fetch: Callable[[str], Awaitable[Generation | None]] | None,
+        on_last: Callable[[EventPump], object] | None = None,
     ) -> None:
         self._opening = opening
         self._reader = reader
         self._fetch = fetch
+        self._on_last = on_last
         self._items: collections.deque[tuple[Item, int]] = collections.deque()
         self._pending = 0
         self._arrived: anyio.Event | None = None
@@ -238,7 +332,16 @@ class EventPump:
                 except Exception as exc:  # noqa: BLE001 - given up either way; a task
                     # with nobody to raise to must not end in an error (trio: a crash)
                     forget_key(exc)
-                    log.debug("closing a stream failed: %s", type(exc).__name__)
+                    emit(
+                        logging.DEBUG,
+                        "closing a stream failed: %s",
+                        type(exc).__name__,
+                        event="stream_close_failed",
+                        method="POST",
+                        path="/generate",
+                        error=type(exc).__name__,
+                        generation_id=self.generation_id,
+                    )
 
     async def _read(self) -> None:
         reader = self._reader
@@ -298,12 +401,32 @@ class EventPump:
                     self._fetching.deadline = anyio.current_time() + RESULT_TIMEOUT
                     self.result = await self._fetch(generation_id)
         finally:
-            await self._opening.release()
-            self.done.set()
-            arrived = self._arrived
-            if arrived is not None:
-                self._arrived = None
-                arrived.set()
+            try:
+                if self._on_last is not None and self._final():
+                    self._on_last(self)
+            finally:
+                await self._opening.release()
+                self.done.set()
+                arrived = self._arrived
+                if arrived is not None:
+                    self._arrived = None
+                    arrived.set()
+
+    def _final(self) -> bool:
+        """Whether the last event ends the generation (its cost is known then).
+
+        An ``error``, or a ``complete`` that failed or has its images: one without them
+        is finished by polling.
+        """
+        last = self.last_event
+        if last is None:
+            return False
+        if last.get("type") == "error":
+            return True
+        data = last.get("data")
+        return isinstance(data, dict) and (
+            data.get("success") is False or isinstance(data.get("imageUrls"), list)
+        )
 
     def _completed(self) -> bool:
         """Whether the last event is a successful ``complete`` with its images."""

@@ -26,48 +26,28 @@ import json
 import logging
 import threading
 import types
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import attrs
 
+from nanobanana._logs import emit, log, loggable_id
 from nanobanana._retry import Decision, Outcome, RequestKind, decide, outcome_of_status
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
-
     import httpx
 
     from nanobanana._admission import GovernorStats
     from nanobanana._budget import Ledger
 
 __all__ = [
-    "LOG_FIELDS",
     "REASONS",
     "CallTrace",
     "ClientStats",
+    "FrozenCounts",
     "Recorder",
-    "poll_failed_fields",
     "tracing",
 ]
-
-log = logging.getLogger("nanobanana")
-
-#: The fields (``extra=``) of every record the client logs; None where one does not apply.
-LOG_FIELDS = (
-    "event",  # "response", "error", "retry" (and "poll_failed" from job.wait)
-    "method",
-    "path",  # without the query: "/generate"
-    "status",  # the HTTP status of a "response"
-    "attempt",  # 1 for the first attempt of a call
-    "wait",  # seconds before the next attempt ("retry")
-    "elapsed",  # seconds the attempt took ("response")
-    "reason",  # why a retry happens: a key of ClientStats.retries
-    "error",  # the exception's class name ("error")
-    "may_have_been_charged",
-    "generation_id",
-)
-_NO_FIELDS: dict[str, Any] = dict.fromkeys(LOG_FIELDS)
 
 #: The reasons of retries, as `ClientStats.retries` and the ``reason`` field name them.
 REASONS: Mapping[Outcome, str] = types.MappingProxyType(
@@ -85,7 +65,55 @@ REASONS: Mapping[Outcome, str] = types.MappingProxyType(
 
 # Bodies larger than this are not parsed for a generation id to log.
 _MAX_PEEK = 64 * 1024
-_MIN_KEY = 8
+
+
+class FrozenCounts(Mapping[str, int]):
+    """A read-only mapping of counts by name: `ClientStats.requests` and ``retries``.
+
+    Unlike `types.MappingProxyType`, it pickles and deep-copies (stats are shipped to
+    other processes: multiprocessing, Celery), and it hashes, as a frozen value does.
+    It equals any mapping with the same items: ``stats.requests == {"GET /models": 1}``.
+    """
+
+    __slots__ = ("_counts",)
+    _counts: dict[str, int]
+
+    def __init__(self, counts: Mapping[str, int] | None = None, /) -> None:
+        object.__setattr__(self, "_counts", dict(counts or {}))
+
+    def __getitem__(self, key: str) -> int:
+        return self._counts[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._counts)
+
+    def __len__(self) -> int:
+        return len(self._counts)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._counts
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, FrozenCounts):
+            return self._counts == other._counts
+        if isinstance(other, Mapping):
+            return self._counts == dict(other.items())
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(frozenset(self._counts.items()))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._counts!r})"
+
+    def __reduce__(self) -> tuple[type[FrozenCounts], tuple[dict[str, int]]]:
+        return (type(self), (dict(self._counts),))
+
+    def __setattr__(self, name: str, value: object) -> NoReturn:
+        raise AttributeError(f"{type(self).__name__} is read-only")
+
+    def __delattr__(self, name: str) -> NoReturn:
+        raise AttributeError(f"{type(self).__name__} is read-only")
 
 
 @attrs.frozen(kw_only=True)
@@ -125,8 +153,8 @@ class ClientStats:
         queued: API requests waiting for a slot now.
     """
 
-    requests: Mapping[str, int]
-    retries: Mapping[str, int]
+    requests: Mapping[str, int] = attrs.field(converter=FrozenCounts)
+    retries: Mapping[str, int] = attrs.field(converter=FrozenCounts)
     rate_limited: int
     server_busy: int
     credits_spent: int
@@ -177,14 +205,8 @@ def _generation_id(response: httpx.Response) -> str | None:
             if len(content) <= _MAX_PEEK:
                 body = json.loads(content)
                 found = body.get("generationId") if isinstance(body, dict) else None
-    if not isinstance(found, str) or not found:
-        return None
-    # Never log the key, even if a server were to echo it in (or as) an id. Keys
-    # shorter than the redaction minimum are not looked for, as in _redact.
     key = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-    if len(key) >= _MIN_KEY and key in found:
-        return None
-    return found
+    return loggable_id(found, key)
 
 
 def _requested_id(exc: BaseException) -> str | None:
@@ -195,27 +217,6 @@ def _requested_id(exc: BaseException) -> str | None:
         return None
     found = request.url.params.get("id")
     return found if isinstance(found, str) and found else None
-
-
-def poll_failed_fields(generation_id: str, exc: BaseException) -> dict[str, Any]:
-    """The fields of ``job.wait()``'s record of a failed poll (it polls again).
-
-    No ``status``: the poll's last answer has its own record, and counting records by
-    status must count each answer once.
-    """
-    return {
-        **_NO_FIELDS,
-        "event": "poll_failed",
-        "method": "GET",
-        "path": "/generate",
-        "error": type(exc).__name__,
-        "may_have_been_charged": False,
-        "generation_id": generation_id,
-    }
-
-
-def _log(level: int, message: str, *args: object, **fields: Any) -> None:
-    log.log(level, message, *args, extra={**_NO_FIELDS, **fields})
 
 
 class Recorder:
@@ -270,7 +271,7 @@ class Recorder:
                 trace.sent = False  # 429, 503, 4xx: refused, nothing charged
         level = logging.DEBUG if status < 300 else logging.INFO
         if log.isEnabledFor(level):
-            _log(
+            emit(
                 level,
                 "%s %s -> %d in %.0f ms",
                 method,
@@ -302,7 +303,7 @@ class Recorder:
         if trace is not None and kind is RequestKind.GENERATE and not verdict.may_have_been_charged:
             trace.sent = False  # it never left (connect error), or could not be sent
         if log.isEnabledFor(logging.INFO):
-            _log(
+            emit(
                 logging.INFO,
                 "%s %s -> %s",
                 method,
@@ -342,7 +343,7 @@ class Recorder:
                 if refusals is not None
                 else f"attempt {attempt + 1} of {attempts}"
             )
-            _log(
+            emit(
                 logging.INFO,
                 "retrying %s %s in %.2f s after %s (%s)",
                 method,
@@ -366,8 +367,8 @@ class Recorder:
             rate_limited, server_busy = self._rate_limited, self._server_busy
             time_queued = self._time_queued
         return ClientStats(
-            requests=types.MappingProxyType(requests),
-            retries=types.MappingProxyType(retries),
+            requests=requests,
+            retries=retries,
             rate_limited=rate_limited,
             server_busy=server_busy,
             credits_spent=ledger.spent,

@@ -52,8 +52,8 @@ from nanobanana._errors import (
     note_request,
 )
 from nanobanana._events import CutError, EventTranslator, payloads
-from nanobanana._models import Generation, ProgressEvent
-from nanobanana._pump import EventPump, fetch_result
+from nanobanana._models import ProgressEvent
+from nanobanana._pump import EventPump, complete_result, fetch_result, settle_charge
 from nanobanana._retry import RequestKind
 from nanobanana._sse import (
     DEFAULT_IDLE_TIMEOUT,
@@ -196,7 +196,12 @@ async def _run(
                 return
             reader = SSEReader(response.aiter_bytes(), **reader_options)
             pump = state.pump = EventPump(
-                opening=opening, reader=reader, fetch=partial(fetch_result, client._requester)
+                opening=opening,
+                reader=reader,
+                fetch=partial(fetch_result, client._requester),
+                # The server ended it: settle now, not when the caller closes the stream
+                # (a stream kept in a variable after `break` may never be closed).
+                on_last=partial(settle_charge, charge) if charge is not None else None,
             )
             pump.start()
             if announce:
@@ -258,10 +263,10 @@ async def _run(
             return  # closed on purpose: no result, and no polling for one
         if final is not None:
             assert pump is not None  # noqa: S101 - a final event came from the pump
-            final = _completed(final, pump.result)
+            final = complete_result(final, pump.result)
             if charge is not None and final.generation is not None:
                 charge.report(final.generation.credits_used)
-                charge.finish()  # settled now, not when the caller closes the stream
+                charge.finish()  # (settled by the pump already, as a rule)
             yield final
             return
         generation_id = state.generation_id
@@ -303,29 +308,6 @@ def _stream_error(exc: BaseException, state: _State) -> BaseException:
             )
         state.note(exc)
     return exc
-
-
-def _completed(final: ProgressEvent, polled: Generation | None) -> ProgressEvent:
-    """The ``complete`` event, its generation completed with what a poll of it said.
-
-    The stream's events say nothing of the model, the credits or the creation time;
-    the poll does. The images are the stream's.
-    """
-    streamed = final.generation
-    if polled is None or streamed is None or polled.id != streamed.id:
-        return final
-    generation = attrs.evolve(
-        streamed,
-        prompt=polled.prompt if polled.prompt is not None else streamed.prompt,
-        model=polled.model or streamed.model,
-        credits_used=(
-            polled.credits_used if polled.credits_used is not None else streamed.credits_used
-        ),
-        created_at=polled.created_at or streamed.created_at,
-        expires_at=polled.expires_at or streamed.expires_at,
-        image_urls=streamed.image_urls or polled.image_urls,
-    )
-    return attrs.evolve(final, generation=generation)
 
 
 async def _nothing() -> AsyncGenerator[ProgressEvent | None, None]:

@@ -31,13 +31,12 @@ from nanobanana._admission._local import LocalGovernor, RequestGate
 from nanobanana._admission._redis_link import Link, RedisDownError, as_int
 from nanobanana._admission._redis_tasks import RedisLedger
 from nanobanana._admission._tasks import LocalTaskReservation, TaskGate
+from nanobanana._logs import emit
 
 if TYPE_CHECKING:
     from nanobanana._clock import Clock
 
 __all__ = ["FleetGovernor"]
-
-log = logging.getLogger("nanobanana")
 
 
 class FleetGovernor:
@@ -90,9 +89,11 @@ class FleetGovernor:
         self._loop_checked = True
         if not _on_asyncio():
             self._link.disable()
-            log.warning(
+            emit(
+                logging.WARNING,
                 "The Redis governor needs asyncio (redis-py's asyncio client); this event "
-                "loop is not asyncio, so admission stays in this process."
+                "loop is not asyncio, so admission stays in this process.",
+                event="redis_unsupported",
             )
 
     # -- stats ---------------------------------------------------------------------

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from nanobanana._admission import _lua
+from nanobanana._logs import emit
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -22,8 +23,6 @@ if TYPE_CHECKING:
     from nanobanana._clock import Clock
 
 __all__ = ["Link", "RedisDownError", "as_int", "as_str"]
-
-log = logging.getLogger("nanobanana")
 
 
 class RedisDownError(Exception):
@@ -83,13 +82,16 @@ class Link:
             self.down = True
             if not settling:
                 self._announced = True
-                log.warning(
+                emit(
+                    logging.WARNING,
                     "Redis governor at %s is unreachable (%s: %s); admitting requests with "
                     "this process's own governor until it answers again (tried every %g s).",
                     self.where,
                     type(exc).__name__,
                     exc,
                     self.retry_interval,
+                    event="redis_down",
+                    error=type(exc).__name__,
                 )
         return RedisDownError(str(exc))
 
@@ -100,7 +102,12 @@ class Link:
         self._recovered_at = self._clock.monotonic()
         if self._announced:
             self._announced = False
-            log.info("Redis governor at %s answers again: admission is shared again.", self.where)
+            emit(
+                logging.INFO,
+                "Redis governor at %s answers again: admission is shared again.",
+                self.where,
+                event="redis_up",
+            )
         # Idle connections from before the outage are dead: drop them now rather than
         # fail one call on each.
         pool = getattr(self.client, "connection_pool", None)

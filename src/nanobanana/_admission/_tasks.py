@@ -32,6 +32,7 @@ import attrs
 from nanobanana._admission._api import JobPoller, new_lease_id
 from nanobanana._admission._waiters import Queue, Waiter
 from nanobanana._errors import NanoBananaError, NotFoundError
+from nanobanana._logs import emit
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -48,7 +49,6 @@ __all__ = [
     "TaskLedger",
 ]
 
-log = logging.getLogger("nanobanana")
 
 #: How long a job counts without a poll: the docs' own example polls for about 3 minutes.
 DEFAULT_TASK_LEASE = 180.0
@@ -133,7 +133,13 @@ class LocalLedger:
     def _purge(self) -> None:
         now = self._clock.monotonic()
         for key in [k for k, e in self._entries.items() if e.job and e.expires <= now]:
-            log.debug("async job %s was not polled within its lease; it no longer counts", key)
+            emit(
+                logging.DEBUG,
+                "async job %s was not polled within its lease; it no longer counts",
+                key,
+                event="task_expired",
+                generation_id=key,
+            )
             del self._entries[key]
 
     def count(self) -> int:
@@ -332,7 +338,18 @@ class TaskGate:
             self._jobs.pop(generation_id, None)
             await self.ledger.seen(generation_id, finished=True)
         except NanoBananaError as exc:
-            log.debug("poll of %s for room failed (%s)", generation_id, type(exc).__name__)
+            emit(
+                logging.DEBUG,
+                "poll of %s for room failed (%s)",
+                generation_id,
+                type(exc).__name__,
+                event="room_poll_failed",
+                method="GET",
+                path="/generate",
+                error=type(exc).__name__,
+                may_have_been_charged=False,
+                generation_id=generation_id,
+            )
 
 
 class LocalTaskReservation:

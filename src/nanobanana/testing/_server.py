@@ -20,6 +20,7 @@ from urllib.parse import unquote
 
 import h11
 
+from nanobanana._logs import emit
 from nanobanana.testing._asgi import CutConnection, Message, ResetConnection, Scope
 
 __all__ = ["ClientDisconnected", "HttpServer"]
@@ -62,8 +63,15 @@ class _Connection:
             await self._bad_request()
         except OSError:
             pass
-        except Exception:
-            _logger.exception("the simulator's connection handler failed")
+        except Exception as exc:  # noqa: BLE001 - logged with its traceback (exc_info)
+            emit(
+                logging.ERROR,
+                "the simulator's connection handler failed",
+                event="simulator_error",
+                error=type(exc).__name__,
+                exc_info=True,
+                logger=_logger,
+            )
         finally:
             await self._close()
 
@@ -161,8 +169,15 @@ class _Connection:
             return False
         except ClientDisconnected:
             return False
-        except Exception:
-            _logger.exception("the simulator app failed")
+        except Exception as exc:  # noqa: BLE001 - logged with its traceback (exc_info)
+            emit(
+                logging.ERROR,
+                "the simulator app failed",
+                event="simulator_error",
+                error=type(exc).__name__,
+                exc_info=True,
+                logger=_logger,
+            )
             if not started and not disconnected.is_set():
                 await self._plain(500, b"Internal Server Error")
             return False
