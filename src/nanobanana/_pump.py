@@ -138,14 +138,14 @@ async def fetch_result(requester: Requester, generation_id: str) -> Generation |
             request = requester._build(
                 method, path, json_body=None, params={"id": generation_id}, auth=True
             )
-            recorder.sending(method, path, queued=0.0)
+            recorder.sending(method, path, RequestKind.READ, queued=0.0)
             started = clock.monotonic()
             response = await requester.http.send(request, stream=True, auth=None)
             await read_at_most(response, MAX_ANSWER_SIZE)
         except httpx.HTTPError as exc:
             forget_key(exc)
             verdict = decide(RequestKind.READ, outcome_of_exception(exc))
-            recorder.failed(method, path, 1, exc, verdict)
+            recorder.failed(method, path, 1, exc, verdict, kind=RequestKind.READ)
             _unused(requester, generation_id, exc)
             return None
         except Exception as exc:  # noqa: BLE001 - whatever it is, the stream's result stands
