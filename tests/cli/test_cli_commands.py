@@ -366,3 +366,37 @@ def test_a_possibly_charged_failure_gives_cli_advice_not_python(sim):
     assert "credits()" not in line
     assert "get_generation()" not in line
     assert result.json()["error"]["may_have_been_charged"] is True
+
+
+@pytest.mark.parametrize("json_mode", [False, True])
+def test_ctrl_c_during_the_download_names_the_paid_generation_and_how_to_save_it(
+    sim, tmp_path, json_mode
+):
+    images = tmp_path / "images"
+    # The image request waits at the CDN (until the client leaves): Ctrl-C lands while
+    # the generation is paid for and its images are on their way.
+    stall = sim.inject("delay", seconds=60, origin="cdn")
+    process = start(
+        *(["--json"] if json_mode else []), "generate", "a banana", "--mode", "async",
+        "--wait", *FAST, "--download-dir", str(images), sim=sim,
+    )  # fmt: skip
+    sim.wait_for(lambda: not any(f["kind"] == stall.kind for f in sim.faults), timeout=20)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=20)
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    [generation] = sim.generations
+    save = f"nanobanana poll --id {generation.id} --download-dir {images}"
+    assert f"generation {generation.id} completed" in stderr
+    assert save in stderr
+    if json_mode:
+        error = json.loads(stdout)["error"]
+        assert (error["exit_code"], error["generation_id"]) == (130, generation.id)
+        assert save in error["hints"][0]
+    else:
+        assert stdout == ""
+    # The hint works, and costs nothing more.
+    again = run(*save.split()[1:], sim=sim)
+    assert again.code == 0, again.stderr
+    assert_png(again.json()["files"][0])
+    assert sim.credits() == 99
