@@ -6,8 +6,10 @@ import json
 
 import pytest
 
+from nanobanana._config import API_KEY_ENV_VARS
 from nanobanana.cli import _app, main
 from nanobanana.cli._exit import EXIT_CODES_HELP
+from nanobanana.cli._output import Output
 from nanobanana.testing import Simulator
 
 COMMANDS = ("models", "credits", "generate", "poll", "batch", "simulate")
@@ -120,3 +122,48 @@ def test_an_unknown_model_under_max_credits_exits_3_like_the_servers_400(sim, ca
     # Without a cap the server says the same, with its 400.
     assert main(_cli(sim, "generate", "a cat", "--model", "nope")) == 3
     assert "Unknown model: nope" in capsys.readouterr().err
+
+
+def _without_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in API_KEY_ENV_VARS:
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.mark.parametrize("key", ["a", " ", "nb_1234"])
+@pytest.mark.parametrize("where", ["option", "environment"])
+def test_a_key_too_short_to_be_real_leaves_the_output_alone(sim, monkeypatch, capsys, key, where):
+    _without_keys(monkeypatch)
+    assert main(["--base-url", sim.base_url, "models"]) == 0  # models needs no key
+    expected = capsys.readouterr().out
+    assert "nano-banana" in expected
+    assert ", " in expected
+    if where == "option":
+        argv = ["--base-url", sim.base_url, "--api-key", key, "models"]
+    else:
+        monkeypatch.setenv("NANOBANANA_API_KEY", key)
+        argv = ["--base-url", sim.base_url, "models"]
+    assert main(argv) == 0
+    assert capsys.readouterr().out == expected  # not every "a", or every space, as ***
+
+
+@pytest.mark.parametrize("where", ["option", "environment"])
+def test_a_real_key_with_whitespace_around_it_is_never_printed(sim, monkeypatch, capsys, where):
+    _without_keys(monkeypatch)
+    padded = f"  {sim.api_key}\n"  # as pasted; the client strips it
+    argv = ["--base-url", sim.base_url, "generate", f"say {sim.api_key}"]
+    if where == "option":
+        argv = ["--api-key", padded, *argv]
+    else:
+        monkeypatch.setenv("NANOBANANA_API_KEY", padded)
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert sim.api_key not in captured.out + captured.err
+    assert json.loads(captured.out)["prompt"] == "say ***"
+
+
+def test_only_values_long_enough_to_be_keys_are_secrets():
+    output = Output()
+    for value in ("", " ", "a", "\tnb_1234\n", " nb_12345 ", "nb_12345"):
+        output.add_secret(value)
+    assert output.secrets == ["nb_12345"]
+    assert output.redact("a nb_1234 nb_12345") == "a nb_1234 ***"

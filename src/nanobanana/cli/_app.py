@@ -398,9 +398,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)  # exits 2 with usage on stderr on a bad command line
     output = Output(json_mode=args.json, quiet=args.quiet)
-    if args.api_key:
-        output.secrets.append(args.api_key)
-    output.secrets.extend(os.environ[name] for name in API_KEY_ENV_VARS if os.environ.get(name))
+    for secret in (args.api_key, *(os.environ.get(name) for name in API_KEY_ENV_VARS)):
+        if secret:
+            output.add_secret(secret)
     session = Session(args=args, output=output, argv=argv)
     try:
         _check(args)
