@@ -70,6 +70,11 @@ def test_simulate_with_simulate_says_why_it_is_refused(capsys):
     assert err.startswith("error: simulate serves a simulator itself")
 
 
+def _without_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in API_KEY_ENV_VARS:
+        monkeypatch.delenv(name, raising=False)
+
+
 def test_a_missing_key_names_the_option_and_the_environment(monkeypatch, capsys):
     for name in ("NANOBANANA_API_KEY", "NANO_BANANA_API_KEY", "NB_API_KEY"):
         monkeypatch.delenv(name, raising=False)
@@ -80,6 +85,41 @@ def test_a_missing_key_names_the_option_and_the_environment(monkeypatch, capsys)
         assert named in err
     assert "api_key=" not in err
     assert "--simulate" in err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["generate", "a cat"],
+        ["generate", "a cat", "--mode", "stream"],
+        ["generate", "a cat", "--mode", "async", "--wait"],
+        ["generate", "a cat", "--mode", "async"],
+        ["poll", "--id", "g1", "--wait"],
+        ["batch", "PROMPTS"],
+    ],
+)
+@pytest.mark.parametrize("key", [None, " "])
+def test_a_missing_key_is_the_first_and_only_thing_printed(
+    sim, monkeypatch, capsys, tmp_path, argv, key
+):
+    _without_keys(monkeypatch)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a cat\n")
+    argv = [str(prompts) if word == "PROMPTS" else word for word in argv]
+    keys = [] if key is None else ["--api-key", key]
+    assert main(["--base-url", sim.base_url, *keys, *argv]) == 3
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith("error: no API key: pass --api-key KEY or set NANOBANANA_API_KEY")
+    assert captured.err.count("\n") == 1  # no progress line before it
+    assert sim.requests == ()  # found without the network: not even the catalogue
+
+    assert main(["--base-url", sim.base_url, "--json", *keys, *argv]) == 3
+    error = json.loads(capsys.readouterr().out)["error"]
+    assert (error["type"], error["exit_code"]) == ("MissingAPIKeyError", 3)
+    # The commands that need no key still run without one.
+    assert main(["--base-url", sim.base_url, *keys, "models"]) == 0
+    assert main(["--simulate", *keys, "credits"]) == 0
 
 
 @pytest.fixture
@@ -122,11 +162,6 @@ def test_an_unknown_model_under_max_credits_exits_3_like_the_servers_400(sim, ca
     # Without a cap the server says the same, with its 400.
     assert main(_cli(sim, "generate", "a cat", "--model", "nope")) == 3
     assert "Unknown model: nope" in capsys.readouterr().err
-
-
-def _without_keys(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in API_KEY_ENV_VARS:
-        monkeypatch.delenv(name, raising=False)
 
 
 @pytest.mark.parametrize("key", ["a", " ", "nb_1234"])

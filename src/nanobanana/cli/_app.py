@@ -13,8 +13,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
 
 from nanobanana._admission import REDIS_URL_ENV
-from nanobanana._config import API_KEY_ENV_VARS, BASE_URL_ENV_VARS
-from nanobanana._errors import JobTimeoutError, NanoBananaError
+from nanobanana._config import API_KEY_ENV_VARS, BASE_URL_ENV_VARS, resolve_api_key
+from nanobanana._errors import JobTimeoutError, MissingAPIKeyError, NanoBananaError
 from nanobanana._version import __version__
 from nanobanana.cli._exit import EXIT_CODES_HELP, ExitCode, UsageError
 from nanobanana.cli._output import Output, one_line
@@ -365,6 +365,26 @@ def _check(args: argparse.Namespace) -> None:
         check_download_dir(args.download_dir)  # before anything is paid for
 
 
+# The commands that send the key: `models` is public, `simulate` serves the simulator.
+_NEEDS_KEY = frozenset({"credits", "generate", "poll", "batch"})
+
+
+def _check_api_key(args: argparse.Namespace) -> None:
+    """Fail before printing anything, and without the network, when the key is missing.
+
+    The client would only find out at the first request that needs it, after the
+    command's progress line (``generating ...``) was printed.
+    """
+    if args.command not in _NEEDS_KEY or args.simulate:
+        return
+    try:
+        key = resolve_api_key(args.api_key)  # as the client will: argument, then environment
+    except ValueError as error:  # a key no HTTP header can carry
+        raise UsageError(str(error)) from None
+    if key is None:
+        raise MissingAPIKeyError("No API key.")  # `message_for` says it in the CLI's words
+
+
 async def _dispatch(session: Session) -> int:
     from nanobanana.cli import _batch, _commands  # noqa: PLC0415
 
@@ -404,6 +424,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     session = Session(args=args, output=output, argv=argv)
     try:
         _check(args)
+        _check_api_key(args)
         if args.command == "simulate":
             from nanobanana.cli._serve import serve  # noqa: PLC0415
 
