@@ -117,6 +117,9 @@ def test_a_missing_key_is_the_first_and_only_thing_printed(
     assert main(["--base-url", sim.base_url, "--json", *keys, *argv]) == 3
     error = json.loads(capsys.readouterr().out)["error"]
     assert (error["type"], error["exit_code"]) == ("MissingAPIKeyError", 3)
+    # A usage error is still reported first (exit 2), and the batch's file is closed.
+    assert main(["--base-url", "ftp://example.test", *keys, *argv]) == 2
+    assert "base_url" in capsys.readouterr().err
     # The commands that need no key still run without one.
     assert main(["--base-url", sim.base_url, *keys, "models"]) == 0
     assert main(["--simulate", *keys, "credits"]) == 0
@@ -202,3 +205,4 @@ def test_only_values_long_enough_to_be_keys_are_secrets():
         output.add_secret(value)
     assert output.secrets == ["nb_12345"]
     assert output.redact("a nb_1234 nb_12345") == "a nb_1234 ***"
+

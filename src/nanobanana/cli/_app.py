@@ -373,15 +373,13 @@ def _check_api_key(args: argparse.Namespace) -> None:
     """Fail before printing anything, and without the network, when the key is missing.
 
     The client would only find out at the first request that needs it, after the
-    command's progress line (``generating ...``) was printed.
+    command's progress line (``generating ...``) was printed. Called once the client
+    is made, so that a bad ``--base-url`` or input file is reported first (exit 2).
     """
     if args.command not in _NEEDS_KEY or args.simulate:
         return
-    try:
-        key = resolve_api_key(args.api_key)  # as the client will: argument, then environment
-    except ValueError as error:  # a key no HTTP header can carry
-        raise UsageError(str(error)) from None
-    if key is None:
+    # As the client did (argument, then environment): a key it refused was a usage error.
+    if resolve_api_key(args.api_key) is None:
         raise MissingAPIKeyError("No API key.")  # `message_for` says it in the CLI's words
 
 
@@ -398,8 +396,14 @@ async def _dispatch(session: Session) -> int:
     handler = handlers[session.args.command]
     if session.args.command == "batch":
         _batch.prepare(session)  # reads and checks the input before any client exists
-    async with session.client() as client:
-        return await handler(session, client)
+    try:
+        async with session.client() as client:
+            _check_api_key(session.args)
+            return await handler(session, client)
+    finally:
+        source = getattr(session.args, "batch_input", None)
+        if source is not None:  # cmd_batch closes it, if the command got that far
+            source.close()
 
 
 def _hints(session: Session, error: BaseException) -> list[str]:
@@ -424,7 +428,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     session = Session(args=args, output=output, argv=argv)
     try:
         _check(args)
-        _check_api_key(args)
         if args.command == "simulate":
             from nanobanana.cli._serve import serve  # noqa: PLC0415
 
