@@ -75,6 +75,11 @@ def _without_keys(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(name, raising=False)
 
 
+@pytest.fixture
+def no_key_in_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    _without_keys(monkeypatch)
+
+
 def test_a_missing_key_names_the_option_and_the_environment(monkeypatch, capsys):
     for name in ("NANOBANANA_API_KEY", "NANO_BANANA_API_KEY", "NB_API_KEY"):
         monkeypatch.delenv(name, raising=False)
@@ -99,10 +104,8 @@ def test_a_missing_key_names_the_option_and_the_environment(monkeypatch, capsys)
     ],
 )
 @pytest.mark.parametrize("key", [None, " "])
-def test_a_missing_key_is_the_first_and_only_thing_printed(
-    sim, monkeypatch, capsys, tmp_path, argv, key
-):
-    _without_keys(monkeypatch)
+@pytest.mark.usefixtures("no_key_in_the_environment")
+def test_a_missing_key_is_the_first_and_only_thing_printed(sim, capsys, tmp_path, argv, key):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a cat\n")
     argv = [str(prompts) if word == "PROMPTS" else word for word in argv]
@@ -110,7 +113,9 @@ def test_a_missing_key_is_the_first_and_only_thing_printed(
     assert main(["--base-url", sim.base_url, *keys, *argv]) == 3
     captured = capsys.readouterr()
     assert captured.out == ""
-    assert captured.err.startswith("error: no API key: pass --api-key KEY or set NANOBANANA_API_KEY")
+    assert captured.err.startswith(
+        "error: no API key: pass --api-key KEY or set NANOBANANA_API_KEY"
+    )
     assert captured.err.count("\n") == 1  # no progress line before it
     assert sim.requests == ()  # found without the network: not even the catalogue
 
@@ -206,3 +211,81 @@ def test_only_values_long_enough_to_be_keys_are_secrets():
     assert output.secrets == ["nb_12345"]
     assert output.redact("a nb_1234 nb_12345") == "a nb_1234 ***"
 
+
+def _global_options() -> list[str]:
+    [group] = [g for g in _app.build_parser()._action_groups if g.title == "global options"]
+    return [max(action.option_strings, key=len) for action in group._group_actions]
+
+
+# A value each global option accepts; flags take none.
+_SAMPLE_VALUES = {
+    "--api-key": "nb_simulated_key",
+    "--base-url": "http://127.0.0.1:9/api/v1",
+    "--timeout": "5",
+    "--max-retries": "0",  # 0 is given too, though falsy
+    "--max-credits": "0",
+    "--redis": "redis://127.0.0.1:9",
+}
+# What simulate does with the global options it takes (the others are refused).
+_SIMULATE_TAKES = {"--api-key", "--quiet"}
+
+
+@pytest.fixture
+def served(monkeypatch):
+    """``nanobanana simulate`` serves a real simulator that stops at once; its options."""
+    import threading  # noqa: PLC0415
+
+    import nanobanana.testing  # noqa: PLC0415
+
+    real_serve = nanobanana.testing.serve
+    calls: list[dict[str, object]] = []
+    stop = threading.Event()
+    stop.set()
+
+    def serve(**options: object) -> None:
+        calls.append(options)
+        real_serve(stop=stop, **options)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(nanobanana.testing, "serve", serve)
+    return calls
+
+
+@pytest.mark.parametrize("option", _global_options())
+def test_each_global_option_before_simulate_is_used_or_refused(option, served, capsys):
+    decided = {*_SAMPLE_VALUES, *_SIMULATE_TAKES, "--json", "--simulate"}
+    assert decided >= set(_global_options())  # a new global option: decide what simulate does
+    given = [option, _SAMPLE_VALUES[option]] if option in _SAMPLE_VALUES else [option]
+    code = main([*given, "simulate", "--port", "0"])
+    err = capsys.readouterr().err
+    if option in _SIMULATE_TAKES:
+        assert code == 0, err
+        [options] = served
+        if option == "--api-key":
+            assert options["api_key"] == "nb_simulated_key"
+            assert "API key:  nb_simulated_key" in err
+        else:
+            assert err == ""  # -q: not even the banner
+        return
+    assert code == 2
+    assert served == []  # refused before anything is served
+    assert err.startswith("error: ")
+    assert err.count("\n") == 1
+    assert option in err
+
+
+def test_client_options_before_simulate_are_refused_together_and_after_it_by_argparse(
+    served, capsys
+):
+    argv = ["--max-credits", "3", "--redis", "redis://127.0.0.1:9", "simulate", "--port", "0"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "--max-credits" in err
+    assert "--redis" in err
+    assert "`nanobanana simulate --help`" in err
+    with pytest.raises(SystemExit) as info:
+        main(["simulate", "--port", "0", "--max-credits", "3"])
+    assert info.value.code == 2
+    assert "--max-credits" in capsys.readouterr().err
+    assert served == []
+    assert main(["simulate", "--port", "0"]) == 0
+    assert "Nano Banana simulator running" in capsys.readouterr().err

@@ -343,10 +343,40 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# The global options of the client commands that a server has no use for. After
+# `simulate` argparse refuses them (its parser lacks them); before it, they would be
+# dropped without a word. `--api-key` (the key the simulator accepts) and `--quiet` work.
+_NOT_FOR_SIMULATE = (
+    ("base_url", "--base-url"),
+    ("timeout", "--timeout"),
+    ("max_retries", "--max-retries"),
+    ("max_credits", "--max-credits"),
+    ("redis", "--redis"),
+    ("json", "--json"),  # simulate prints no JSON
+)
+
+
+def _check_simulate(args: argparse.Namespace) -> None:
+    if args.simulate:
+        raise UsageError("simulate serves a simulator itself: --simulate is for the other commands")
+    # Given means not the default (None, or False for --json): 0 is a value (`is`, not ==).
+    given = [
+        option
+        for name, option in _NOT_FOR_SIMULATE
+        if getattr(args, name) is not None and getattr(args, name) is not False
+    ]
+    if given:
+        which = "it is an option" if len(given) == 1 else "they are options"
+        raise UsageError(
+            f"simulate does not take {', '.join(given)}: {which} of the commands that call "
+            "the API; the simulator's own are listed by `nanobanana simulate --help`"
+        )
+
+
 def _check(args: argparse.Namespace) -> None:
     """Usage rules argparse cannot express."""
-    if args.command == "simulate" and args.simulate:
-        raise UsageError("simulate serves a simulator itself: --simulate is for the other commands")
+    if args.command == "simulate":
+        _check_simulate(args)
     if args.command == "generate":
         if args.prompt is not None and args.prompt_arg is not None:
             raise UsageError("give the prompt once: as PROMPT or with --prompt")
