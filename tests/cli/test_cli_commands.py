@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import signal
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -39,6 +40,7 @@ def test_models_through_the_console_script_and_credits_through_python_m(sim):
 
 
 def test_generate_sync_saves_valid_pngs_and_prints_the_generation(sim, tmp_path):
+    sent = datetime.now(UTC)
     result = run(
         "generate", "--prompt", "a banana", "--quantity", "2", "--download-dir",
         str(tmp_path / "images"), "--aspect-ratio", "16:9", sim=sim,
@@ -52,6 +54,9 @@ def test_generate_sync_saves_valid_pngs_and_prints_the_generation(sim, tmp_path)
     assert generation["credits_used"] == 2
     assert generation["remaining_credits"] == sim.credits() == 98
     assert set(generation) >= {"id", "prompt", "model", "created_at", "error_message"}
+    # A sync answer has no created_at: the URLs expire 15 days after the request.
+    expires_at = datetime.fromisoformat(generation["expires_at"])
+    assert sent + timedelta(days=15) <= expires_at <= datetime.now(UTC) + timedelta(days=15)
 
 
 def test_generate_stream_reports_progress_that_never_goes_back(tmp_path):
@@ -80,10 +85,14 @@ def test_generate_async_prints_the_id_at_once_then_poll_picks_it_up(sim, tmp_pat
         job = submitted.json()
         assert job["status"] == "processing"
         assert job["credits_used"] == 1
+        assert job["expires_at"] is None  # the submission's answer has no created_at
         assert f"nanobanana poll --id {job['id']} --wait" in submitted.stderr
 
         still = run("poll", "--id", job["id"], sim=sim)
         assert (still.code, still.json()["status"]) == (0, "processing")
+        polled = still.json()
+        expires_at = datetime.fromisoformat(polled["expires_at"])
+        assert expires_at == datetime.fromisoformat(polled["created_at"]) + timedelta(days=15)
         hold.release()
 
     done = run("poll", "--id", job["id"], "--wait", *FAST, "--download-dir", str(tmp_path), sim=sim)

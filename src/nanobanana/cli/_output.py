@@ -63,6 +63,8 @@ def generation_json(generation: Generation, *, files: Sequence[Path] = ()) -> di
         "credits_used": generation.credits_used,
         "remaining_credits": generation.remaining_credits,
         "created_at": generation.created_at.isoformat() if generation.created_at else None,
+        # When the image URLs stop working (`Generation.expires_at`): download before it.
+        "expires_at": generation.expires_at.isoformat() if generation.expires_at else None,
         "error_message": generation.error_message,
     }
 
@@ -79,6 +81,7 @@ def job_json(job: Job, *, prompt: str, model: str | None) -> dict[str, Any]:
         "credits_used": job.credits_used,
         "remaining_credits": job.remaining_credits,
         "created_at": None,
+        "expires_at": None,  # known once a poll says when it was created
         "error_message": None,
     }
 
