@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import signal
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -39,6 +40,7 @@ def test_models_through_the_console_script_and_credits_through_python_m(sim):
 
 
 def test_generate_sync_saves_valid_pngs_and_prints_the_generation(sim, tmp_path):
+    sent = datetime.now(UTC)
     result = run(
         "generate", "--prompt", "a banana", "--quantity", "2", "--download-dir",
         str(tmp_path / "images"), "--aspect-ratio", "16:9", sim=sim,
@@ -52,6 +54,9 @@ def test_generate_sync_saves_valid_pngs_and_prints_the_generation(sim, tmp_path)
     assert generation["credits_used"] == 2
     assert generation["remaining_credits"] == sim.credits() == 98
     assert set(generation) >= {"id", "prompt", "model", "created_at", "error_message"}
+    # A sync answer has no created_at: the URLs expire 15 days after the request.
+    expires_at = datetime.fromisoformat(generation["expires_at"])
+    assert sent + timedelta(days=15) <= expires_at <= datetime.now(UTC) + timedelta(days=15)
 
 
 def test_generate_stream_reports_progress_that_never_goes_back(tmp_path):
@@ -80,10 +85,14 @@ def test_generate_async_prints_the_id_at_once_then_poll_picks_it_up(sim, tmp_pat
         job = submitted.json()
         assert job["status"] == "processing"
         assert job["credits_used"] == 1
+        assert job["expires_at"] is None  # the submission's answer has no created_at
         assert f"nanobanana poll --id {job['id']} --wait" in submitted.stderr
 
         still = run("poll", "--id", job["id"], sim=sim)
         assert (still.code, still.json()["status"]) == (0, "processing")
+        polled = still.json()
+        expires_at = datetime.fromisoformat(polled["expires_at"])
+        assert expires_at == datetime.fromisoformat(polled["created_at"]) + timedelta(days=15)
         hold.release()
 
     done = run("poll", "--id", job["id"], "--wait", *FAST, "--download-dir", str(tmp_path), sim=sim)
@@ -366,3 +375,37 @@ def test_a_possibly_charged_failure_gives_cli_advice_not_python(sim):
     assert "credits()" not in line
     assert "get_generation()" not in line
     assert result.json()["error"]["may_have_been_charged"] is True
+
+
+@pytest.mark.parametrize("json_mode", [False, True])
+def test_ctrl_c_during_the_download_names_the_paid_generation_and_how_to_save_it(
+    sim, tmp_path, json_mode
+):
+    images = tmp_path / "images"
+    # The image request waits at the CDN (until the client leaves): Ctrl-C lands while
+    # the generation is paid for and its images are on their way.
+    stall = sim.inject("delay", seconds=60, origin="cdn")
+    process = start(
+        *(["--json"] if json_mode else []), "generate", "a banana", "--mode", "async",
+        "--wait", *FAST, "--download-dir", str(images), sim=sim,
+    )  # fmt: skip
+    sim.wait_for(lambda: not any(f["kind"] == stall.kind for f in sim.faults), timeout=20)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=20)
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    [generation] = sim.generations
+    save = f"nanobanana poll --id {generation.id} --download-dir {images}"
+    assert f"generation {generation.id} completed" in stderr
+    assert save in stderr
+    if json_mode:
+        error = json.loads(stdout)["error"]
+        assert (error["exit_code"], error["generation_id"]) == (130, generation.id)
+        assert save in error["hints"][0]
+    else:
+        assert stdout == ""
+    # The hint works, and costs nothing more.
+    again = run(*save.split()[1:], sim=sim)
+    assert again.code == 0, again.stderr
+    assert_png(again.json()["files"][0])
+    assert sim.credits() == 99

@@ -6,8 +6,10 @@ import json
 
 import pytest
 
+from nanobanana._config import API_KEY_ENV_VARS
 from nanobanana.cli import _app, main
 from nanobanana.cli._exit import EXIT_CODES_HELP
+from nanobanana.cli._output import Output
 from nanobanana.testing import Simulator
 
 COMMANDS = ("models", "credits", "generate", "poll", "batch", "simulate")
@@ -68,6 +70,16 @@ def test_simulate_with_simulate_says_why_it_is_refused(capsys):
     assert err.startswith("error: simulate serves a simulator itself")
 
 
+def _without_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in API_KEY_ENV_VARS:
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def no_key_in_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    _without_keys(monkeypatch)
+
+
 def test_a_missing_key_names_the_option_and_the_environment(monkeypatch, capsys):
     for name in ("NANOBANANA_API_KEY", "NANO_BANANA_API_KEY", "NB_API_KEY"):
         monkeypatch.delenv(name, raising=False)
@@ -78,6 +90,44 @@ def test_a_missing_key_names_the_option_and_the_environment(monkeypatch, capsys)
         assert named in err
     assert "api_key=" not in err
     assert "--simulate" in err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["generate", "a cat"],
+        ["generate", "a cat", "--mode", "stream"],
+        ["generate", "a cat", "--mode", "async", "--wait"],
+        ["generate", "a cat", "--mode", "async"],
+        ["poll", "--id", "g1", "--wait"],
+        ["batch", "PROMPTS"],
+    ],
+)
+@pytest.mark.parametrize("key", [None, " "])
+@pytest.mark.usefixtures("no_key_in_the_environment")
+def test_a_missing_key_is_the_first_and_only_thing_printed(sim, capsys, tmp_path, argv, key):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a cat\n")
+    argv = [str(prompts) if word == "PROMPTS" else word for word in argv]
+    keys = [] if key is None else ["--api-key", key]
+    assert main(["--base-url", sim.base_url, *keys, *argv]) == 3
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith(
+        "error: no API key: pass --api-key KEY or set NANOBANANA_API_KEY"
+    )
+    assert captured.err.count("\n") == 1  # no progress line before it
+    assert sim.requests == ()  # found without the network: not even the catalogue
+
+    assert main(["--base-url", sim.base_url, "--json", *keys, *argv]) == 3
+    error = json.loads(capsys.readouterr().out)["error"]
+    assert (error["type"], error["exit_code"]) == ("MissingAPIKeyError", 3)
+    # A usage error is still reported first (exit 2), and the batch's file is closed.
+    assert main(["--base-url", "ftp://example.test", *keys, *argv]) == 2
+    assert "base_url" in capsys.readouterr().err
+    # The commands that need no key still run without one.
+    assert main(["--base-url", sim.base_url, *keys, "models"]) == 0
+    assert main(["--simulate", *keys, "credits"]) == 0
 
 
 @pytest.fixture
@@ -120,3 +170,122 @@ def test_an_unknown_model_under_max_credits_exits_3_like_the_servers_400(sim, ca
     # Without a cap the server says the same, with its 400.
     assert main(_cli(sim, "generate", "a cat", "--model", "nope")) == 3
     assert "Unknown model: nope" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("key", ["a", " ", "nb_1234"])
+@pytest.mark.parametrize("where", ["option", "environment"])
+def test_a_key_too_short_to_be_real_leaves_the_output_alone(sim, monkeypatch, capsys, key, where):
+    _without_keys(monkeypatch)
+    assert main(["--base-url", sim.base_url, "models"]) == 0  # models needs no key
+    expected = capsys.readouterr().out
+    assert "nano-banana" in expected
+    assert ", " in expected
+    if where == "option":
+        argv = ["--base-url", sim.base_url, "--api-key", key, "models"]
+    else:
+        monkeypatch.setenv("NANOBANANA_API_KEY", key)
+        argv = ["--base-url", sim.base_url, "models"]
+    assert main(argv) == 0
+    assert capsys.readouterr().out == expected  # not every "a", or every space, as ***
+
+
+@pytest.mark.parametrize("where", ["option", "environment"])
+def test_a_real_key_with_whitespace_around_it_is_never_printed(sim, monkeypatch, capsys, where):
+    _without_keys(monkeypatch)
+    padded = f"  {sim.api_key}\n"  # as pasted; the client strips it
+    argv = ["--base-url", sim.base_url, "generate", f"say {sim.api_key}"]
+    if where == "option":
+        argv = ["--api-key", padded, *argv]
+    else:
+        monkeypatch.setenv("NANOBANANA_API_KEY", padded)
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert sim.api_key not in captured.out + captured.err
+    assert json.loads(captured.out)["prompt"] == "say ***"
+
+
+def test_only_values_long_enough_to_be_keys_are_secrets():
+    output = Output()
+    for value in ("", " ", "a", "\tnb_1234\n", " nb_12345 ", "nb_12345"):
+        output.add_secret(value)
+    assert output.secrets == ["nb_12345"]
+    assert output.redact("a nb_1234 nb_12345") == "a nb_1234 ***"
+
+
+def _global_options() -> list[str]:
+    [group] = [g for g in _app.build_parser()._action_groups if g.title == "global options"]
+    return [max(action.option_strings, key=len) for action in group._group_actions]
+
+
+# A value each global option accepts; flags take none.
+_SAMPLE_VALUES = {
+    "--api-key": "nb_simulated_key",
+    "--base-url": "http://127.0.0.1:9/api/v1",
+    "--timeout": "5",
+    "--max-retries": "0",  # 0 is given too, though falsy
+    "--max-credits": "0",
+    "--redis": "redis://127.0.0.1:9",
+}
+# What simulate does with the global options it takes (the others are refused).
+_SIMULATE_TAKES = {"--api-key", "--quiet"}
+
+
+@pytest.fixture
+def served(monkeypatch):
+    """``nanobanana simulate`` serves a real simulator that stops at once; its options."""
+    import threading  # noqa: PLC0415
+
+    import nanobanana.testing  # noqa: PLC0415
+
+    real_serve = nanobanana.testing.serve
+    calls: list[dict[str, object]] = []
+    stop = threading.Event()
+    stop.set()
+
+    def serve(**options: object) -> None:
+        calls.append(options)
+        real_serve(stop=stop, **options)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(nanobanana.testing, "serve", serve)
+    return calls
+
+
+@pytest.mark.parametrize("option", _global_options())
+def test_each_global_option_before_simulate_is_used_or_refused(option, served, capsys):
+    decided = {*_SAMPLE_VALUES, *_SIMULATE_TAKES, "--json", "--simulate"}
+    assert decided >= set(_global_options())  # a new global option: decide what simulate does
+    given = [option, _SAMPLE_VALUES[option]] if option in _SAMPLE_VALUES else [option]
+    code = main([*given, "simulate", "--port", "0"])
+    err = capsys.readouterr().err
+    if option in _SIMULATE_TAKES:
+        assert code == 0, err
+        [options] = served
+        if option == "--api-key":
+            assert options["api_key"] == "nb_simulated_key"
+            assert "API key:  nb_simulated_key" in err
+        else:
+            assert err == ""  # -q: not even the banner
+        return
+    assert code == 2
+    assert served == []  # refused before anything is served
+    assert err.startswith("error: ")
+    assert err.count("\n") == 1
+    assert option in err
+
+
+def test_client_options_before_simulate_are_refused_together_and_after_it_by_argparse(
+    served, capsys
+):
+    argv = ["--max-credits", "3", "--redis", "redis://127.0.0.1:9", "simulate", "--port", "0"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "--max-credits" in err
+    assert "--redis" in err
+    assert "`nanobanana simulate --help`" in err
+    with pytest.raises(SystemExit) as info:
+        main(["simulate", "--port", "0", "--max-credits", "3"])
+    assert info.value.code == 2
+    assert "--max-credits" in capsys.readouterr().err
+    assert served == []
+    assert main(["simulate", "--port", "0"]) == 0
+    assert "Nano Banana simulator running" in capsys.readouterr().err

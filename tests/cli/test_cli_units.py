@@ -6,6 +6,7 @@ import io
 import json
 import subprocess
 import sys
+from datetime import UTC, datetime
 
 import httpx
 import pytest
@@ -18,7 +19,7 @@ from nanobanana.cli import _app, main
 from nanobanana.cli._batch import _batch_options
 from nanobanana.cli._exit import EXIT_CODES_HELP, ExitCode, UsageError, exit_code_for
 from nanobanana.cli._input import BatchInput, InputError, iter_requests
-from nanobanana.cli._output import Output, error_json, message_for
+from nanobanana.cli._output import Output, error_json, generation_json, message_for
 from nanobanana.cli._polling import PollCount, poll_schedule, wait_for_job
 from nanobanana.cli._progress import PlainReporter, Reporter, reporter
 from nanobanana.cli._session import check_download_dir, without_api_key
@@ -418,3 +419,12 @@ def test_batch_options_map_the_command_line_onto_client_batch():
     assert args.concurrency == 3
     with pytest.raises(SystemExit):
         parser.parse_args(["batch", "f", "--concurrency", "0"])
+
+
+def test_the_generation_document_says_when_its_image_urls_expire():
+    created = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
+    completed = Generation(id="g", status=GenerationStatus.COMPLETED, created_at=created)
+    document = generation_json(completed)
+    assert document["expires_at"] == "2025-01-17T03:04:05+00:00"  # created_at + 15 days
+    unknown = Generation(id="g", status=GenerationStatus.PROCESSING)
+    assert generation_json(unknown)["expires_at"] is None

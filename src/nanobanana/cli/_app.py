@@ -13,8 +13,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
 
 from nanobanana._admission import REDIS_URL_ENV
-from nanobanana._config import API_KEY_ENV_VARS, BASE_URL_ENV_VARS
-from nanobanana._errors import JobTimeoutError, NanoBananaError
+from nanobanana._config import API_KEY_ENV_VARS, BASE_URL_ENV_VARS, resolve_api_key
+from nanobanana._errors import JobTimeoutError, MissingAPIKeyError, NanoBananaError
 from nanobanana._version import __version__
 from nanobanana.cli._exit import EXIT_CODES_HELP, ExitCode, UsageError
 from nanobanana.cli._output import Output, one_line
@@ -343,10 +343,40 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# The global options of the client commands that a server has no use for. After
+# `simulate` argparse refuses them (its parser lacks them); before it, they would be
+# dropped without a word. `--api-key` (the key the simulator accepts) and `--quiet` work.
+_NOT_FOR_SIMULATE = (
+    ("base_url", "--base-url"),
+    ("timeout", "--timeout"),
+    ("max_retries", "--max-retries"),
+    ("max_credits", "--max-credits"),
+    ("redis", "--redis"),
+    ("json", "--json"),  # simulate prints no JSON
+)
+
+
+def _check_simulate(args: argparse.Namespace) -> None:
+    if args.simulate:
+        raise UsageError("simulate serves a simulator itself: --simulate is for the other commands")
+    # Given means not the default (None, or False for --json): 0 is a value (`is`, not ==).
+    given = [
+        option
+        for name, option in _NOT_FOR_SIMULATE
+        if getattr(args, name) is not None and getattr(args, name) is not False
+    ]
+    if given:
+        which = "it is an option" if len(given) == 1 else "they are options"
+        raise UsageError(
+            f"simulate does not take {', '.join(given)}: {which} of the commands that call "
+            "the API; the simulator's own are listed by `nanobanana simulate --help`"
+        )
+
+
 def _check(args: argparse.Namespace) -> None:
     """Usage rules argparse cannot express."""
-    if args.command == "simulate" and args.simulate:
-        raise UsageError("simulate serves a simulator itself: --simulate is for the other commands")
+    if args.command == "simulate":
+        _check_simulate(args)
     if args.command == "generate":
         if args.prompt is not None and args.prompt_arg is not None:
             raise UsageError("give the prompt once: as PROMPT or with --prompt")
@@ -365,6 +395,24 @@ def _check(args: argparse.Namespace) -> None:
         check_download_dir(args.download_dir)  # before anything is paid for
 
 
+# The commands that send the key: `models` is public, `simulate` serves the simulator.
+_NEEDS_KEY = frozenset({"credits", "generate", "poll", "batch"})
+
+
+def _check_api_key(args: argparse.Namespace) -> None:
+    """Fail before printing anything, and without the network, when the key is missing.
+
+    The client would only find out at the first request that needs it, after the
+    command's progress line (``generating ...``) was printed. Called once the client
+    is made, so that a bad ``--base-url`` or input file is reported first (exit 2).
+    """
+    if args.command not in _NEEDS_KEY or args.simulate:
+        return
+    # As the client did (argument, then environment): a key it refused was a usage error.
+    if resolve_api_key(args.api_key) is None:
+        raise MissingAPIKeyError("No API key.")  # `message_for` says it in the CLI's words
+
+
 async def _dispatch(session: Session) -> int:
     from nanobanana.cli import _batch, _commands  # noqa: PLC0415
 
@@ -378,8 +426,14 @@ async def _dispatch(session: Session) -> int:
     handler = handlers[session.args.command]
     if session.args.command == "batch":
         _batch.prepare(session)  # reads and checks the input before any client exists
-    async with session.client() as client:
-        return await handler(session, client)
+    try:
+        async with session.client() as client:
+            _check_api_key(session.args)
+            return await handler(session, client)
+    finally:
+        source = getattr(session.args, "batch_input", None)
+        if source is not None:  # cmd_batch closes it, if the command got that far
+            source.close()
 
 
 def _hints(session: Session, error: BaseException) -> list[str]:
@@ -398,9 +452,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)  # exits 2 with usage on stderr on a bad command line
     output = Output(json_mode=args.json, quiet=args.quiet)
-    if args.api_key:
-        output.secrets.append(args.api_key)
-    output.secrets.extend(os.environ[name] for name in API_KEY_ENV_VARS if os.environ.get(name))
+    for secret in (args.api_key, *(os.environ.get(name) for name in API_KEY_ENV_VARS)):
+        if secret:
+            output.add_secret(secret)
     session = Session(args=args, output=output, argv=argv)
     try:
         _check(args)

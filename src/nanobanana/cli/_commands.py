@@ -125,6 +125,7 @@ async def deliver(session: Session, client: AsyncNanoBanana, generation: Generat
     try:
         files = await download(session, client, generation)
     except (DownloadError, OSError) as exc:
+        session.downloading.pop(generation.id, None)  # the hint is given here instead
         error = exc if isinstance(exc, DownloadError) else _save_error(session, exc)
         saved = exc.saved if isinstance(exc, DownloadError) else ()
         document = generation_json(generation, files=list(saved))
@@ -136,8 +137,9 @@ async def deliver(session: Session, client: AsyncNanoBanana, generation: Generat
             f"{session.poll_command(generation.id, wait=False)}"
         )
         return session.output.fail(error, hints=[hint], document=False, generation_id=generation.id)
-    finally:
-        session.downloading.pop(generation.id, None)
+    # Not in a `finally`: Ctrl-C cancels this task before `main` reports the interrupt,
+    # and the id must still be here then, or the user loses what was paid for.
+    session.downloading.pop(generation.id, None)
     session.output.emit(generation_json(generation, files=files))
     return ExitCode.OK
 

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from nanobanana._models import Generation, Model
 
 __all__ = [
+    "MIN_SECRET_LENGTH",
     "Output",
     "error_json",
     "generation_json",
@@ -43,6 +44,11 @@ __all__ = [
     "model_json",
     "one_line",
 ]
+
+
+# Real keys are far longer (``nb_`` and a few dozen characters); this only keeps a
+# typo such as ``--api-key a`` from turning every ``a`` of the output into ``***``.
+MIN_SECRET_LENGTH = 8
 
 
 def generation_json(generation: Generation, *, files: Sequence[Path] = ()) -> dict[str, Any]:
@@ -57,6 +63,8 @@ def generation_json(generation: Generation, *, files: Sequence[Path] = ()) -> di
         "credits_used": generation.credits_used,
         "remaining_credits": generation.remaining_credits,
         "created_at": generation.created_at.isoformat() if generation.created_at else None,
+        # When the image URLs stop working (`Generation.expires_at`): download before it.
+        "expires_at": generation.expires_at.isoformat() if generation.expires_at else None,
         "error_message": generation.error_message,
     }
 
@@ -73,6 +81,7 @@ def job_json(job: Job, *, prompt: str, model: str | None) -> dict[str, Any]:
         "credits_used": job.credits_used,
         "remaining_credits": job.remaining_credits,
         "created_at": None,
+        "expires_at": None,  # known once a poll says when it was created
         "error_message": None,
     }
 
@@ -172,7 +181,8 @@ class Output:
         json_mode: ``--json``: compact JSON even on a terminal, and an error
             document on stdout when a command fails.
         quiet: ``--quiet``: nothing on stderr but the final ``error: ...`` line.
-        secrets: strings that must never be printed (the API key).
+        secrets: strings that must never be printed (the API key); add them
+            with `add_secret`.
     """
 
     json_mode: bool = False
@@ -197,6 +207,17 @@ class Output:
     def stderr_is_terminal(self) -> bool:
         """Whether a person is watching stderr (live progress bars make sense)."""
         return _isatty(self.stderr)
+
+    def add_secret(self, value: str) -> None:
+        """Never print ``value`` (a key from ``--api-key`` or the environment).
+
+        The client strips the key, so the stripped value is what could be printed. A
+        value shorter than `MIN_SECRET_LENGTH` cannot be a real key, and replacing it
+        everywhere would mangle the output (a key ``a`` would take every ``a`` with it).
+        """
+        value = value.strip()
+        if len(value) >= MIN_SECRET_LENGTH and value not in self.secrets:
+            self.secrets.append(value)
 
     def redact(self, text: str) -> str:
         """``text`` with every secret replaced; belt and braces, the client never leaks."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from typing import TYPE_CHECKING, Any
 
 from nanobanana.cli._exit import ExitCode
@@ -32,6 +33,8 @@ def serve(session: Session) -> int:
         value = getattr(args, name)
         if value is not None:
             options[name] = value
+    if session.output.quiet:  # -q: not even the banner (the command line names the port)
+        options["out"] = io.StringIO()
     try:
         serve_simulator(host=args.host, port=args.port, **options)
     except KeyboardInterrupt:
