@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import math
 import random
 from pathlib import Path
 
@@ -219,7 +220,10 @@ async def test_hundreds_of_generations_under_30_percent_faults_pay_once_and_lose
     hits = collections.Counter(kind for r in sim.requests for kind in r.faults)
     for kind in ("status", "reset", "delay", "sse_cut", "sse_split", "sse_junk"):
         assert hits[kind] > 0, hits
-    assert sum(hits.values()) >= 0.25 * len(sim.requests), (hits, len(sim.requests))
+    # Binomial draws in an order the gather decides: five standard deviations below the
+    # rate asked for (a fixed 0.25 was 2.4 of them, a false alarm about once in a hundred).
+    n = len(sim.requests)
+    assert sum(hits.values()) >= FAULT_RATE * n - 5 * math.sqrt(n * FAULT_RATE * (1 - FAULT_RATE))
     resets_after_read = [r for r in sim.requests if r.outcome == "reset" and r.generation_id]
     assert resets_after_read, "no connection was reset after a charge"
     completed = sum(o.result is not None for o in outcomes)
