@@ -625,3 +625,43 @@ def test_downloads_work_under_trio(tmp_path):
     paths = trio.run(main)
     assert [p.name for p in paths] == ["g-0.png", "g-1.jpg"]
     assert paths[1].read_bytes() == JPEG
+
+
+async def test_with_options_copies_share_the_download_concurrency(make_client, router, tmp_path):
+    gate = anyio.Event()
+    active = 0
+    peak = 0
+    two_running = anyio.Event()
+
+    def respond(request):
+        nonlocal active, peak
+        active += 1
+        peak = max(peak, active)
+        if active == 2:
+            two_running.set()
+
+        class Counted(Chunks):
+            async def aclose(self):
+                nonlocal active
+                active -= 1
+
+        return httpx.Response(200, stream=Counted([PNG, b"tail"], gate=gate))
+
+    router.route(host="cdn.test").mock(side_effect=respond)
+    client = await make_client(download_concurrency=2)
+    copies = [client, client.with_options(timeout=5), client.with_options(max_retries=1)]
+
+    async def run(index, copy):
+        await copy.download(gen(f"g{index}", f"https://cdn.test/{index}"), tmp_path)
+
+    async with anyio.create_task_group() as group:
+        for index, copy in enumerate(copies):
+            group.start_soon(run, index, copy)
+        await two_running.wait()
+        for _ in range(20):
+            await anyio.lowlevel.checkpoint()
+        # One pool, one limit: the third copy's download waits for a slot.
+        assert peak == 2
+        gate.set()
+    assert peak == 2
+    assert listing(tmp_path) == ["g0-0.png", "g1-0.png", "g2-0.png"]

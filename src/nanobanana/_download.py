@@ -38,7 +38,6 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-import weakref
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -62,7 +61,14 @@ from nanobanana._retry import (
 if TYPE_CHECKING:
     from nanobanana._client import AsyncNanoBanana
 
-__all__ = ["DEFAULT_MAX_SIZE", "MAX_REDIRECTS", "download", "image_extension", "safe_stem"]
+__all__ = [
+    "DEFAULT_MAX_SIZE",
+    "MAX_REDIRECTS",
+    "DownloadLimit",
+    "download",
+    "image_extension",
+    "safe_stem",
+]
 
 DEFAULT_MAX_SIZE = 50 * 1024 * 1024
 MAX_REDIRECTS = 5
@@ -73,10 +79,6 @@ _SNIFF = 16
 # and a float power of a huge count would overflow.
 _MAX_BACKOFF_STEP = 64
 _O_BINARY = getattr(os, "O_BINARY", 0)  # Windows: no newline translation
-
-# One semaphore per client, made on first use (inside its event loop): the client
-# itself is not ours to edit, and a weak map lets a closed client go.
-_limiters: weakref.WeakKeyDictionary[AsyncNanoBanana, anyio.Semaphore] = weakref.WeakKeyDictionary()
 
 
 def _redact(url: httpx.URL) -> str:
@@ -107,12 +109,23 @@ class _TransientError(Exception):
         self.retry_after = retry_after
 
 
-def _limiter(client: AsyncNanoBanana) -> anyio.Semaphore:
-    limiter = _limiters.get(client)
-    if limiter is None:
-        limiter = anyio.Semaphore(max(1, int(client._download_concurrency)))
-        _limiters[client] = limiter
-    return limiter
+class DownloadLimit:
+    """``download_concurrency``: one per client, shared by its ``with_options()`` copies.
+
+    The copies share the connection pool, so they share this bound on the downloads
+    that go through it too. The semaphore is made on first use, inside the event loop
+    (a client is used in one loop only: ``Requester._check_usable``).
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = max(1, int(limit))
+        self._semaphore: anyio.Semaphore | None = None
+
+    def semaphore(self) -> anyio.Semaphore:
+        """The semaphore that admits ``limit`` downloads at a time."""
+        if self._semaphore is None:
+            self._semaphore = anyio.Semaphore(self.limit)
+        return self._semaphore
 
 
 async def download(
@@ -159,7 +172,7 @@ async def download(
         )
         error = DownloadError(f"Cannot save images in {os.fspath(dest)!r}: {reason}.", url=shown)
         raise report.finish(error, client, saved=[]) from exc
-    limiter = _limiter(client)
+    limiter = client._download_limit.semaphore()
     paths: list[Path | None] = [None] * len(plan)
     errors: list[tuple[int, Exception]] = []
 
