@@ -665,3 +665,27 @@ async def test_with_options_copies_share_the_download_concurrency(make_client, r
         gate.set()
     assert peak == 2
     assert listing(tmp_path) == ["g0-0.png", "g1-0.png", "g2-0.png"]
+
+
+async def test_a_body_that_stalls_is_cut_off_by_the_timeout_and_leaves_no_partial_file(
+    make_client, router, tmp_path
+):
+    started = anyio.Event()
+    never = anyio.Event()  # the rest of the body never comes
+    router.get("https://cdn.test/stall").respond(
+        200, stream=Chunks([PNG, b"rest"], gate=never, started=started)
+    )
+    client = await make_client()
+    # A safety net for the test only: before the fix the download never returned.
+    with anyio.fail_after(10), pytest.raises(DownloadError, match="timeout") as info:
+        await client.download(
+            gen("g_stall", "https://cdn.test/stall" + SIGNED), tmp_path, timeout=0.05
+        )
+    assert started.is_set()  # the attempt was under way, not waiting to start
+    error = info.value
+    assert error.url == "https://cdn.test/stall"
+    assert error.generation_id == "g_stall"
+    assert error.unsaved_urls == ("https://cdn.test/stall" + SIGNED,)
+    assert error.saved == ()
+    assert "s3cr3tsig" not in str(error)
+    assert listing(tmp_path) == []

@@ -432,8 +432,10 @@ class AsyncNanoBanana(GenerationCalls):
             generation_or_url: a `Generation`, one image URL, or a list of them.
             dest: the folder to write to; created if missing.
             max_size: the largest image accepted, in bytes.
-            timeout: seconds each image may take, its retries included; None: the
-                client's ``RetryPolicy.timeout`` (600 s). 0 tries each image once.
+            timeout: seconds each image may take from its first attempt, its retries
+                and the attempt under way included; None: the client's
+                ``RetryPolicy.timeout`` (600 s). 0 tries each image once (bounded by
+                the HTTP timeouts only).
 
         Returns:
             The paths written, in the order of the URLs.

@@ -27,7 +27,8 @@ Rules, from PROTOCOL.md (Images) and the service's agent notes:
   deadline (``timeout``, by default the client's ``RetryPolicy.timeout``), not for a
   count of attempts: at 30 % of CDN answers failing, four attempts would still lose
   one image in a hundred (0.3 ** 4). Only without any deadline does the policy's
-  ``attempts`` bound it.
+  ``attempts`` bound it. The deadline also cancels the attempt under way, so a body
+  trickled in (each piece within the read timeout) cannot outlast it.
 - An error says what is needed to recover: the generation's id, the paths saved and
   the URLs not saved; when the link is gone (403, 404, 410), whether the 15 days of
   the URLs have passed (``Generation.expires_at``) and what to do.
@@ -270,12 +271,31 @@ async def _fetch_with_retries(
 ) -> Path:
     policy = client.retry_policy
     clock = client._clock
-    deadline = clock.monotonic() + budget if budget is not None else None
+    deadline: float | None = None
     retries = 0
     while True:
         try:
             async with limiter:
-                return await _fetch_once(client, url, folder, stem, max_size)
+                if deadline is None and budget is not None:
+                    # From the first attempt on: the wait for a download slot does not
+                    # count, or images queued behind others would time out untried.
+                    deadline = clock.monotonic() + budget
+                # The deadline bounds the attempt under way too, not only the wait
+                # before the next one: a CDN that trickles the body (each byte in
+                # time for the read timeout) is given up at the deadline. The rest of
+                # this attempt is cancelled: its response closed, its .part removed.
+                # (timeout=0 is one attempt, bounded by the HTTP timeouts only.)
+                remaining = None
+                if deadline is not None and budget:
+                    remaining = deadline - clock.monotonic()
+                with anyio.move_on_after(remaining):
+                    return await _fetch_once(client, url, folder, stem, max_size)
+            shown = _redact(url)
+            raise DownloadError(
+                f"Image {shown}: not received within the download timeout of {budget:g} s"
+                f" ({retries + 1} attempt{'s' if retries else ''}).",
+                url=shown,
+            )
         except _TransientError as transient:
             error = transient.error
             if not decide(RequestKind.READ, transient.outcome).retry:

@@ -356,6 +356,29 @@ async def test_cdn_cut_sends_the_full_length_then_part_of_the_image_and_drops(ap
     assert (record.status, record.outcome, record.faults) == (200, "cut", ("cdn_cut",))
 
 
+async def test_cdn_stall_sends_part_of_the_image_then_waits_for_the_client_to_leave(
+    api, nanobanana_sim
+):
+    url = await image_url(api)
+    async with httpx.AsyncClient(verify=TLS) as cdn:
+        whole = (await cdn.get(url)).content
+        nanobanana_sim.inject("cdn_stall", size=40)
+        received: list[bytes] = []
+        async with cdn.stream("GET", url) as response:
+            assert response.headers["content-length"] == str(len(whole))
+            async for chunk in response.aiter_raw():
+                received.append(chunk)
+                if sum(map(len, received)) >= 40:
+                    break  # the rest never comes: leave
+        assert b"".join(received) == whole[:40]
+        assert (await cdn.get(url)).content == whole  # used up: whole again
+    await nanobanana_sim.wait_for_async(
+        lambda: len([r for r in nanobanana_sim.requests if r.origin == "cdn"]) == 3
+    )
+    record = [r for r in nanobanana_sim.requests if r.origin == "cdn"][1]
+    assert (record.status, record.outcome, record.faults) == (200, "disconnected", ("cdn_stall",))
+
+
 @pytest.mark.parametrize(
     ("preset", "seen"),
     [("cdn_500", 500), ("cdn_503", 503), ("cdn_reset", None), ("cdn_cut", None), ("cdn_html", 200)],

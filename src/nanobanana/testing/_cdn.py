@@ -7,7 +7,9 @@ urllib User-Agent is refused with 403.
 
 The ``cdn_cut`` fault sends the real image's headers (its full ``Content-Length``)
 and part of its bytes, then drops the connection: a body cut short, which a client
-sees as a broken response, not as a smaller image.
+sees as a broken response, not as a smaller image. The ``cdn_stall`` fault sends the
+same headers and part of the bytes, then nothing more until the client goes away: a
+body that never ends, which only a deadline over the whole download gives up on.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import functools
 import hmac
 from urllib.parse import quote, unquote
 
-from nanobanana.testing._asgi import CutConnection, Exchange
+from nanobanana.testing._asgi import ClientGone, CutConnection, Exchange
 from nanobanana.testing._call import Call
 from nanobanana.testing._faults import Fault
 from nanobanana.testing._png import PNG_SIGNATURE, render_image
@@ -50,13 +52,25 @@ async def _huge(ex: Exchange, size: int) -> None:
         await ex.write(piece, more=sent < size)
 
 
-async def _cut(ex: Exchange, body: bytes, size: int | None) -> None:
-    """Send the headers of ``body`` and its first ``size`` bytes, then drop the connection."""
+async def _part(ex: Exchange, body: bytes, size: int | None) -> None:
+    """Send the headers of ``body`` (its full length) and its first ``size`` bytes."""
     sent = len(body) // 2 if size is None else max(0, min(size, len(body) - 1))
     await ex.start(200, [("content-type", "image/png"), ("content-length", str(len(body)))])
     if ex.method != "HEAD" and sent:
         await ex.write(body[:sent])
+
+
+async def _cut(ex: Exchange, body: bytes, size: int | None) -> None:
+    """Send the headers of ``body`` and its first ``size`` bytes, then drop the connection."""
+    await _part(ex, body, size)
     raise CutConnection
+
+
+async def _stall(ex: Exchange, body: bytes, size: int | None) -> None:
+    """Send the headers of ``body`` and its first ``size`` bytes, then nothing: a stall."""
+    await _part(ex, body, size)
+    await ex.disconnected.wait()
+    raise ClientGone
 
 
 async def _response_fault(call: Call, fault: Fault, segment: str, index: str) -> bool:
@@ -128,6 +142,8 @@ async def handle_image(call: Call) -> None:
     body = _image(generation.prompt, index, state.config.image_size)
     if fault is not None and fault.kind == "cdn_cut":
         await _cut(ex, body, fault.size)
+    if fault is not None and fault.kind == "cdn_stall":
+        await _stall(ex, body, fault.size)
     await ex.respond(
         200,
         body,

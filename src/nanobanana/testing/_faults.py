@@ -14,7 +14,8 @@ and a failing generation can hit the same request:
 | stream | ``sse_cut``, ``sse_split``, ``sse_junk``, ``sse_heartbeats``, ``sse_oversize`` |
 | generation | ``outcome`` |
 
-The CDN's own kinds are ``cdn_html``, ``cdn_huge``, ``cdn_redirect`` and ``cdn_cut``.
+The CDN's own kinds are ``cdn_html``, ``cdn_huge``, ``cdn_redirect``, ``cdn_cut`` and
+``cdn_stall``.
 
 An ``after_charge`` fault is used up only when a request gets as far as the charge (a
 request refused with 400 or 402 leaves it armed for the next one); the others are used
@@ -52,6 +53,7 @@ _CATEGORIES: dict[str, Category] = {
     "cdn_huge": "response",
     "cdn_redirect": "response",
     "cdn_cut": "response",
+    "cdn_stall": "response",
     "sse_cut": "stream",
     "sse_split": "stream",
     "sse_junk": "stream",
@@ -60,7 +62,7 @@ _CATEGORIES: dict[str, Category] = {
     "outcome": "generation",
 }
 FAULT_KINDS: tuple[str, ...] = tuple(_CATEGORIES)
-_CDN_KINDS = frozenset({"cdn_html", "cdn_huge", "cdn_redirect", "cdn_cut"})
+_CDN_KINDS = frozenset({"cdn_html", "cdn_huge", "cdn_redirect", "cdn_cut", "cdn_stall"})
 _OUTCOMES = frozenset({"success", "failure", "unsafe"})
 
 
@@ -131,7 +133,8 @@ class Fault:
         pause: ``sse_split``: seconds between chunks, so that they arrive separately.
         count: ``sse_junk``/``sse_heartbeats``: extra lines or heartbeats per event.
         size: ``sse_oversize``: bytes in the oversize line; ``cdn_huge``: body bytes;
-            ``cdn_cut``: bytes of the image sent before the cut (default: half of it).
+            ``cdn_cut``: bytes of the image sent before the cut, ``cdn_stall``: before
+            the stall (default: half of it).
         location: ``cdn_redirect``: where to redirect (default: the same image on
             another origin, ``localhost`` instead of ``127.0.0.1``).
         outcome: ``outcome``: ``"success"``, ``"failure"`` or ``"unsafe"``.
