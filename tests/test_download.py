@@ -23,10 +23,16 @@ from nanobanana._download import image_extension, safe_stem
 
 API = "https://api.test/api/v1"
 KEY = "nb_download_test_secret_key"
-PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 100 + b"png-body"
-JPEG = b"\xff\xd8\xff\xe0" + b"\x01" * 100 + b"jpeg-body"
-WEBP = b"RIFF\x10\x00\x00\x00WEBPVP8 " + b"\x02" * 50
-GIF = b"GIF89a" + b"\x03" * 50
+# Each ends where its format ends: a body without Content-Length is checked for that.
+PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 100 + b"png-body" + b"\x00\x00\x00\x00IEND\xaeB`\x82"
+JPEG = b"\xff\xd8\xff\xe0" + b"\x01" * 100 + b"jpeg-body\xff\xd9"
+WEBP = b"RIFF" + (8 + 4 + 50).to_bytes(4, "little") + b"WEBPVP8 " + b"\x02" * 54
+GIF = b"GIF89a" + b"\x03" * 50 + b";"
+AVIF = (
+    b"\x00\x00\x00\x14ftypavif\x00\x00\x00\x00mif1"  # ftyp box, 20 bytes
+    + (b"\x00\x00\x00\x10meta" + b"\x04" * 8)  # meta box, 16 bytes
+    + (b"\x00\x00\x00\x01mdat" + (16 + 40).to_bytes(8, "big") + b"\x05" * 40)  # 64-bit size
+)
 HTML = b"<!DOCTYPE html><html><body>Access denied</body></html>"
 SIGNED = "?X-Amz-Signature=s3cr3tsig&Expires=99"
 
@@ -533,7 +539,7 @@ async def test_a_directory_under_the_images_name_is_a_download_error_and_leaves_
 async def test_cancellation_mid_body_leaves_no_partial_file(make_client, router, tmp_path):
     started = anyio.Event()
     router.get("https://cdn.test/slow").respond(
-        200, stream=Chunks([PNG, b"rest"], gate=anyio.Event(), started=started)
+        200, stream=Chunks([PNG[:50], PNG[50:]], gate=anyio.Event(), started=started)
     )
     client = await make_client()
     async with anyio.create_task_group() as group:
@@ -562,7 +568,7 @@ async def test_downloads_run_at_most_download_concurrency_at_once(make_client, r
                 nonlocal active
                 active -= 1
 
-        return httpx.Response(200, stream=Counted([PNG, b"tail"], gate=gate))
+        return httpx.Response(200, stream=Counted([PNG[:50], PNG[50:]], gate=gate))
 
     router.route(host="cdn.test").mock(side_effect=respond)
     client = await make_client(download_concurrency=2)
@@ -645,7 +651,7 @@ async def test_with_options_copies_share_the_download_concurrency(make_client, r
                 nonlocal active
                 active -= 1
 
-        return httpx.Response(200, stream=Counted([PNG, b"tail"], gate=gate))
+        return httpx.Response(200, stream=Counted([PNG[:50], PNG[50:]], gate=gate))
 
     router.route(host="cdn.test").mock(side_effect=respond)
     client = await make_client(download_concurrency=2)
@@ -673,7 +679,7 @@ async def test_a_body_that_stalls_is_cut_off_by_the_timeout_and_leaves_no_partia
     started = anyio.Event()
     never = anyio.Event()  # the rest of the body never comes
     router.get("https://cdn.test/stall").respond(
-        200, stream=Chunks([PNG, b"rest"], gate=never, started=started)
+        200, stream=Chunks([PNG[:50], PNG[50:]], gate=never, started=started)
     )
     client = await make_client()
     # A safety net for the test only: before the fix the download never returned.
@@ -689,3 +695,84 @@ async def test_a_body_that_stalls_is_cut_off_by_the_timeout_and_leaves_no_partia
     assert error.saved == ()
     assert "s3cr3tsig" not in str(error)
     assert listing(tmp_path) == []
+
+
+WHOLE = [PNG, JPEG, WEBP, GIF, AVIF]
+FORMATS = ["png", "jpg", "webp", "gif", "avif"]
+
+
+@pytest.mark.parametrize("body", WHOLE, ids=FORMATS)
+@pytest.mark.parametrize("cut", [1, 2, 11, 30])
+async def test_a_body_without_a_length_cut_short_is_retried_not_saved_as_an_image(
+    make_client, router, tmp_path, body, cut
+):
+    # No Content-Length, no chunked coding: the body runs to the connection's end, so
+    # a connection closed early looks like a normal end to HTTP. The format's end tells.
+    route = router.get("https://cdn.test/a")
+    route.side_effect = [
+        httpx.Response(200, stream=Chunks([body[:16], body[16:-cut]])),
+        httpx.Response(200, stream=Chunks([body[:16], body[16:]])),
+    ]
+    clock = FakeClock()
+    client = await make_client(clock=clock)
+    (path,) = await client.download(gen("g", "https://cdn.test/a"), tmp_path)
+    assert path.read_bytes() == body
+    assert route.call_count == 2
+    assert len(clock.sleeps) == 1  # the client's backoff, as for a dropped connection
+    assert listing(tmp_path) == [path.name]
+
+
+@pytest.mark.parametrize("body", WHOLE, ids=FORMATS)
+async def test_a_whole_body_without_a_length_is_saved_at_once(make_client, router, tmp_path, body):
+    route = router.get("https://cdn.test/a").mock(
+        side_effect=lambda request: httpx.Response(200, stream=Chunks([body[:16], body[16:]]))
+    )
+    client = await make_client()
+    (path,) = await client.download(gen("g", "https://cdn.test/a"), tmp_path)
+    assert path.read_bytes() == body
+    assert route.call_count == 1
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        JPEG + b"\x00" * 20 + b"\r\n",  # padding after the end-of-image marker
+        GIF + b"\n",
+        WEBP + b"\x00" * 8,  # more than the RIFF size: not cut
+        AVIF[: -40 - 16] + b"\x00\x00\x00\x00mdat" + b"\x05" * 33,  # last box to the end
+    ],
+    ids=["jpeg-padded", "gif-newline", "webp-longer", "avif-size-0-box"],
+)
+async def test_padding_after_an_images_end_is_no_cut(make_client, router, tmp_path, body):
+    route = router.get("https://cdn.test/a").mock(
+        side_effect=lambda request: httpx.Response(200, stream=Chunks([body]))
+    )
+    client = await make_client()
+    (path,) = await client.download(gen("g", "https://cdn.test/a"), tmp_path)
+    assert path.read_bytes() == body
+    assert route.call_count == 1
+
+
+async def test_a_body_that_keeps_arriving_cut_short_is_a_download_error_at_the_deadline(
+    make_client, router, tmp_path
+):
+    route = router.get("https://cdn.test/a.png").mock(
+        side_effect=lambda request: httpx.Response(200, stream=Chunks([PNG[:-4]]))
+    )
+    client = await make_client()
+    with pytest.raises(DownloadError, match="before the end of its PNG image") as info:
+        await client.download(gen("g", "https://cdn.test/a.png" + SIGNED), tmp_path, timeout=30)
+    assert route.call_count > 1
+    assert info.value.url == "https://cdn.test/a.png"
+    assert info.value.status_code == 200
+    assert listing(tmp_path) == []
+
+
+async def test_a_short_body_with_a_length_is_left_to_the_transport(make_client, router, tmp_path):
+    # With a Content-Length the transport refuses a short body; one that is all there
+    # is not second-guessed by its format (this one has no PNG end, and is saved).
+    body = PNG[:-12]
+    router.get("https://cdn.test/a").respond(200, content=body)
+    client = await make_client()
+    (path,) = await client.download(gen("g", "https://cdn.test/a"), tmp_path)
+    assert path.read_bytes() == body

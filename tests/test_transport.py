@@ -925,6 +925,30 @@ async def test_a_head_just_under_the_limit_is_read(parser):
     assert await read_response(conn) == b"ok"
 
 
+CHUNKED_BODY = b"3\r\nabc\r\n10\r\n0123456789abcdef\r\n0\r\n\r\n"
+
+
+@pytest.mark.parametrize("cut", range(len(CHUNKED_BODY) - 2))
+@pytest.mark.parametrize("end", ["eof", "close"])
+async def test_a_chunked_body_ended_by_the_connection_before_its_last_chunk_is_an_error(
+    parser, cut, end
+):
+    # A close is no end of a chunked body (RFC 9112 7.1): whatever came, the body is
+    # cut short without its last chunk, and must not pass for a whole one (an image).
+    conn, _ = fed_connection(parser)
+    conn.data_received(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + CHUNKED_BODY[:cut]
+    )
+    await conn.receive_head(1)
+    if end == "eof":
+        conn.eof_received()
+    else:
+        conn.connection_lost(None)
+    with pytest.raises(httpcore.RemoteProtocolError, match="before the response body was complete"):
+        await read_body(conn)
+    assert not conn.reusable
+
+
 async def test_disconnect_mid_head_and_reset_are_reported(parser):
     conn, _ = fed_connection(parser)
     conn.data_received(b"HTTP/1.1 200 OK\r\n")

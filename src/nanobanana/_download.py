@@ -13,7 +13,7 @@ Rules, from PROTOCOL.md (Images) and the service's agent notes:
   from the file's first bytes. Nothing the server sends can choose a directory.
 - Each body is streamed to a temporary file in the target folder and renamed into
   place with ``os.replace`` (atomic on one file system), so a failure or cancellation
-  never leaves a partial image under the final name.
+  never leaves a partial image under the final name (``nanobanana._saving``).
 - Errors are all `DownloadError` (transport failures included, chained to the
   httpx error; file-system ones too, such as a file where the folder should be or
   a directory under an image's name, chained to the `OSError`), so one ``except``
@@ -22,7 +22,10 @@ Rules, from PROTOCOL.md (Images) and the service's agent notes:
 - A transient failure (5xx, 429, a dropped or cut connection) is retried as a read
   (the table in ``nanobanana._retry`` decides), with the client's backoff. So is a
   body that is no image (an HTML page answered 200, an empty body): what the CDN
-  says in ``Content-Type`` is not trusted either way, the first bytes decide.
+  says in ``Content-Type`` is not trusted either way, the first bytes decide. And so
+  is a body without ``Content-Length`` or chunked coding that stops before its
+  image's end: the end of the connection delimits such a body, so a cut one looks
+  whole to HTTP (``nanobanana._images.cut_short``).
 - The images were paid for, so a transient failure is retried until the image's
   deadline (``timeout``, by default the client's ``RetryPolicy.timeout``), not for a
   count of attempts: at 30 % of CDN answers failing, four attempts would still lose
@@ -36,28 +39,27 @@ Rules, from PROTOCOL.md (Images) and the service's agent notes:
 
 from __future__ import annotations
 
-import contextlib
 import os
-import secrets
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING
 
 import anyio
 import httpx
 
 from nanobanana._errors import DownloadError
-from nanobanana._filenames import image_extension, plan_files, safe_stem
+from nanobanana._filenames import plan_files, safe_stem
+from nanobanana._images import image_extension
 from nanobanana._models import Generation
 from nanobanana._retry import (
     Outcome,
     RequestKind,
     decide,
-    outcome_of_exception,
     outcome_of_status,
     parse_retry_after,
 )
+from nanobanana._saving import TransientError, os_reason, save, transport_error
 
 if TYPE_CHECKING:
     from nanobanana._client import AsyncNanoBanana
@@ -75,11 +77,9 @@ DEFAULT_MAX_SIZE = 50 * 1024 * 1024
 MAX_REDIRECTS = 5
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _GONE = frozenset({403, 404, 410})
-_SNIFF = 16
 # Backoff grows as base ** retries: past this many retries it is at its ceiling anyway,
 # and a float power of a huge count would overflow.
 _MAX_BACKOFF_STEP = 64
-_O_BINARY = getattr(os, "O_BINARY", 0)  # Windows: no newline translation
 
 
 def _redact(url: httpx.URL) -> str:
@@ -98,16 +98,6 @@ def _parse_url(url: str) -> httpx.URL:
     if parsed.scheme not in ("http", "https") or not parsed.host:
         raise DownloadError(f"Not an http(s) image URL: {_redact(parsed)}", url=_redact(parsed))
     return parsed
-
-
-class _TransientError(Exception):
-    """Internal: this attempt failed in a way the retry table may retry."""
-
-    def __init__(self, error: DownloadError, outcome: Outcome, retry_after: float | None) -> None:
-        super().__init__(error.message)
-        self.error = error
-        self.outcome = outcome
-        self.retry_after = retry_after
 
 
 class DownloadLimit:
@@ -169,7 +159,7 @@ async def download(
     except OSError as exc:  # a file where the folder should be, no permission, ...
         shown = _redact(plan[0][0]) if plan else ""
         reason = (
-            "it exists and is not a folder" if isinstance(exc, FileExistsError) else _os_reason(exc)
+            "it exists and is not a folder" if isinstance(exc, FileExistsError) else os_reason(exc)
         )
         error = DownloadError(f"Cannot save images in {os.fspath(dest)!r}: {reason}.", url=shown)
         raise report.finish(error, client, saved=[]) from exc
@@ -296,7 +286,7 @@ async def _fetch_with_retries(
                 f" ({retries + 1} attempt{'s' if retries else ''}).",
                 url=shown,
             )
-        except _TransientError as transient:
+        except TransientError as transient:
             error = transient.error
             if not decide(RequestKind.READ, transient.outcome).retry:
                 raise error from error.__cause__
@@ -328,7 +318,7 @@ async def _fetch_once(
         try:
             response = await http.send(request, stream=True, follow_redirects=False, auth=None)
         except httpx.HTTPError as exc:
-            raise _transport_error(exc, shown) from exc
+            raise transport_error(exc, shown) from exc
         try:
             status = response.status_code
             if status in _REDIRECTS and "location" in response.headers:
@@ -337,7 +327,7 @@ async def _fetch_once(
                 continue
             if status >= 300:
                 raise _status_error(client, response, shown)
-            return await _save(response, folder, stem, max_size, shown)
+            return await save(response, folder, stem, max_size, shown)
         finally:
             await response.aclose()
     raise DownloadError(
@@ -355,15 +345,9 @@ def _redirect_target(url: httpx.URL, location: str, shown: str) -> httpx.URL:
     return target
 
 
-def _transport_error(exc: httpx.HTTPError, shown: str) -> _TransientError:
-    error = DownloadError(f"Image {shown}: {type(exc).__name__}: {exc}", url=shown)
-    error.__cause__ = exc
-    return _TransientError(error, outcome_of_exception(exc), None)
-
-
 def _status_error(
     client: AsyncNanoBanana, response: httpx.Response, shown: str
-) -> DownloadError | _TransientError:
+) -> DownloadError | TransientError:
     status = response.status_code
     text = f"Image {shown}: {status} {response.reason_phrase or 'error'}."
     error = DownloadError(text, url=shown, status_code=status)
@@ -377,110 +361,4 @@ def _status_error(
         now=client._clock.time(),
         cap=client.retry_policy.retry_after_max,
     )
-    return _TransientError(error, outcome, retry_after)
-
-
-async def _save(
-    response: httpx.Response, folder: Path, stem: str, max_size: int, shown: str
-) -> Path:
-    declared = response.headers.get("content-length", "")
-    if declared.isdecimal() and int(declared) > max_size:
-        raise _too_big(shown, max_size)
-    # Not tempfile.mkstemp: its 0600 mode would stick to the image after the rename.
-    # O_EXCL never opens an existing file or follows a planted symlink.
-    temp = folder / f".{stem}.{secrets.token_hex(8)}.part"
-    try:
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_BINARY, 0o666)
-    except OSError as exc:
-        raise _write_error(shown, folder, exc) from exc
-    done = False
-    try:
-        try:
-            with os.fdopen(fd, "wb") as file:
-                extension = await _copy(response, file, max_size, shown)
-        except OSError as exc:  # a full disk, say; httpx's errors are no OSError
-            raise _write_error(shown, folder, exc) from exc
-        final = folder / f"{stem}.{extension}"
-        if final.parent != folder:  # cannot happen with safe_stem; never trust it blindly
-            raise DownloadError(f"Image {shown}: unsafe file name.", url=shown)
-        try:
-            temp.replace(final)
-        except OSError as exc:  # a directory of that name, say
-            raise _write_error(shown, final, exc) from exc
-        done = True
-        return final
-    finally:
-        if not done:
-            # Synchronous on purpose: in a cancelled scope any await would raise again
-            # before the partial file is gone.
-            with contextlib.suppress(FileNotFoundError):
-                temp.unlink()
-
-
-async def _copy(response: httpx.Response, file: BinaryIO, max_size: int, shown: str) -> str:
-    """Stream the body into ``file``; returns the extension its first bytes call for."""
-    extension: str | None = None
-    head = b""
-    size = 0
-    encoding = response.headers.get("content-encoding", "identity").strip().lower()
-    if encoding not in ("", "identity"):
-        raise DownloadError(
-            f"Image {shown}: the server sent a {encoding}-encoded body though identity "
-            "was asked for; refused (its size cannot be bounded before inflating it).",
-            url=shown,
-            status_code=response.status_code,
-        )
-    try:
-        # With the encoding checked above, httpx's decoder here is the identity one.
-        async for chunk in response.aiter_bytes():
-            size += len(chunk)
-            if size > max_size:
-                raise _too_big(shown, max_size)
-            if extension is None:
-                head += chunk
-                if len(head) < _SNIFF:
-                    continue
-                extension = _sniff(head, response, shown)
-                chunk = head  # noqa: PLW2901 - the held-back head goes out first
-            # Writes of one network read land in the page cache in microseconds, less
-            # than a hop to a worker thread would cost.
-            file.write(chunk)
-    except httpx.HTTPError as exc:
-        raise _transport_error(exc, shown) from exc
-    if extension is None:
-        extension = _sniff(head, response, shown)
-        file.write(head)
-    return extension
-
-
-def _sniff(head: bytes, response: httpx.Response, shown: str) -> str:
-    extension = image_extension(head)
-    if extension is None:
-        content_type = response.headers.get("content-type", "no content type")
-        what = "an empty body" if not head else f"{content_type}, starting {head[:8]!r}"
-        error = DownloadError(
-            f"Image {shown}: the server sent {what}, not a PNG, JPEG, WebP, GIF or AVIF "
-            "image (an error page?).",
-            url=shown,
-            status_code=response.status_code,
-        )
-        # A CDN's interstitial or error page answered 200 passes like a 5xx: retried.
-        raise _TransientError(error, Outcome.SERVER_ERROR, None)
-    return extension
-
-
-def _os_reason(exc: OSError) -> str:
-    return exc.strerror or type(exc).__name__
-
-
-def _write_error(shown: str, path: Path, exc: OSError) -> DownloadError:
-    return DownloadError(
-        f"Image {shown}: cannot write {str(path)!r}: {_os_reason(exc)}.", url=shown
-    )
-
-
-def _too_big(shown: str, max_size: int) -> DownloadError:
-    return DownloadError(
-        f"Image {shown}: larger than {max_size} bytes (max_size); stopped reading.",
-        url=shown,
-    )
+    return TransientError(error, outcome, retry_after)

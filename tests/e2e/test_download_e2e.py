@@ -79,6 +79,8 @@ async def test_a_hostile_generation_id_cannot_leave_the_folder(sim, client, tmp_
     [
         ("cdn_html", "cdn_html"),
         ("cdn_cut", "cdn_cut"),
+        ("cdn_cut_chunked", "cdn_cut"),
+        ("cdn_cut_close", "cdn_cut"),
         ("cdn_reset", "reset"),
         ("cdn_500", "status"),
     ],
