@@ -1,3 +1,4 @@
+import logging
 import os
 import random
 import re
@@ -20,6 +21,7 @@ from nanobanana import (
     RetryPolicy,
 )
 from nanobanana._download import image_extension, safe_stem
+from nanobanana._stats import LOG_FIELDS
 
 API = "https://api.test/api/v1"
 KEY = "nb_download_test_secret_key"
@@ -776,3 +778,42 @@ async def test_a_short_body_with_a_length_is_left_to_the_transport(make_client, 
     client = await make_client()
     (path,) = await client.download(gen("g", "https://cdn.test/a"), tmp_path)
     assert path.read_bytes() == body
+
+
+async def test_download_retries_are_logged_and_counted_by_reason(
+    make_client, router, tmp_path, caplog
+):
+    route = router.get("https://cdn.test/img/a.png")
+    route.side_effect = [
+        httpx.Response(502),
+        httpx.Response(503, headers={"Retry-After": "4"}),
+        httpx.Response(200, stream=Chunks([PNG[:20], httpx.ReadError("reset")])),
+        httpx.Response(200, stream=Chunks([PNG[:-3]])),  # cut short, no Content-Length
+        httpx.Response(200, content=HTML, headers={"content-type": "text/html"}),
+        httpx.Response(200, content=PNG),
+    ]
+    clock = FakeClock()
+    client = await make_client(clock=clock)
+    copy = client.with_options(timeout=5)  # copies share the counters
+    caplog.set_level(logging.INFO, logger="nanobanana")
+    await copy.download(gen("gen_log", "https://cdn.test/img/a.png" + SIGNED), tmp_path)
+    assert dict(client.stats().retries) == {"5xx": 2, "503": 1, "network": 2}
+    assert client.stats().requests == {}  # CDN requests are not API requests
+    records = [r for r in caplog.records if getattr(r, "event", None) == "retry"]
+    assert [(r.status, r.reason, r.attempt) for r in records] == [
+        (502, "5xx", 1),
+        (503, "503", 2),
+        (None, "network", 3),
+        (200, "network", 4),
+        (200, "5xx", 5),
+    ]
+    assert [r.wait for r in records] == clock.sleeps
+    assert records[1].wait == 4.0
+    for record in records:
+        assert (record.method, record.path) == ("GET", "/img/a.png")
+        assert record.generation_id == "gen_log"
+        assert record.levelno == logging.INFO
+        assert "s3cr3tsig" not in record.getMessage()
+        assert "https://cdn.test/img/a.png" in record.getMessage()
+        for field in LOG_FIELDS:
+            assert "s3cr3tsig" not in str(getattr(record, field))

@@ -177,6 +177,7 @@ async def download(
                 stem=stem,
                 max_size=max_size,
                 budget=timeout,
+                generation_id=report.generation_id,
             )
         except Exception as exc:  # noqa: BLE001 - kept and re-raised below, first by index
             errors.append((index, exc))
@@ -258,6 +259,7 @@ async def _fetch_with_retries(
     stem: str,
     max_size: int,
     budget: float | None,
+    generation_id: str | None,
 ) -> Path:
     policy = client.retry_policy
     clock = client._clock
@@ -298,6 +300,14 @@ async def _fetch_with_retries(
                 wait = policy.backoff(min(retries, _MAX_BACKOFF_STEP), client._rand)
             if deadline is not None and clock.monotonic() + wait > deadline:
                 raise error from error.__cause__
+            client._recorder.download_retrying(
+                error.url,
+                retries,
+                transient.outcome,
+                wait,
+                status=error.status_code,
+                generation_id=generation_id,
+            )
         await clock.sleep(wait)
 
 
