@@ -1,3 +1,4 @@
+import asyncio
 import logging
 import os
 import random
@@ -22,6 +23,7 @@ from nanobanana import (
 )
 from nanobanana._download import image_extension, safe_stem
 from nanobanana._stats import LOG_FIELDS
+from transport_servers import ScriptedServer
 
 API = "https://api.test/api/v1"
 KEY = "nb_download_test_secret_key"
@@ -817,3 +819,36 @@ async def test_download_retries_are_logged_and_counted_by_reason(
         assert "https://cdn.test/img/a.png" in record.getMessage()
         for field in LOG_FIELDS:
             assert "s3cr3tsig" not in str(getattr(record, field))
+
+
+async def test_a_cancelled_download_drops_its_cdn_connection_at_once(tmp_path):
+    # A CDN connection holds no slot of the account: no graceful close to wait for
+    # (CLOSE_WAIT) when a download is cancelled mid-body, even if the server lingers.
+    release = asyncio.Event()
+
+    async def handler(conn):
+        await conn.read_request()
+        await conn.send(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + PNG[:50])
+        await release.wait()  # never closes on the client's EOF
+
+    async with ScriptedServer(handler) as server:
+        client = AsyncNanoBanana(api_key=KEY, base_url=API)
+        try:
+            task = asyncio.create_task(client.download(gen("g", server.url + "/a.png"), tmp_path))
+            while not any(name.endswith(".part") for name in listing(tmp_path)):
+                await asyncio.sleep(0)
+            task.cancel()
+            for _ in range(20):  # a few loop steps, not CLOSE_WAIT
+                if task.done():
+                    break
+                await asyncio.sleep(0)
+            assert task.done()
+            assert not release.is_set()
+            assert listing(tmp_path) == []
+            stats = client.http_client._transport.stats()
+            assert (stats.active, stats.waiting) == (0, 0)
+        finally:
+            release.set()
+            await client.aclose()
+    with pytest.raises(asyncio.CancelledError):
+        task.result()

@@ -60,6 +60,7 @@ from nanobanana._retry import (
     parse_retry_after,
 )
 from nanobanana._saving import TransientError, os_reason, save, transport_error
+from nanobanana._transport import ABORT_ON_DISCARD
 
 if TYPE_CHECKING:
     from nanobanana._client import AsyncNanoBanana
@@ -324,7 +325,10 @@ async def _fetch_once(
         "Accept-Encoding": "identity",
     }
     for _hop in range(MAX_REDIRECTS + 1):
-        request = httpx.Request("GET", url, headers=headers)
+        # A CDN connection holds no slot of the account, so one closed early (an error,
+        # max_size, a cancellation, the deadline) is dropped at once: no graceful
+        # close to wait for, as an API request's connection has.
+        request = httpx.Request("GET", url, headers=headers, extensions={ABORT_ON_DISCARD: True})
         try:
             response = await http.send(request, stream=True, follow_redirects=False, auth=None)
         except httpx.HTTPError as exc:
