@@ -852,3 +852,23 @@ async def test_a_cancelled_download_drops_its_cdn_connection_at_once(tmp_path):
             await client.aclose()
     with pytest.raises(asyncio.CancelledError):
         task.result()
+
+
+async def test_a_timeout_after_failures_keeps_the_last_failures_message(
+    make_client, router, tmp_path
+):
+    never = anyio.Event()
+    route = router.get("https://cdn.test/a")
+    route.side_effect = [
+        httpx.Response(200, content=HTML, headers={"content-type": "text/html"}),
+        httpx.Response(200, stream=Chunks([PNG[:50], PNG[50:]], gate=never)),
+    ]
+    client = await make_client(retry_policy=RetryPolicy(wait_initial=0.001, wait_max=0.001))
+    with pytest.raises(DownloadError, match="text/html") as info:
+        await client.download(gen("g", "https://cdn.test/a"), tmp_path, timeout=0.05)
+    assert "Still failing when the download timeout of 0.05 s ran out, during attempt 2" in str(
+        info.value
+    )
+    assert info.value.status_code == 200
+    assert route.call_count == 2
+    assert listing(tmp_path) == []

@@ -266,6 +266,7 @@ async def _fetch_with_retries(
     clock = client._clock
     deadline: float | None = None
     retries = 0
+    last: DownloadError | None = None
     while True:
         try:
             async with limiter:
@@ -283,14 +284,21 @@ async def _fetch_with_retries(
                     remaining = deadline - clock.monotonic()
                 with anyio.move_on_after(remaining):
                     return await _fetch_once(client, url, folder, stem, max_size)
+            if last is not None:
+                # What kept failing says more than the cut-off attempt: keep it.
+                last.message = (
+                    f"{last.message} Still failing when the download timeout of {budget:g} s "
+                    f"ran out, during attempt {retries + 1}."
+                )
+                last.args = (last.message,)
+                raise last from last.__cause__
             shown = _redact(url)
             raise DownloadError(
-                f"Image {shown}: not received within the download timeout of {budget:g} s"
-                f" ({retries + 1} attempt{'s' if retries else ''}).",
+                f"Image {shown}: not received within the download timeout of {budget:g} s.",
                 url=shown,
             )
         except TransientError as transient:
-            error = transient.error
+            error = last = transient.error
             if not decide(RequestKind.READ, transient.outcome).retry:
                 raise error from error.__cause__
             retries += 1

@@ -48,6 +48,7 @@ class TransientError(Exception):
 
 
 def transport_error(exc: httpx.HTTPError, shown: str) -> TransientError:
+    """A transport failure of an attempt on ``shown`` (the URL without its query)."""
     error = DownloadError(f"Image {shown}: {type(exc).__name__}: {exc}", url=shown)
     error.__cause__ = exc
     return TransientError(error, outcome_of_exception(exc), None)
@@ -56,6 +57,12 @@ def transport_error(exc: httpx.HTTPError, shown: str) -> TransientError:
 async def save(
     response: httpx.Response, folder: Path, stem: str, max_size: int, shown: str
 ) -> Path:
+    """Write the body of ``response`` to ``folder/<stem>.<extension>``, whole or not at all.
+
+    Raises:
+        TransientError: a transport failure, a body that is no image or was cut short.
+        DownloadError: too big, compressed, or the file system refused.
+    """
     declared = response.headers.get("content-length", "")
     if declared.isdecimal() and int(declared) > max_size:
         raise too_big(shown, max_size)
@@ -190,6 +197,7 @@ def _sniff(head: bytes, response: httpx.Response, shown: str) -> str:
 
 
 def os_reason(exc: OSError) -> str:
+    """What the operating system said, for a message."""
     return exc.strerror or type(exc).__name__
 
 
@@ -198,6 +206,7 @@ def _write_error(shown: str, path: Path, exc: OSError) -> DownloadError:
 
 
 def too_big(shown: str, max_size: int) -> DownloadError:
+    """The error of a body larger than ``max_size``: not retried."""
     return DownloadError(
         f"Image {shown}: larger than {max_size} bytes (max_size); stopped reading.",
         url=shown,
