@@ -1,3 +1,5 @@
+import asyncio
+import logging
 import os
 import random
 import re
@@ -20,13 +22,21 @@ from nanobanana import (
     RetryPolicy,
 )
 from nanobanana._download import image_extension, safe_stem
+from nanobanana._stats import LOG_FIELDS
+from transport_servers import ScriptedServer
 
 API = "https://api.test/api/v1"
 KEY = "nb_download_test_secret_key"
-PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 100 + b"png-body"
-JPEG = b"\xff\xd8\xff\xe0" + b"\x01" * 100 + b"jpeg-body"
-WEBP = b"RIFF\x10\x00\x00\x00WEBPVP8 " + b"\x02" * 50
-GIF = b"GIF89a" + b"\x03" * 50
+# Each ends where its format ends: a body without Content-Length is checked for that.
+PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 100 + b"png-body" + b"\x00\x00\x00\x00IEND\xaeB`\x82"
+JPEG = b"\xff\xd8\xff\xe0" + b"\x01" * 100 + b"jpeg-body\xff\xd9"
+WEBP = b"RIFF" + (8 + 4 + 50).to_bytes(4, "little") + b"WEBPVP8 " + b"\x02" * 54
+GIF = b"GIF89a" + b"\x03" * 50 + b";"
+AVIF = (
+    b"\x00\x00\x00\x14ftypavif\x00\x00\x00\x00mif1"  # ftyp box, 20 bytes
+    + (b"\x00\x00\x00\x10meta" + b"\x04" * 8)  # meta box, 16 bytes
+    + (b"\x00\x00\x00\x01mdat" + (16 + 40).to_bytes(8, "big") + b"\x05" * 40)  # 64-bit size
+)
 HTML = b"<!DOCTYPE html><html><body>Access denied</body></html>"
 SIGNED = "?X-Amz-Signature=s3cr3tsig&Expires=99"
 
@@ -533,7 +543,7 @@ async def test_a_directory_under_the_images_name_is_a_download_error_and_leaves_
 async def test_cancellation_mid_body_leaves_no_partial_file(make_client, router, tmp_path):
     started = anyio.Event()
     router.get("https://cdn.test/slow").respond(
-        200, stream=Chunks([PNG, b"rest"], gate=anyio.Event(), started=started)
+        200, stream=Chunks([PNG[:50], PNG[50:]], gate=anyio.Event(), started=started)
     )
     client = await make_client()
     async with anyio.create_task_group() as group:
@@ -562,7 +572,7 @@ async def test_downloads_run_at_most_download_concurrency_at_once(make_client, r
                 nonlocal active
                 active -= 1
 
-        return httpx.Response(200, stream=Counted([PNG, b"tail"], gate=gate))
+        return httpx.Response(200, stream=Counted([PNG[:50], PNG[50:]], gate=gate))
 
     router.route(host="cdn.test").mock(side_effect=respond)
     client = await make_client(download_concurrency=2)
@@ -625,3 +635,240 @@ def test_downloads_work_under_trio(tmp_path):
     paths = trio.run(main)
     assert [p.name for p in paths] == ["g-0.png", "g-1.jpg"]
     assert paths[1].read_bytes() == JPEG
+
+
+async def test_with_options_copies_share_the_download_concurrency(make_client, router, tmp_path):
+    gate = anyio.Event()
+    active = 0
+    peak = 0
+    two_running = anyio.Event()
+
+    def respond(request):
+        nonlocal active, peak
+        active += 1
+        peak = max(peak, active)
+        if active == 2:
+            two_running.set()
+
+        class Counted(Chunks):
+            async def aclose(self):
+                nonlocal active
+                active -= 1
+
+        return httpx.Response(200, stream=Counted([PNG[:50], PNG[50:]], gate=gate))
+
+    router.route(host="cdn.test").mock(side_effect=respond)
+    client = await make_client(download_concurrency=2)
+    copies = [client, client.with_options(timeout=5), client.with_options(max_retries=1)]
+
+    async def run(index, copy):
+        await copy.download(gen(f"g{index}", f"https://cdn.test/{index}"), tmp_path)
+
+    async with anyio.create_task_group() as group:
+        for index, copy in enumerate(copies):
+            group.start_soon(run, index, copy)
+        await two_running.wait()
+        for _ in range(20):
+            await anyio.lowlevel.checkpoint()
+        # One pool, one limit: the third copy's download waits for a slot.
+        assert peak == 2
+        gate.set()
+    assert peak == 2
+    assert listing(tmp_path) == ["g0-0.png", "g1-0.png", "g2-0.png"]
+
+
+async def test_a_body_that_stalls_is_cut_off_by_the_timeout_and_leaves_no_partial_file(
+    make_client, router, tmp_path
+):
+    started = anyio.Event()
+    never = anyio.Event()  # the rest of the body never comes
+    router.get("https://cdn.test/stall").respond(
+        200, stream=Chunks([PNG[:50], PNG[50:]], gate=never, started=started)
+    )
+    client = await make_client()
+    # A safety net for the test only: before the fix the download never returned.
+    with anyio.fail_after(10), pytest.raises(DownloadError, match="timeout") as info:
+        await client.download(
+            gen("g_stall", "https://cdn.test/stall" + SIGNED), tmp_path, timeout=0.05
+        )
+    assert started.is_set()  # the attempt was under way, not waiting to start
+    error = info.value
+    assert error.url == "https://cdn.test/stall"
+    assert error.generation_id == "g_stall"
+    assert error.unsaved_urls == ("https://cdn.test/stall" + SIGNED,)
+    assert error.saved == ()
+    assert "s3cr3tsig" not in str(error)
+    assert listing(tmp_path) == []
+
+
+WHOLE = [PNG, JPEG, WEBP, GIF, AVIF]
+FORMATS = ["png", "jpg", "webp", "gif", "avif"]
+
+
+@pytest.mark.parametrize("body", WHOLE, ids=FORMATS)
+@pytest.mark.parametrize("cut", [1, 2, 11, 30])
+async def test_a_body_without_a_length_cut_short_is_retried_not_saved_as_an_image(
+    make_client, router, tmp_path, body, cut
+):
+    # No Content-Length, no chunked coding: the body runs to the connection's end, so
+    # a connection closed early looks like a normal end to HTTP. The format's end tells.
+    route = router.get("https://cdn.test/a")
+    route.side_effect = [
+        httpx.Response(200, stream=Chunks([body[:16], body[16:-cut]])),
+        httpx.Response(200, stream=Chunks([body[:16], body[16:]])),
+    ]
+    clock = FakeClock()
+    client = await make_client(clock=clock)
+    (path,) = await client.download(gen("g", "https://cdn.test/a"), tmp_path)
+    assert path.read_bytes() == body
+    assert route.call_count == 2
+    assert len(clock.sleeps) == 1  # the client's backoff, as for a dropped connection
+    assert listing(tmp_path) == [path.name]
+
+
+@pytest.mark.parametrize("body", WHOLE, ids=FORMATS)
+async def test_a_whole_body_without_a_length_is_saved_at_once(make_client, router, tmp_path, body):
+    route = router.get("https://cdn.test/a").mock(
+        side_effect=lambda request: httpx.Response(200, stream=Chunks([body[:16], body[16:]]))
+    )
+    client = await make_client()
+    (path,) = await client.download(gen("g", "https://cdn.test/a"), tmp_path)
+    assert path.read_bytes() == body
+    assert route.call_count == 1
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        JPEG + b"\x00" * 20 + b"\r\n",  # padding after the end-of-image marker
+        GIF + b"\n",
+        WEBP + b"\x00" * 8,  # more than the RIFF size: not cut
+        AVIF[: -40 - 16] + b"\x00\x00\x00\x00mdat" + b"\x05" * 33,  # last box to the end
+    ],
+    ids=["jpeg-padded", "gif-newline", "webp-longer", "avif-size-0-box"],
+)
+async def test_padding_after_an_images_end_is_no_cut(make_client, router, tmp_path, body):
+    route = router.get("https://cdn.test/a").mock(
+        side_effect=lambda request: httpx.Response(200, stream=Chunks([body]))
+    )
+    client = await make_client()
+    (path,) = await client.download(gen("g", "https://cdn.test/a"), tmp_path)
+    assert path.read_bytes() == body
+    assert route.call_count == 1
+
+
+async def test_a_body_that_keeps_arriving_cut_short_is_a_download_error_at_the_deadline(
+    make_client, router, tmp_path
+):
+    route = router.get("https://cdn.test/a.png").mock(
+        side_effect=lambda request: httpx.Response(200, stream=Chunks([PNG[:-4]]))
+    )
+    client = await make_client()
+    with pytest.raises(DownloadError, match="before the end of its PNG image") as info:
+        await client.download(gen("g", "https://cdn.test/a.png" + SIGNED), tmp_path, timeout=30)
+    assert route.call_count > 1
+    assert info.value.url == "https://cdn.test/a.png"
+    assert info.value.status_code == 200
+    assert listing(tmp_path) == []
+
+
+async def test_a_short_body_with_a_length_is_left_to_the_transport(make_client, router, tmp_path):
+    # With a Content-Length the transport refuses a short body; one that is all there
+    # is not second-guessed by its format (this one has no PNG end, and is saved).
+    body = PNG[:-12]
+    router.get("https://cdn.test/a").respond(200, content=body)
+    client = await make_client()
+    (path,) = await client.download(gen("g", "https://cdn.test/a"), tmp_path)
+    assert path.read_bytes() == body
+
+
+async def test_download_retries_are_logged_and_counted_by_reason(
+    make_client, router, tmp_path, caplog
+):
+    route = router.get("https://cdn.test/img/a.png")
+    route.side_effect = [
+        httpx.Response(502),
+        httpx.Response(503, headers={"Retry-After": "4"}),
+        httpx.Response(200, stream=Chunks([PNG[:20], httpx.ReadError("reset")])),
+        httpx.Response(200, stream=Chunks([PNG[:-3]])),  # cut short, no Content-Length
+        httpx.Response(200, content=HTML, headers={"content-type": "text/html"}),
+        httpx.Response(200, content=PNG),
+    ]
+    clock = FakeClock()
+    client = await make_client(clock=clock)
+    copy = client.with_options(timeout=5)  # copies share the counters
+    caplog.set_level(logging.INFO, logger="nanobanana")
+    await copy.download(gen("gen_log", "https://cdn.test/img/a.png" + SIGNED), tmp_path)
+    assert dict(client.stats().retries) == {"5xx": 2, "503": 1, "network": 2}
+    assert client.stats().requests == {}  # CDN requests are not API requests
+    records = [r for r in caplog.records if getattr(r, "event", None) == "retry"]
+    assert [(r.status, r.reason, r.attempt) for r in records] == [
+        (502, "5xx", 1),
+        (503, "503", 2),
+        (None, "network", 3),
+        (200, "network", 4),
+        (200, "5xx", 5),
+    ]
+    assert [r.wait for r in records] == clock.sleeps
+    assert records[1].wait == 4.0
+    for record in records:
+        assert (record.method, record.path) == ("GET", "/img/a.png")
+        assert record.generation_id == "gen_log"
+        assert record.levelno == logging.INFO
+        assert "s3cr3tsig" not in record.getMessage()
+        assert "https://cdn.test/img/a.png" in record.getMessage()
+        for field in LOG_FIELDS:
+            assert "s3cr3tsig" not in str(getattr(record, field))
+
+
+async def test_a_cancelled_download_drops_its_cdn_connection_at_once(tmp_path):
+    # A CDN connection holds no slot of the account: no graceful close to wait for
+    # (CLOSE_WAIT) when a download is cancelled mid-body, even if the server lingers.
+    release = asyncio.Event()
+
+    async def handler(conn):
+        await conn.read_request()
+        await conn.send(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + PNG[:50])
+        await release.wait()  # never closes on the client's EOF
+
+    async with ScriptedServer(handler) as server:
+        client = AsyncNanoBanana(api_key=KEY, base_url=API)
+        try:
+            task = asyncio.create_task(client.download(gen("g", server.url + "/a.png"), tmp_path))
+            while not any(name.endswith(".part") for name in listing(tmp_path)):
+                await asyncio.sleep(0)
+            task.cancel()
+            for _ in range(20):  # a few loop steps, not CLOSE_WAIT
+                if task.done():
+                    break
+                await asyncio.sleep(0)
+            assert task.done()
+            assert not release.is_set()
+            assert listing(tmp_path) == []
+            stats = client.http_client._transport.stats()
+            assert (stats.active, stats.waiting) == (0, 0)
+        finally:
+            release.set()
+            await client.aclose()
+    with pytest.raises(asyncio.CancelledError):
+        task.result()
+
+
+async def test_a_timeout_after_failures_keeps_the_last_failures_message(
+    make_client, router, tmp_path
+):
+    never = anyio.Event()
+    route = router.get("https://cdn.test/a")
+    route.side_effect = [
+        httpx.Response(200, content=HTML, headers={"content-type": "text/html"}),
+        httpx.Response(200, stream=Chunks([PNG[:50], PNG[50:]], gate=never)),
+    ]
+    client = await make_client(retry_policy=RetryPolicy(wait_initial=0.001, wait_max=0.001))
+    with pytest.raises(DownloadError, match="text/html") as info:
+        await client.download(gen("g", "https://cdn.test/a"), tmp_path, timeout=0.05)
+    assert "Still failing when the download timeout of 0.05 s ran out, during attempt 2" in str(
+        info.value
+    )
+    assert info.value.status_code == 200
+    assert route.call_count == 2
+    assert listing(tmp_path) == []

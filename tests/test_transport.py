@@ -20,7 +20,12 @@ import pytest
 import respx
 import trio
 
-from nanobanana._transport import MAX_HEAD, NanoBananaTransport, TransportStats
+from nanobanana._transport import (
+    ABORT_ON_DISCARD,
+    MAX_HEAD,
+    NanoBananaTransport,
+    TransportStats,
+)
 from nanobanana._transport._connection import H1Connection
 from nanobanana._transport._parsers import parser_factory
 from transport_servers import ScriptedServer, ServerConn, keep_alive_ok
@@ -387,6 +392,75 @@ async def test_closing_a_discarded_response_returns_once_its_socket_is_closed(cl
             (conn,) = transport.dispatch.fast.pool._conns
         # No loop step between the close and here: connection_lost has already run.
         assert conn._closed
+        assert transport.stats() == IDLE_POOL
+
+
+@pytest.mark.parametrize("how", ["close", "cancel"])
+async def test_a_request_marked_abort_on_discard_drops_its_connection_without_waiting(
+    client, transport, how
+):
+    # A server that does not close on the client's EOF: a graceful discard would wait
+    # CLOSE_WAIT for it. Marked ABORT_ON_DISCARD (image downloads), the connection is
+    # dropped at once: the close returns within a few loop steps, the slot is free.
+    release = asyncio.Event()
+
+    async def handler(conn: ServerConn) -> None:
+        await conn.read_request()
+        await conn.send(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nabc")
+        await release.wait()
+
+    first = asyncio.Event()
+
+    async def read() -> None:
+        request = client.build_request("GET", server.url, extensions={ABORT_ON_DISCARD: True})
+        response = await client.send(request, stream=True)
+        try:
+            async for _ in response.aiter_raw():
+                first.set()
+                if how == "close":
+                    break
+        finally:
+            await response.aclose()
+
+    async with ScriptedServer(handler) as server:
+        task = asyncio.create_task(read())
+        await first.wait()
+        (conn,) = transport.dispatch.fast.pool._conns
+        if how == "cancel":
+            task.cancel()
+        await until(task.done, steps=20)
+        assert not release.is_set()  # the server never closed its end
+        await until(lambda: conn._closed, steps=20)
+        assert transport.stats() == IDLE_POOL
+        release.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def test_without_the_mark_a_discarded_connection_waits_for_the_servers_close(
+    client, transport
+):
+    # The graceful close API requests need (a slot freed after it is free on the
+    # server): the close has not returned while the server keeps its end open.
+    release = asyncio.Event()
+
+    async def handler(conn: ServerConn) -> None:
+        await conn.read_request()
+        await conn.send(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nabc")
+        assert await conn.reader.read() == b""  # the client's half-close
+        await release.wait()
+
+    async def read() -> None:
+        async with client.stream("GET", server.url) as response:
+            async for _ in response.aiter_raw():
+                break
+
+    async with ScriptedServer(handler) as server:
+        task = asyncio.create_task(read())
+        with pytest.raises(AssertionError, match="still false"):
+            await until(task.done, steps=50)
+        release.set()  # the server closes: the close returns
+        await task
         assert transport.stats() == IDLE_POOL
 
 
@@ -923,6 +997,30 @@ async def test_a_head_just_under_the_limit_is_read(parser):
     for i in range(0, len(data), 8192):
         conn.data_received(data[i : i + 8192])
     assert await read_response(conn) == b"ok"
+
+
+CHUNKED_BODY = b"3\r\nabc\r\n10\r\n0123456789abcdef\r\n0\r\n\r\n"
+
+
+@pytest.mark.parametrize("cut", range(len(CHUNKED_BODY) - 2))
+@pytest.mark.parametrize("end", ["eof", "close"])
+async def test_a_chunked_body_ended_by_the_connection_before_its_last_chunk_is_an_error(
+    parser, cut, end
+):
+    # A close is no end of a chunked body (RFC 9112 7.1): whatever came, the body is
+    # cut short without its last chunk, and must not pass for a whole one (an image).
+    conn, _ = fed_connection(parser)
+    conn.data_received(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + CHUNKED_BODY[:cut]
+    )
+    await conn.receive_head(1)
+    if end == "eof":
+        conn.eof_received()
+    else:
+        conn.connection_lost(None)
+    with pytest.raises(httpcore.RemoteProtocolError, match="before the response body was complete"):
+        await read_body(conn)
+    assert not conn.reusable
 
 
 async def test_disconnect_mid_head_and_reset_are_reported(parser):

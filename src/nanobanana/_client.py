@@ -79,8 +79,9 @@ class AsyncNanoBanana(GenerationCalls):
         timeout: seconds or an `httpx.Timeout`, applied to every API request (also
             through a borrowed `http_client`); default: 180 s to read, 10 s to
             connect, because sync generations take 10-60 s.
-        download_concurrency: at most this many image downloads at once (default 8;
-            downloads do not count against the account's limit).
+        download_concurrency: at most this many image downloads at once, shared
+            with the ``with_options()`` copies (default 8; downloads do not count
+            against the account's limit).
         max_retries: retries of a call that is safe to retry (default 3; see
             `RetryPolicy`).
         max_concurrency: at most this many API requests in flight. Default: learned
@@ -150,6 +151,10 @@ class AsyncNanoBanana(GenerationCalls):
         self._clock: Clock = clock or SystemClock()
         self._rand = rng or random.Random()
         self._download_concurrency = download_concurrency
+        from nanobanana._download import DownloadLimit  # noqa: PLC0415 - as in download()
+
+        # Shared with the copies, as the pool the downloads go through is.
+        self._download_limit = DownloadLimit(download_concurrency)
         # Shared with every with_options() copy: the spend ledger, the model costs it
         # is estimated from, and the counters of stats().
         self._ledger = Ledger.root(check_max_credits(max_credits))
@@ -427,8 +432,10 @@ class AsyncNanoBanana(GenerationCalls):
             generation_or_url: a `Generation`, one image URL, or a list of them.
             dest: the folder to write to; created if missing.
             max_size: the largest image accepted, in bytes.
-            timeout: seconds each image may take, its retries included; None: the
-                client's ``RetryPolicy.timeout`` (600 s). 0 tries each image once.
+            timeout: seconds each image may take from its first attempt, its retries
+                and the attempt under way included; None: the client's
+                ``RetryPolicy.timeout`` (600 s). 0 tries each image once (bounded by
+                the HTTP timeouts only).
 
         Returns:
             The paths written, in the order of the URLs.

@@ -13,7 +13,7 @@ Rules, from PROTOCOL.md (Images) and the service's agent notes:
   from the file's first bytes. Nothing the server sends can choose a directory.
 - Each body is streamed to a temporary file in the target folder and renamed into
   place with ``os.replace`` (atomic on one file system), so a failure or cancellation
-  never leaves a partial image under the final name.
+  never leaves a partial image under the final name (``nanobanana._saving``).
 - Errors are all `DownloadError` (transport failures included, chained to the
   httpx error; file-system ones too, such as a file where the folder should be or
   a directory under an image's name, chained to the `OSError`), so one ``except``
@@ -22,12 +22,16 @@ Rules, from PROTOCOL.md (Images) and the service's agent notes:
 - A transient failure (5xx, 429, a dropped or cut connection) is retried as a read
   (the table in ``nanobanana._retry`` decides), with the client's backoff. So is a
   body that is no image (an HTML page answered 200, an empty body): what the CDN
-  says in ``Content-Type`` is not trusted either way, the first bytes decide.
+  says in ``Content-Type`` is not trusted either way, the first bytes decide. And so
+  is a body without ``Content-Length`` or chunked coding that stops before its
+  image's end: the end of the connection delimits such a body, so a cut one looks
+  whole to HTTP (``nanobanana._images.cut_short``).
 - The images were paid for, so a transient failure is retried until the image's
   deadline (``timeout``, by default the client's ``RetryPolicy.timeout``), not for a
   count of attempts: at 30 % of CDN answers failing, four attempts would still lose
   one image in a hundred (0.3 ** 4). Only without any deadline does the policy's
-  ``attempts`` bound it.
+  ``attempts`` bound it. The deadline also cancels the attempt under way, so a body
+  trickled in (each piece within the read timeout) cannot outlast it.
 - An error says what is needed to recover: the generation's id, the paths saved and
   the URLs not saved; when the link is gone (403, 404, 410), whether the 15 days of
   the URLs have passed (``Generation.expires_at``) and what to do.
@@ -35,48 +39,48 @@ Rules, from PROTOCOL.md (Images) and the service's agent notes:
 
 from __future__ import annotations
 
-import contextlib
 import os
-import secrets
-import weakref
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING
 
 import anyio
 import httpx
 
 from nanobanana._errors import DownloadError
-from nanobanana._filenames import image_extension, plan_files, safe_stem
+from nanobanana._filenames import plan_files, safe_stem
+from nanobanana._images import image_extension
 from nanobanana._models import Generation
 from nanobanana._retry import (
     Outcome,
     RequestKind,
     decide,
-    outcome_of_exception,
     outcome_of_status,
     parse_retry_after,
 )
+from nanobanana._saving import TransientError, os_reason, save, transport_error
+from nanobanana._transport import ABORT_ON_DISCARD
 
 if TYPE_CHECKING:
     from nanobanana._client import AsyncNanoBanana
 
-__all__ = ["DEFAULT_MAX_SIZE", "MAX_REDIRECTS", "download", "image_extension", "safe_stem"]
+__all__ = [
+    "DEFAULT_MAX_SIZE",
+    "MAX_REDIRECTS",
+    "DownloadLimit",
+    "download",
+    "image_extension",
+    "safe_stem",
+]
 
 DEFAULT_MAX_SIZE = 50 * 1024 * 1024
 MAX_REDIRECTS = 5
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _GONE = frozenset({403, 404, 410})
-_SNIFF = 16
 # Backoff grows as base ** retries: past this many retries it is at its ceiling anyway,
 # and a float power of a huge count would overflow.
 _MAX_BACKOFF_STEP = 64
-_O_BINARY = getattr(os, "O_BINARY", 0)  # Windows: no newline translation
-
-# One semaphore per client, made on first use (inside its event loop): the client
-# itself is not ours to edit, and a weak map lets a closed client go.
-_limiters: weakref.WeakKeyDictionary[AsyncNanoBanana, anyio.Semaphore] = weakref.WeakKeyDictionary()
 
 
 def _redact(url: httpx.URL) -> str:
@@ -97,22 +101,23 @@ def _parse_url(url: str) -> httpx.URL:
     return parsed
 
 
-class _TransientError(Exception):
-    """Internal: this attempt failed in a way the retry table may retry."""
+class DownloadLimit:
+    """``download_concurrency``: one per client, shared by its ``with_options()`` copies.
 
-    def __init__(self, error: DownloadError, outcome: Outcome, retry_after: float | None) -> None:
-        super().__init__(error.message)
-        self.error = error
-        self.outcome = outcome
-        self.retry_after = retry_after
+    The copies share the connection pool, so they share this bound on the downloads
+    that go through it too. The semaphore is made on first use, inside the event loop
+    (a client is used in one loop only: ``Requester._check_usable``).
+    """
 
+    def __init__(self, limit: int) -> None:
+        self.limit = max(1, int(limit))
+        self._semaphore: anyio.Semaphore | None = None
 
-def _limiter(client: AsyncNanoBanana) -> anyio.Semaphore:
-    limiter = _limiters.get(client)
-    if limiter is None:
-        limiter = anyio.Semaphore(max(1, int(client._download_concurrency)))
-        _limiters[client] = limiter
-    return limiter
+    def semaphore(self) -> anyio.Semaphore:
+        """The semaphore that admits ``limit`` downloads at a time."""
+        if self._semaphore is None:
+            self._semaphore = anyio.Semaphore(self.limit)
+        return self._semaphore
 
 
 async def download(
@@ -155,11 +160,11 @@ async def download(
     except OSError as exc:  # a file where the folder should be, no permission, ...
         shown = _redact(plan[0][0]) if plan else ""
         reason = (
-            "it exists and is not a folder" if isinstance(exc, FileExistsError) else _os_reason(exc)
+            "it exists and is not a folder" if isinstance(exc, FileExistsError) else os_reason(exc)
         )
         error = DownloadError(f"Cannot save images in {os.fspath(dest)!r}: {reason}.", url=shown)
         raise report.finish(error, client, saved=[]) from exc
-    limiter = _limiter(client)
+    limiter = client._download_limit.semaphore()
     paths: list[Path | None] = [None] * len(plan)
     errors: list[tuple[int, Exception]] = []
 
@@ -173,6 +178,7 @@ async def download(
                 stem=stem,
                 max_size=max_size,
                 budget=timeout,
+                generation_id=report.generation_id,
             )
         except Exception as exc:  # noqa: BLE001 - kept and re-raised below, first by index
             errors.append((index, exc))
@@ -254,17 +260,45 @@ async def _fetch_with_retries(
     stem: str,
     max_size: int,
     budget: float | None,
+    generation_id: str | None,
 ) -> Path:
     policy = client.retry_policy
     clock = client._clock
-    deadline = clock.monotonic() + budget if budget is not None else None
+    deadline: float | None = None
     retries = 0
+    last: DownloadError | None = None
     while True:
         try:
             async with limiter:
-                return await _fetch_once(client, url, folder, stem, max_size)
-        except _TransientError as transient:
-            error = transient.error
+                if deadline is None and budget is not None:
+                    # From the first attempt on: the wait for a download slot does not
+                    # count, or images queued behind others would time out untried.
+                    deadline = clock.monotonic() + budget
+                # The deadline bounds the attempt under way too, not only the wait
+                # before the next one: a CDN that trickles the body (each byte in
+                # time for the read timeout) is given up at the deadline. The rest of
+                # this attempt is cancelled: its response closed, its .part removed.
+                # (timeout=0 is one attempt, bounded by the HTTP timeouts only.)
+                remaining = None
+                if deadline is not None and budget:
+                    remaining = deadline - clock.monotonic()
+                with anyio.move_on_after(remaining):
+                    return await _fetch_once(client, url, folder, stem, max_size)
+            if last is not None:
+                # What kept failing says more than the cut-off attempt: keep it.
+                last.message = (
+                    f"{last.message} Still failing when the download timeout of {budget:g} s "
+                    f"ran out, during attempt {retries + 1}."
+                )
+                last.args = (last.message,)
+                raise last from last.__cause__
+            shown = _redact(url)
+            raise DownloadError(
+                f"Image {shown}: not received within the download timeout of {budget:g} s.",
+                url=shown,
+            )
+        except TransientError as transient:
+            error = last = transient.error
             if not decide(RequestKind.READ, transient.outcome).retry:
                 raise error from error.__cause__
             retries += 1
@@ -275,6 +309,14 @@ async def _fetch_with_retries(
                 wait = policy.backoff(min(retries, _MAX_BACKOFF_STEP), client._rand)
             if deadline is not None and clock.monotonic() + wait > deadline:
                 raise error from error.__cause__
+            client._recorder.download_retrying(
+                error.url,
+                retries,
+                transient.outcome,
+                wait,
+                status=error.status_code,
+                generation_id=generation_id,
+            )
         await clock.sleep(wait)
 
 
@@ -291,11 +333,14 @@ async def _fetch_once(
         "Accept-Encoding": "identity",
     }
     for _hop in range(MAX_REDIRECTS + 1):
-        request = httpx.Request("GET", url, headers=headers)
+        # A CDN connection holds no slot of the account, so one closed early (an error,
+        # max_size, a cancellation, the deadline) is dropped at once: no graceful
+        # close to wait for, as an API request's connection has.
+        request = httpx.Request("GET", url, headers=headers, extensions={ABORT_ON_DISCARD: True})
         try:
             response = await http.send(request, stream=True, follow_redirects=False, auth=None)
         except httpx.HTTPError as exc:
-            raise _transport_error(exc, shown) from exc
+            raise transport_error(exc, shown) from exc
         try:
             status = response.status_code
             if status in _REDIRECTS and "location" in response.headers:
@@ -304,7 +349,7 @@ async def _fetch_once(
                 continue
             if status >= 300:
                 raise _status_error(client, response, shown)
-            return await _save(response, folder, stem, max_size, shown)
+            return await save(response, folder, stem, max_size, shown)
         finally:
             await response.aclose()
     raise DownloadError(
@@ -322,15 +367,9 @@ def _redirect_target(url: httpx.URL, location: str, shown: str) -> httpx.URL:
     return target
 
 
-def _transport_error(exc: httpx.HTTPError, shown: str) -> _TransientError:
-    error = DownloadError(f"Image {shown}: {type(exc).__name__}: {exc}", url=shown)
-    error.__cause__ = exc
-    return _TransientError(error, outcome_of_exception(exc), None)
-
-
 def _status_error(
     client: AsyncNanoBanana, response: httpx.Response, shown: str
-) -> DownloadError | _TransientError:
+) -> DownloadError | TransientError:
     status = response.status_code
     text = f"Image {shown}: {status} {response.reason_phrase or 'error'}."
     error = DownloadError(text, url=shown, status_code=status)
@@ -344,110 +383,4 @@ def _status_error(
         now=client._clock.time(),
         cap=client.retry_policy.retry_after_max,
     )
-    return _TransientError(error, outcome, retry_after)
-
-
-async def _save(
-    response: httpx.Response, folder: Path, stem: str, max_size: int, shown: str
-) -> Path:
-    declared = response.headers.get("content-length", "")
-    if declared.isdecimal() and int(declared) > max_size:
-        raise _too_big(shown, max_size)
-    # Not tempfile.mkstemp: its 0600 mode would stick to the image after the rename.
-    # O_EXCL never opens an existing file or follows a planted symlink.
-    temp = folder / f".{stem}.{secrets.token_hex(8)}.part"
-    try:
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_BINARY, 0o666)
-    except OSError as exc:
-        raise _write_error(shown, folder, exc) from exc
-    done = False
-    try:
-        try:
-            with os.fdopen(fd, "wb") as file:
-                extension = await _copy(response, file, max_size, shown)
-        except OSError as exc:  # a full disk, say; httpx's errors are no OSError
-            raise _write_error(shown, folder, exc) from exc
-        final = folder / f"{stem}.{extension}"
-        if final.parent != folder:  # cannot happen with safe_stem; never trust it blindly
-            raise DownloadError(f"Image {shown}: unsafe file name.", url=shown)
-        try:
-            temp.replace(final)
-        except OSError as exc:  # a directory of that name, say
-            raise _write_error(shown, final, exc) from exc
-        done = True
-        return final
-    finally:
-        if not done:
-            # Synchronous on purpose: in a cancelled scope any await would raise again
-            # before the partial file is gone.
-            with contextlib.suppress(FileNotFoundError):
-                temp.unlink()
-
-
-async def _copy(response: httpx.Response, file: BinaryIO, max_size: int, shown: str) -> str:
-    """Stream the body into ``file``; returns the extension its first bytes call for."""
-    extension: str | None = None
-    head = b""
-    size = 0
-    encoding = response.headers.get("content-encoding", "identity").strip().lower()
-    if encoding not in ("", "identity"):
-        raise DownloadError(
-            f"Image {shown}: the server sent a {encoding}-encoded body though identity "
-            "was asked for; refused (its size cannot be bounded before inflating it).",
-            url=shown,
-            status_code=response.status_code,
-        )
-    try:
-        # With the encoding checked above, httpx's decoder here is the identity one.
-        async for chunk in response.aiter_bytes():
-            size += len(chunk)
-            if size > max_size:
-                raise _too_big(shown, max_size)
-            if extension is None:
-                head += chunk
-                if len(head) < _SNIFF:
-                    continue
-                extension = _sniff(head, response, shown)
-                chunk = head  # noqa: PLW2901 - the held-back head goes out first
-            # Writes of one network read land in the page cache in microseconds, less
-            # than a hop to a worker thread would cost.
-            file.write(chunk)
-    except httpx.HTTPError as exc:
-        raise _transport_error(exc, shown) from exc
-    if extension is None:
-        extension = _sniff(head, response, shown)
-        file.write(head)
-    return extension
-
-
-def _sniff(head: bytes, response: httpx.Response, shown: str) -> str:
-    extension = image_extension(head)
-    if extension is None:
-        content_type = response.headers.get("content-type", "no content type")
-        what = "an empty body" if not head else f"{content_type}, starting {head[:8]!r}"
-        error = DownloadError(
-            f"Image {shown}: the server sent {what}, not a PNG, JPEG, WebP, GIF or AVIF "
-            "image (an error page?).",
-            url=shown,
-            status_code=response.status_code,
-        )
-        # A CDN's interstitial or error page answered 200 passes like a 5xx: retried.
-        raise _TransientError(error, Outcome.SERVER_ERROR, None)
-    return extension
-
-
-def _os_reason(exc: OSError) -> str:
-    return exc.strerror or type(exc).__name__
-
-
-def _write_error(shown: str, path: Path, exc: OSError) -> DownloadError:
-    return DownloadError(
-        f"Image {shown}: cannot write {str(path)!r}: {_os_reason(exc)}.", url=shown
-    )
-
-
-def _too_big(shown: str, max_size: int) -> DownloadError:
-    return DownloadError(
-        f"Image {shown}: larger than {max_size} bytes (max_size); stopped reading.",
-        url=shown,
-    )
+    return TransientError(error, outcome, retry_after)

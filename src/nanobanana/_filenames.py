@@ -1,8 +1,9 @@
 """What a download writes, and where: file names that nothing from the server chooses.
 
 A file is named ``<sanitised generation id>-<index>.<ext>`` (or, for bare URLs, after a
-hash of the URL), with the extension from the file's first bytes: an id like
-``../../x`` cannot leave the target folder, and a URL cannot pick an extension.
+hash of the URL), with the extension from the file's first bytes
+(`nanobanana._images.image_extension`): an id like ``../../x`` cannot leave the target
+folder, and a URL cannot pick an extension.
 """
 
 from __future__ import annotations
@@ -13,25 +14,10 @@ from collections.abc import Sequence
 
 from nanobanana._models import Generation, GenerationStatus
 
-__all__ = ["image_extension", "plan_files", "safe_stem"]
+__all__ = ["plan_files", "safe_stem"]
 
 _MAX_STEM = 80
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
-
-
-def image_extension(head: bytes) -> str | None:
-    """The file extension for an image's first bytes, or None when they are no image."""
-    if head.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "png"
-    if head.startswith(b"\xff\xd8\xff"):
-        return "jpg"
-    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        return "webp"
-    if head[:6] in (b"GIF87a", b"GIF89a"):
-        return "gif"
-    if head[4:12] in (b"ftypavif", b"ftypavis"):
-        return "avif"
-    return None
 
 
 def _digest(text: str) -> str:

@@ -2,8 +2,9 @@
 
 `Requester._send` (``_http.py``) calls one `Recorder` hook at each step of a request:
 ``sending`` once a governor slot is held, ``answered`` when a status came back,
-``failed`` when the transport failed, ``retrying`` before the wait of a retry. Each
-hook
+``failed`` when the transport failed, ``retrying`` before the wait of a retry; an
+image download (``_download.py``) calls ``download_retrying`` before the wait of
+each of its retries. Each hook
 
 - updates the counters, under a lock: a `ClientStats` snapshot may be taken from any
   task (or thread) at any time;
@@ -15,7 +16,8 @@ hook
   left, also when the call was cancelled.
 
 No field of a record holds the API key: the fields are the method, the path without
-the query, numbers, and a generation id that is checked not to be the key.
+the query, numbers, and a generation id that is checked not to be the key. Nor does
+one hold an image URL's query, where a signed URL keeps its signature.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import threading
 import types
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any, NoReturn
+from urllib.parse import urlsplit
 
 import attrs
 
@@ -130,7 +133,9 @@ class ClientStats:
             one more. Image downloads go to the CDN and are not counted.
         retries: retries by reason: ``"429"``, ``"503"``, ``"5xx"``, ``"connect"``
             (failed before the request left), ``"network"`` (a read failed after it
-            was sent; only reads are resent then).
+            was sent; only reads are resent then). Image downloads' retries are
+            counted too, by the same reasons (a body cut short is ``"network"``, a
+            page that is no image ``"5xx"``); their log records name the CDN's path.
         rate_limited: 429 answers seen (the account's concurrency limit).
         server_busy: 503 answers seen (the server's async queue was full).
         credits_spent: credits charged: the ``creditsUsed`` the server reported, else
@@ -358,6 +363,43 @@ class Recorder:
                 wait=wait,
                 reason=reason,
             )
+
+    def download_retrying(
+        self,
+        url: str,
+        attempt: int,
+        outcome: Outcome,
+        wait: float,
+        *,
+        status: int | None,
+        generation_id: str | None,
+    ) -> None:
+        """Attempt ``attempt`` of an image download failed; the next follows in ``wait`` s.
+
+        ``url`` is the image's URL without its query (a signed URL's signature is
+        there, ``_download._redact``): it names the CDN in the message, and its path is
+        the ``path`` field. ``status`` is that of the failed answer (None when the
+        transport failed): a download has no "response" record of its own.
+        """
+        reason = REASONS[outcome]
+        with self._lock:
+            self._retries[reason] = self._retries.get(reason, 0) + 1
+        emit(
+            logging.INFO,
+            "retrying download GET %s in %.2f s after %s (attempt %d)",
+            url,
+            wait,
+            outcome.value,
+            attempt,
+            event="retry",
+            method="GET",
+            path=urlsplit(url).path or "/",
+            status=status,
+            attempt=attempt,
+            wait=wait,
+            reason=reason,
+            generation_id=generation_id,
+        )
 
     def snapshot(self, *, governor: GovernorStats, ledger: Ledger) -> ClientStats:
         """The counters now, with the governor's and the ledger's figures."""

@@ -79,6 +79,8 @@ async def test_a_hostile_generation_id_cannot_leave_the_folder(sim, client, tmp_
     [
         ("cdn_html", "cdn_html"),
         ("cdn_cut", "cdn_cut"),
+        ("cdn_cut_chunked", "cdn_cut"),
+        ("cdn_cut_close", "cdn_cut"),
         ("cdn_reset", "reset"),
         ("cdn_500", "status"),
     ],
@@ -179,3 +181,19 @@ async def test_downloads_do_not_count_against_the_account_limit(sim, client, tmp
     await client.download(generation, tmp_path)
     assert sim.max_in_flight() == 1
     assert client.governor_stats().max_active == 1
+
+
+async def test_a_cdn_that_stalls_mid_body_is_given_up_at_the_timeout(sim, tmp_path):
+    async with fast_client(sim) as client:
+        generation = await client.generate("p", quantity=2)
+        sim.inject("cdn_stall", path=f"/img/{generation.id}/1.png")
+        with pytest.raises(DownloadError, match="timeout") as info:
+            await client.download(generation, tmp_path, timeout=0.3)
+    error = info.value
+    assert error.generation_id == generation.id
+    assert [p.name for p in error.saved] == [f"{generation.id}-0.png"]
+    assert error.unsaved_urls == generation.image_urls[1:]
+    assert listing(tmp_path) == [f"{generation.id}-0.png"]  # no .part file left
+    requests = await logged_cdn_requests(sim, 2)
+    stalled = [r for r in requests if r.faults == ("cdn_stall",)]
+    assert [r.outcome for r in stalled] == ["disconnected"]

@@ -27,7 +27,7 @@ from nanobanana import (
 )
 from nanobanana._download import image_extension
 from nanobanana._sse import SSETooLargeError
-from nanobanana.testing import Simulator
+from nanobanana.testing import Simulator, render_image
 
 
 def run(main, *args, ours_allowed=frozenset()):
@@ -179,6 +179,17 @@ def test_faults_are_retried_or_typed_on_trio(sim, tmp_path):
             sim.inject("cdn_html")  # a page answered 200 passes like a 5xx: retried
             (path,) = await client.download(generation, tmp_path)
             assert image_extension(path.read_bytes()[:16]) == "png"
+            # Cut short without a Content-Length: chunked (httpcore's h11 refuses the
+            # body) or ended by a close (the PNG's end shows it): retried, saved whole.
+            whole = render_image("image", 0, size=sim.config.image_size)
+            for preset in ("cdn_cut_chunked", "cdn_cut_close"):
+                sim.inject(preset)
+                (path,) = await client.download(generation, tmp_path)
+                assert path.read_bytes() == whole, preset
+            sim.inject("cdn_stall")
+            with pytest.raises(DownloadError, match="timeout"):
+                await client.download(generation, tmp_path / "stalled", timeout=0.2)
+            assert list((tmp_path / "stalled").iterdir()) == []
             sim.inject("cdn_410")
             with pytest.raises(DownloadError, match="410"):
                 await client.download(generation, tmp_path)

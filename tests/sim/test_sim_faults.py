@@ -356,9 +356,78 @@ async def test_cdn_cut_sends_the_full_length_then_part_of_the_image_and_drops(ap
     assert (record.status, record.outcome, record.faults) == (200, "cut", ("cdn_cut",))
 
 
+async def test_cdn_cut_chunked_sends_chunks_then_drops_before_the_last(api, nanobanana_sim):
+    url = await image_url(api)
+    async with httpx.AsyncClient(verify=TLS) as cdn:
+        whole = (await cdn.get(url)).content
+        nanobanana_sim.inject("cdn_cut_chunked", size=40)
+        received: list[bytes] = []
+        async with cdn.stream("GET", url) as response:
+            assert "content-length" not in response.headers
+            assert response.headers["transfer-encoding"] == "chunked"
+            with pytest.raises(httpx.RemoteProtocolError):
+                await read_into(response, received)
+        assert b"".join(received) == whole[:40]
+
+
+async def test_cdn_cut_close_ends_a_body_without_length_by_a_plain_close(api, nanobanana_sim):
+    url = await image_url(api)
+    async with httpx.AsyncClient(verify=TLS) as cdn:
+        whole = (await cdn.get(url)).content
+        nanobanana_sim.inject("cdn_cut", framing="close", size=40)
+        response = await cdn.get(url)
+    # To HTTP a whole response: only the missing IEND shows the image is cut.
+    assert response.status_code == 200
+    assert "content-length" not in response.headers
+    assert "transfer-encoding" not in response.headers
+    assert response.content == whole[:40]
+    assert whole.endswith(b"IEND\xaeB`\x82")
+    await nanobanana_sim.wait_for_async(
+        lambda: len([r for r in nanobanana_sim.requests if r.origin == "cdn"]) == 2
+    )
+    record = [r for r in nanobanana_sim.requests if r.origin == "cdn"][1]
+    assert (record.status, record.outcome, record.faults) == (200, "cut", ("cdn_cut",))
+
+
+def test_a_fault_with_an_unknown_framing_is_refused():
+    with pytest.raises(ValueError, match="framing"):
+        Fault(kind="cdn_cut", framing="gzip")
+
+
+async def test_cdn_stall_sends_part_of_the_image_then_waits_for_the_client_to_leave(
+    api, nanobanana_sim
+):
+    url = await image_url(api)
+    async with httpx.AsyncClient(verify=TLS) as cdn:
+        whole = (await cdn.get(url)).content
+        nanobanana_sim.inject("cdn_stall", size=40)
+        received: list[bytes] = []
+        async with cdn.stream("GET", url) as response:
+            assert response.headers["content-length"] == str(len(whole))
+            async for chunk in response.aiter_raw():
+                received.append(chunk)
+                if sum(map(len, received)) >= 40:
+                    break  # the rest never comes: leave
+        assert b"".join(received) == whole[:40]
+        assert (await cdn.get(url)).content == whole  # used up: whole again
+    await nanobanana_sim.wait_for_async(
+        lambda: len([r for r in nanobanana_sim.requests if r.origin == "cdn"]) == 3
+    )
+    record = [r for r in nanobanana_sim.requests if r.origin == "cdn"][1]
+    assert (record.status, record.outcome, record.faults) == (200, "disconnected", ("cdn_stall",))
+
+
 @pytest.mark.parametrize(
     ("preset", "seen"),
-    [("cdn_500", 500), ("cdn_503", 503), ("cdn_reset", None), ("cdn_cut", None), ("cdn_html", 200)],
+    [
+        ("cdn_500", 500),
+        ("cdn_503", 503),
+        ("cdn_reset", None),
+        ("cdn_cut", None),
+        ("cdn_cut_chunked", None),
+        ("cdn_cut_close", 200),
+        ("cdn_html", 200),
+    ],
 )
 async def test_the_transient_cdn_presets_hit_only_the_cdn(api, nanobanana_sim, preset, seen):
     nanobanana_sim.random_faults(rate=1.0, seed=1, kinds=[preset])
@@ -370,7 +439,10 @@ async def test_the_transient_cdn_presets_hit_only_the_cdn(api, nanobanana_sim, p
             status = None
         else:
             status = response.status_code
-            assert not response.content.startswith(b"\x89PNG")
+            whole = response.content.startswith(b"\x89PNG") and response.content.endswith(
+                b"IEND\xaeB`\x82"
+            )
+            assert not whole  # an HTML page, or a PNG without its end
     assert status == seen
     assert [r.faults for r in nanobanana_sim.requests if r.origin == "api"] == [()]
 

@@ -13,6 +13,7 @@ Layers, top down:
 - `_parsers` and `_wire`: responses parsed by llhttp or h11; request heads encoded.
 """
 
+from nanobanana._transport._fast import ABORT_ON_DISCARD
 from nanobanana._transport._transport import (
     DEFAULT_LIMITS,
     NanoBananaTransport,
@@ -23,6 +24,7 @@ from nanobanana._transport._transport import (
 from nanobanana._transport._wire import MAX_HEAD
 
 __all__ = [
+    "ABORT_ON_DISCARD",
     "DEFAULT_LIMITS",
     "MAX_HEAD",
     "NanoBananaTransport",

@@ -31,9 +31,16 @@ if TYPE_CHECKING:
 
     from nanobanana._transport._parsers import ParserFactory
 
-__all__ = ["CLOSE_WAIT", "FastPool", "ResponseStream"]
+__all__ = ["ABORT_ON_DISCARD", "CLOSE_WAIT", "FastPool", "ResponseStream"]
 
 _SMALL_BODY: Final = 64 * 1024  # Bodies up to this size go out in the head's write.
+
+#: A request extension (``httpx.Request(..., extensions={ABORT_ON_DISCARD: True})``):
+#: if the response is closed before its end (an error, a cancellation), drop the
+#: connection at once instead of half-closing it and waiting for the server's close.
+#: For requests that hold no slot on the server, such as image downloads from a CDN:
+#: the wait is only worth it where a concurrency slot is freed after the close.
+ABORT_ON_DISCARD: Final = "nanobanana.abort_on_discard"
 
 
 class _Complete:
@@ -67,7 +74,8 @@ class ResponseStream:
     it instead, since its state is then unknown. Closing a discarded connection
     half-closes it and returns once the server has closed its end too (bounded by
     `CLOSE_WAIT`), so that what the caller releases next (a concurrency slot) is
-    released after the server let go of the request.
+    released after the server let go of the request. With ``graceful=False``
+    (`ABORT_ON_DISCARD`) it drops the connection at once instead.
     """
 
     def __init__(
@@ -75,10 +83,13 @@ class ResponseStream:
         conn: H1Connection,
         release: Callable[[H1Connection, bool], None],
         timeout: float | None,
+        *,
+        graceful: bool = True,
     ) -> None:
         self._conn: H1Connection | None = conn
         self._release = release
         self._timeout = timeout
+        self._graceful = graceful
         self._discarded: H1Connection | None = None  # being shut down, not yet lost
 
     def __aiter__(self) -> AsyncIterator[bytes]:
@@ -128,6 +139,10 @@ class ResponseStream:
         """
         if conn.lost:
             self._release(conn, False)  # the server has closed it already
+            return
+        if not self._graceful:
+            conn.abort()
+            self._release(conn, False)
             return
         self._discarded = conn
         conn.shut_down()
@@ -238,7 +253,8 @@ class FastPool:
             conn.finish()
             pool.release(conn, True)
         else:
-            stream = ResponseStream(conn, pool.release, read_timeout)
+            graceful = not request.extensions.get(ABORT_ON_DISCARD, False)
+            stream = ResponseStream(conn, pool.release, read_timeout, graceful=graceful)
         return httpcore.Response(status, headers=headers, content=stream, extensions=extensions)
 
     # -- sending ----------------------------------------------------------------------

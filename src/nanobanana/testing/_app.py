@@ -19,6 +19,7 @@ from nanobanana.testing._asgi import (
     ClientGone,
     CutConnection,
     Exchange,
+    RawResponse,
     Receive,
     ResetConnection,
     Scope,
@@ -85,7 +86,7 @@ class SimApp:
         except ResetConnection:
             call.outcome = "reset"
             raise
-        except CutConnection:
+        except (CutConnection, RawResponse):
             call.outcome = "cut"
             raise
         except ClientGone:

@@ -1,10 +1,11 @@
 """ASGI plumbing shared by the simulator's app modules: one `Exchange` per request.
 
 The simulator's app is a raw ASGI 3 callable (a handful of paths needs no framework).
-Faults that need the socket are asked for by raising `ResetConnection` or
-`CutConnection`: our own server (``_server.py``) turns them into a TCP reset or a
-dropped connection; any other ASGI server sees an exception from the app and closes
-the connection or answers 500, which is the closest it can do.
+Faults that need the socket are asked for by raising `ResetConnection`,
+`CutConnection` or `RawResponse`: our own server (``_server.py``) turns them into a TCP
+reset, a dropped connection, or bytes sent as they are before a close; any other
+ASGI server sees an exception from the app and closes the connection or answers 500,
+which is the closest it can do.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ __all__ = [
     "ClientGone",
     "CutConnection",
     "Exchange",
+    "RawResponse",
     "Receive",
     "ResetConnection",
     "Scope",
@@ -39,6 +41,18 @@ class ResetConnection(Exception):  # noqa: N818 - a request to the server, not a
 
 class CutConnection(Exception):  # noqa: N818 - same
     """Raised by the app to have the server drop the connection mid-response."""
+
+
+class RawResponse(Exception):  # noqa: N818 - same
+    """Raised by the app to have the server send ``data`` as it is, then close (a FIN).
+
+    For responses the server's HTTP library would frame otherwise: a body delimited by
+    the end of the connection, which h11 never sends to an HTTP/1.1 client.
+    """
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(f"{len(data)} raw bytes")
+        self.data = data
 
 
 class ClientGone(Exception):  # noqa: N818 - same

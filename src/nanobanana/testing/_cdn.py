@@ -7,7 +7,13 @@ urllib User-Agent is refused with 403.
 
 The ``cdn_cut`` fault sends the real image's headers (its full ``Content-Length``)
 and part of its bytes, then drops the connection: a body cut short, which a client
-sees as a broken response, not as a smaller image.
+sees as a broken response, not as a smaller image. With ``framing="chunked"`` the
+body is sent chunked and the connection dropped before the last chunk, which a client
+must also see as broken; with ``framing="close"`` it has no length at all and the
+connection is closed normally after part of it, so that to HTTP it is a whole body:
+only the image's own end (PNG's ``IEND`` chunk) shows it is not. The ``cdn_stall`` fault sends the
+same headers and part of the bytes, then nothing more until the client goes away: a
+body that never ends, which only a deadline over the whole download gives up on.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import functools
 import hmac
 from urllib.parse import quote, unquote
 
-from nanobanana.testing._asgi import CutConnection, Exchange
+from nanobanana.testing._asgi import ClientGone, CutConnection, Exchange, RawResponse
 from nanobanana.testing._call import Call
 from nanobanana.testing._faults import Fault
 from nanobanana.testing._png import PNG_SIGNATURE, render_image
@@ -50,13 +56,44 @@ async def _huge(ex: Exchange, size: int) -> None:
         await ex.write(piece, more=sent < size)
 
 
-async def _cut(ex: Exchange, body: bytes, size: int | None) -> None:
-    """Send the headers of ``body`` and its first ``size`` bytes, then drop the connection."""
-    sent = len(body) // 2 if size is None else max(0, min(size, len(body) - 1))
+async def _part(ex: Exchange, body: bytes, size: int | None) -> None:
+    """Send the headers of ``body`` (its full length) and its first ``size`` bytes."""
+    sent = _cut_size(body, size)
     await ex.start(200, [("content-type", "image/png"), ("content-length", str(len(body)))])
     if ex.method != "HEAD" and sent:
         await ex.write(body[:sent])
-    raise CutConnection
+
+
+def _cut_size(body: bytes, size: int | None) -> int:
+    return len(body) // 2 if size is None else max(0, min(size, len(body) - 1))
+
+
+async def _cut(ex: Exchange, body: bytes, size: int | None, framing: str) -> None:
+    """Send the headers of ``body`` and its first ``size`` bytes, then end the connection."""
+    if framing == "length":
+        await _part(ex, body, size)
+        raise CutConnection
+    sent = body[: _cut_size(body, size)] if ex.method != "HEAD" else b""
+    if framing == "chunked":
+        # No Content-Length: the server sends the body chunked.
+        await ex.start(200, [("content-type", "image/png")])
+        if sent:
+            await ex.write(sent)
+        raise CutConnection
+    # "close": HTTP/1.1 with neither length nor chunks, ended by a plain close.
+    ex.status = 200
+    head = (
+        b"HTTP/1.1 200 OK\r\ncontent-type: image/png\r\nconnection: close\r\n"
+        b"server: nanobanana-simulator\r\n\r\n"
+    )
+    raise RawResponse(head + sent)
+
+
+async def _stall(ex: Exchange, body: bytes, size: int | None) -> None:
+    """Send the headers of ``body`` and its first ``size`` bytes, then nothing: a stall."""
+    await _part(ex, body, size)
+    await ex.disconnected.wait()
+    raise ClientGone
 
 
 async def _response_fault(call: Call, fault: Fault, segment: str, index: str) -> bool:
@@ -127,7 +164,9 @@ async def handle_image(call: Call) -> None:
         return
     body = _image(generation.prompt, index, state.config.image_size)
     if fault is not None and fault.kind == "cdn_cut":
-        await _cut(ex, body, fault.size)
+        await _cut(ex, body, fault.size, fault.framing)
+    if fault is not None and fault.kind == "cdn_stall":
+        await _stall(ex, body, fault.size)
     await ex.respond(
         200,
         body,

@@ -14,7 +14,8 @@ and a failing generation can hit the same request:
 | stream | ``sse_cut``, ``sse_split``, ``sse_junk``, ``sse_heartbeats``, ``sse_oversize`` |
 | generation | ``outcome`` |
 
-The CDN's own kinds are ``cdn_html``, ``cdn_huge``, ``cdn_redirect`` and ``cdn_cut``.
+The CDN's own kinds are ``cdn_html``, ``cdn_huge``, ``cdn_redirect``, ``cdn_cut`` and
+``cdn_stall``.
 
 An ``after_charge`` fault is used up only when a request gets as far as the charge (a
 request refused with 400 or 402 leaves it armed for the next one); the others are used
@@ -52,6 +53,7 @@ _CATEGORIES: dict[str, Category] = {
     "cdn_huge": "response",
     "cdn_redirect": "response",
     "cdn_cut": "response",
+    "cdn_stall": "response",
     "sse_cut": "stream",
     "sse_split": "stream",
     "sse_junk": "stream",
@@ -60,8 +62,9 @@ _CATEGORIES: dict[str, Category] = {
     "outcome": "generation",
 }
 FAULT_KINDS: tuple[str, ...] = tuple(_CATEGORIES)
-_CDN_KINDS = frozenset({"cdn_html", "cdn_huge", "cdn_redirect", "cdn_cut"})
+_CDN_KINDS = frozenset({"cdn_html", "cdn_huge", "cdn_redirect", "cdn_cut", "cdn_stall"})
 _OUTCOMES = frozenset({"success", "failure", "unsafe"})
+_FRAMINGS = frozenset({"length", "chunked", "close"})
 
 
 @attrs.frozen(kw_only=True)
@@ -131,7 +134,13 @@ class Fault:
         pause: ``sse_split``: seconds between chunks, so that they arrive separately.
         count: ``sse_junk``/``sse_heartbeats``: extra lines or heartbeats per event.
         size: ``sse_oversize``: bytes in the oversize line; ``cdn_huge``: body bytes;
-            ``cdn_cut``: bytes of the image sent before the cut (default: half of it).
+            ``cdn_cut``: bytes of the image sent before the cut, ``cdn_stall``: before
+            the stall (default: half of it).
+        framing: ``cdn_cut``: how the cut body is framed: ``"length"`` (its full
+            ``Content-Length``, then the connection dropped), ``"chunked"`` (chunked
+            coding, the connection dropped before the last chunk) or ``"close"`` (no
+            length: the body ends when the connection is closed, normally, which to
+            HTTP looks like a whole body).
         location: ``cdn_redirect``: where to redirect (default: the same image on
             another origin, ``localhost`` instead of ``127.0.0.1``).
         outcome: ``outcome``: ``"success"``, ``"failure"`` or ``"unsafe"``.
@@ -163,6 +172,7 @@ class Fault:
     count: int = 3
     size: int | None = None
     location: str | None = None
+    framing: str = "length"
     outcome: str | None = None
     generation_time: float | None = None
     error_message: str | None = None
@@ -184,6 +194,8 @@ class Fault:
             raise ValueError("times must be at least 1 (or None for always)")
         if self.after_charge and kind not in ("status", "reset"):
             raise ValueError("after_charge applies to 'status' and 'reset' faults only")
+        if self.framing not in _FRAMINGS:
+            raise ValueError(f"framing must be one of {sorted(_FRAMINGS)}")
         if kind == "sse_split" and (not self.chunk_sizes or min(self.chunk_sizes) < 1):
             raise ValueError("chunk_sizes must be positive byte counts")
 
@@ -246,11 +258,23 @@ PRESETS: dict[str, Fault] = {
     "cdn_503": Fault(kind="status", status=503, origin="cdn"),
     "cdn_reset": Fault(kind="reset", origin="cdn"),
     "cdn_cut": Fault(kind="cdn_cut"),
+    # The same cut with no Content-Length: chunked (the last chunk missing), or ended by
+    # a normal close of the connection, which only the image's own end shows.
+    "cdn_cut_chunked": Fault(kind="cdn_cut", framing="chunked"),
+    "cdn_cut_close": Fault(kind="cdn_cut", framing="close"),
 }
 
 #: CDN failures that pass (the image is still there), as preset names: a download
 #: that retries them saves every image. For ``random_faults(kinds=CDN_TRANSIENT_KINDS)``.
-CDN_TRANSIENT_KINDS: tuple[str, ...] = ("cdn_500", "cdn_503", "cdn_reset", "cdn_cut", "cdn_html")
+CDN_TRANSIENT_KINDS: tuple[str, ...] = (
+    "cdn_500",
+    "cdn_503",
+    "cdn_reset",
+    "cdn_cut",
+    "cdn_cut_chunked",
+    "cdn_cut_close",
+    "cdn_html",
+)
 
 # Faults a correct client survives without paying twice: nothing charged, or retried safely.
 DEFAULT_RANDOM_KINDS: tuple[str, ...] = (

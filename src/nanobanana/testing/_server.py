@@ -21,7 +21,13 @@ from urllib.parse import unquote
 import h11
 
 from nanobanana._logs import emit
-from nanobanana.testing._asgi import CutConnection, Message, ResetConnection, Scope
+from nanobanana.testing._asgi import (
+    CutConnection,
+    Message,
+    RawResponse,
+    ResetConnection,
+    Scope,
+)
 
 __all__ = ["ClientDisconnected", "HttpServer"]
 
@@ -167,6 +173,12 @@ class _Connection:
         except CutConnection:
             self._abort()
             return False
+        except RawResponse as raw:
+            if not started and not disconnected.is_set():
+                with contextlib.suppress(OSError):
+                    self._writer.write(raw.data)
+                    await self._writer.drain()
+            return False  # closed gracefully by serve(): the client sees a plain EOF
         except ClientDisconnected:
             return False
         except Exception as exc:  # noqa: BLE001 - logged with its traceback (exc_info)

@@ -392,7 +392,9 @@ class Simulator:
         (``after_events=``, ``with_id=``), ``sse_split`` (``chunk_sizes=``, ``pause=``),
         ``sse_junk`` / ``sse_heartbeats`` (``count=``), ``sse_oversize`` (``size=``),
         ``cdn_html``, ``cdn_huge`` (``size=``), ``cdn_redirect`` (``location=``),
-        ``cdn_cut`` (``size=``: bytes sent before the cut), and
+        ``cdn_cut`` (``size=``: bytes sent before the cut; ``framing=``: ``"length"``,
+        ``"chunked"`` or ``"close"``), ``cdn_stall`` (``size=``:
+        bytes sent before the body stops, until the client leaves), and
         ``outcome`` (``outcome=``, ``generation_time=``, ``error_message=``,
         ``generation_id=``). Match with ``method=``, ``path=``, ``mode=``,
         ``origin=``; ``times=`` (default 1, ``None`` for every match).
