@@ -22,7 +22,7 @@ from nanobanana import (
     RetryPolicy,
 )
 from nanobanana._download import image_extension, safe_stem
-from nanobanana._stats import LOG_FIELDS
+from nanobanana._logs import LOG_FIELDS
 from transport_servers import ScriptedServer
 
 API = "https://api.test/api/v1"
