@@ -126,10 +126,13 @@ class ForwardProxy:
     `routes` sends a (host, port) the client asked for somewhere else: a name or a
     closed port that only the proxy can reach. Every request line is kept in
     `seen`, and every byte the client sent through the proxy in `client_bytes`.
+    `refuse()` makes it answer CONNECT with an error status instead of a tunnel.
     """
 
     def __init__(self, routes: dict[tuple[str, int], tuple[str, int]] | None = None) -> None:
         self.routes = routes or {}
+        self._refusal: str | None = None
+        self._refusals_left: int | None = None
         self.seen: list[str] = []
         self.client_bytes = bytearray()
         self.port = 0
@@ -148,6 +151,17 @@ class ForwardProxy:
         if self._server is not None:
             self._server.close()
 
+    def refuse(self, status: str, *, times: int | None = None) -> None:
+        """Answer the next `times` CONNECTs (None: all) with `status`, e.g. ``"407 ..."``."""
+        self._refusal, self._refusals_left = status, times
+
+    def _refusing(self) -> str | None:
+        if self._refusal is None or self._refusals_left == 0:
+            return None
+        if self._refusals_left is not None:
+            self._refusals_left -= 1
+        return self._refusal
+
     def _route(self, host: str, port: int) -> tuple[str, int]:
         return self.routes.get((host, port), (host, port))
 
@@ -160,6 +174,15 @@ class ForwardProxy:
         self.client_bytes += head
         method, target, _ = head.split(b"\r\n", 1)[0].decode("latin-1").split(" ", 2)
         self.seen.append(f"{method} {target}")
+        refusal = self._refusing() if method == "CONNECT" else None
+        if refusal is not None:
+            writer.write(
+                f'HTTP/1.1 {refusal}\r\nProxy-Authenticate: Basic realm="test"\r\n'
+                "Content-Length: 0\r\nConnection: close\r\n\r\n".encode("latin-1")
+            )
+            await writer.drain()
+            writer.close()
+            return
         if method == "CONNECT":
             host, _, port = target.rpartition(":")
             up_reader, up_writer = await asyncio.open_connection(*self._route(host, int(port)))

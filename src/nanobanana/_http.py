@@ -22,6 +22,7 @@ from nanobanana._errors import (
     APITimeoutError,
     MissingAPIKeyError,
     NanoBananaError,
+    ProxyError,
     RateLimitError,
     ServerBusyError,
     TLSCertificateError,
@@ -63,6 +64,13 @@ CERTIFICATE_HINT = (
     "SSL_CERT_FILE."
 )
 
+PROXY_HINT = (
+    "The proxy refused to open a tunnel to the API, so nothing was sent and nothing is "
+    "retried. Check the proxy's credentials (http://user:password@proxy:port, in "
+    "proxy= or HTTPS_PROXY) and that it allows the API's host, or set NO_PROXY if the "
+    "API should be reached directly."
+)
+
 
 class GenerateWatch(Protocol):
     """Told, in the calling task, when its ``POST /generate`` may reach the server.
@@ -88,6 +96,7 @@ _FREE_OUTCOMES = frozenset(
         Outcome.NOT_SENT,
         Outcome.INVALID,
         Outcome.CERTIFICATE,
+        Outcome.PROXY_REFUSED,
         Outcome.RATE_LIMITED,
         Outcome.BUSY,
         Outcome.CLIENT_ERROR,
@@ -414,6 +423,10 @@ class Requester:
                     hint = ""
                     if outcome is Outcome.CERTIFICATE:
                         cls, hint = TLSCertificateError, f" {CERTIFICATE_HINT}"
+                    elif isinstance(exc, httpx.ProxyError):
+                        cls = ProxyError
+                        if outcome is Outcome.PROXY_REFUSED:
+                            hint = f" {PROXY_HINT}"
                     elif isinstance(exc, httpx.TimeoutException):
                         cls = APITimeoutError
                     # Errors outlive the call (logs, error trackers): keep no key in them.
