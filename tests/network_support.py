@@ -213,6 +213,46 @@ class ForwardProxy:
         up_writer.close()
 
 
+class TLSCountingServer:
+    """A TLS server that counts connections (before the handshake) and handshakes.
+
+    Each request gets an empty 200 and the connection is closed.
+    """
+
+    def __init__(self, ssl_context: Any) -> None:
+        self.ssl_context = ssl_context
+        self.connections = 0
+        self.handshakes = 0
+        self.port = 0
+        self._server: asyncio.Server | None = None
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+    async def start(self) -> TLSCountingServer:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            await writer.start_tls(self.ssl_context)
+            self.handshakes += 1
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            await writer.drain()
+        except (OSError, asyncio.IncompleteReadError):
+            pass  # The client refused the certificate: what the tests want.
+        finally:
+            writer.close()
+
+
 class HypercornServer:
     """An ASGI app served by hypercorn (HTTP/1.1 and HTTP/2, TLS when given a cert)."""
 

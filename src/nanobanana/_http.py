@@ -37,6 +37,7 @@ from nanobanana._retry import (
     Outcome,
     RequestKind,
     RetryPolicy,
+    certificate_failure,
     decide,
     outcome_of_exception,
     outcome_of_status,
@@ -130,9 +131,20 @@ _E = TypeVar("_E", bound=NanoBananaError)
 
 
 def _describe(exc: httpx.HTTPError) -> str:
-    """``ReadTimeout: the text.``: the exception's name and text, as one sentence."""
-    text = str(exc).rstrip(".") or type(exc).__name__
-    return f"{type(exc).__name__}: {text}."
+    """``ReadTimeout: the text.``: the exception's name and text, as one sentence.
+
+    For a certificate that failed verification, the text is the reason OpenSSL gave
+    (``self-signed certificate``, ``Hostname mismatch, ...``), the same on every event
+    loop: on trio httpx's own text is empty (trio wraps the ssl error in its
+    ``BrokenResourceError``).
+    """
+    failure = certificate_failure(exc)
+    if failure is not None:
+        reason = getattr(failure, "verify_message", None) or failure.strerror or str(failure)
+        text = f"[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: {reason}"
+    else:
+        text = str(exc).rstrip(".") or type(exc).__name__
+    return f"{type(exc).__name__}: {text.rstrip('.')}."
 
 
 class Binding:

@@ -35,6 +35,7 @@ __all__ = [
     "Outcome",
     "RequestKind",
     "RetryPolicy",
+    "certificate_failure",
     "decide",
     "none_or_at_least_zero",
     "out_of_patience",
@@ -133,6 +134,18 @@ def _causes(exc: BaseException) -> Iterator[BaseException]:
         current = current.__cause__ or current.__context__
 
 
+def certificate_failure(exc: BaseException) -> ssl.SSLCertVerificationError | None:
+    """The failed certificate verification down `exc`'s chain, if there is one.
+
+    On trio it is two links down, under trio's ``BrokenResourceError``; on asyncio
+    httpx's error carries its text already.
+    """
+    for cause in _causes(exc):
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return cause
+    return None
+
+
 # A CONNECT answered with one of these will be answered so again: the proxy wants
 # credentials (407), or does not allow the host (403), ... 408 and 429 pass with time.
 _CONNECT_STATUS = re.compile(r"([1-5]\d\d)\b")
@@ -170,7 +183,7 @@ def outcome_of_exception(exc: httpx.HTTPError) -> Outcome:
     if isinstance(exc, httpx.ProxyError):
         return Outcome.PROXY_REFUSED if proxy_refused(exc) else Outcome.NOT_SENT
     if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)):
-        if any(isinstance(e, ssl.SSLCertVerificationError) for e in _causes(exc)):
+        if certificate_failure(exc) is not None:
             return Outcome.CERTIFICATE
         return Outcome.NOT_SENT
     if isinstance(exc, (httpx.UnsupportedProtocol, httpx.LocalProtocolError, httpx.InvalidURL)):
