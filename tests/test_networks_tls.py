@@ -8,6 +8,7 @@ hypercorn serving the simulator's ASGI app. The dual-stack test black-holes ::1
 from __future__ import annotations
 
 import contextlib
+import pathlib
 import socket
 import ssl
 import subprocess
@@ -19,7 +20,7 @@ import pytest
 
 from components import require, require_binary, require_module
 from nanobanana import APIConnectionError, AsyncNanoBanana, TLSCertificateError
-from nanobanana._transport import _connect
+from nanobanana._transport import _connect, make_ssl_context
 from nanobanana.testing import Simulator
 from network_support import (
     LOOPS,
@@ -99,6 +100,52 @@ async def test_ssl_cert_file_and_ssl_cert_dir_are_trusted_as_httpx_does(tls, mon
         ) as client:
             with pytest.raises(TLSCertificateError):
                 await client.credits()
+
+
+async def test_verify_accepts_a_path_object(tls):
+    async def handler(conn: ServerConn) -> None:
+        while await conn.read_request() is not None:
+            await credits_answer(conn)
+
+    async with (
+        ScriptedServer(handler, ssl_context=server_context(tls)) as server,
+        AsyncNanoBanana(
+            api_key=KEY, base_url=server.url + "/api/v1", verify=pathlib.Path(tls.ca_pem)
+        ) as client,
+    ):
+        assert await client.credits() == 7
+
+
+@pytest.mark.parametrize("verify", [5, None, b"/etc/ssl/ca.pem", ["ca.pem"]])
+def test_verify_of_another_type_is_a_type_error_naming_what_is_accepted(verify):
+    with pytest.raises(TypeError, match=r"verify must be True, False, a CA bundle path"):
+        AsyncNanoBanana(api_key=KEY, verify=verify)
+
+
+@pytest.mark.parametrize("as_path", [True, False])
+def test_a_missing_ca_bundle_is_named_in_the_error(tmp_path, as_path):
+    missing = tmp_path / "no-such-ca.pem"
+    with pytest.raises(FileNotFoundError, match=r"verify= names no CA bundle") as info:
+        AsyncNanoBanana(api_key=KEY, verify=missing if as_path else str(missing))
+    assert info.value.filename == str(missing)
+    assert str(missing) in str(info.value)
+
+
+def test_a_file_without_a_ca_certificate_is_a_value_error_naming_it(tmp_path):
+    garbage = tmp_path / "notes.txt"
+    garbage.write_text("not a certificate")
+    with pytest.raises(ValueError, match=r"notes\.txt.*holds no CA certificate"):
+        AsyncNanoBanana(api_key=KEY, verify=garbage)
+
+
+def test_a_missing_ssl_cert_file_is_named_in_the_error(tmp_path, monkeypatch):
+    missing = tmp_path / "gone.pem"
+    monkeypatch.setenv("SSL_CERT_FILE", str(missing))
+    with pytest.raises(FileNotFoundError, match=r"SSL_CERT_FILE names no CA bundle") as info:
+        AsyncNanoBanana(api_key=KEY)
+    assert info.value.filename == str(missing)
+    # trust_env=False does not read it.
+    assert make_ssl_context(trust_env=False).verify_mode == ssl.CERT_REQUIRED
 
 
 def _subject_hash(tls) -> str:

@@ -103,7 +103,8 @@ class AsyncNanoBanana(GenerationCalls):
             from the environment (any case), as ``httpx.AsyncClient()`` reads them.
         http2: speak HTTP/2 where offered (``nanobanana[http2]``); default HTTP/1.1.
         verify: True (certifi's CAs, or ``$SSL_CERT_FILE`` / ``$SSL_CERT_DIR``), a
-            CA bundle file or folder, an `ssl.SSLContext`, or False.
+            CA bundle file or folder (a ``str`` or ``pathlib.Path``), an
+            `ssl.SSLContext`, or False.
         trust_env: read proxies and ``SSL_CERT_*`` from the environment (as httpx).
         limits: an `httpx.Limits` for the pool. Default: 100 connections (or
             ``max_concurrency``), idle ones kept 4 s (Node.js servers close at 5 s).
@@ -125,7 +126,7 @@ class AsyncNanoBanana(GenerationCalls):
         http_client: httpx.AsyncClient | None = None,
         proxy: str | httpx.URL | httpx.Proxy | None = None,
         http2: bool = False,
-        verify: ssl.SSLContext | str | bool = True,
+        verify: ssl.SSLContext | str | os.PathLike[str] | bool = True,
         trust_env: bool = True,
         limits: httpx.Limits | None = None,
         governor: Any = None,
