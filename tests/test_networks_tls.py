@@ -196,7 +196,7 @@ def test_http2_through_httpx_transport_against_hypercorn(loop, tls, tmp_path):
         versions = []
 
         async def record(response: httpx.Response) -> None:
-            versions.append((response.url.host, response.http_version))
+            versions.append((response.url.port, response.http_version))
 
         async def main():
             async with AsyncNanoBanana(
@@ -214,13 +214,20 @@ def test_http2_through_httpx_transport_against_hypercorn(loop, tls, tmp_path):
                         group.start_soon(client.get_generation, generation.id)
                 paths = await client.download(generation, tmp_path)
                 assert not client.http_client._transport.dispatch.uses_fast_path()
-            return events, paths
+            return generation, events, paths
 
-        events, paths = run_on(loop, main)
+        generation, events, paths = run_on(loop, main)
     assert events[-1].type == "complete"
     assert paths[0].exists()
-    api_versions = {v for host, v in versions if v != "HTTP/1.1"}
-    assert api_versions == {"HTTP/2"}  # every API request; the CDN is plain http/1.1
+    cdn_port = httpx.URL(generation.image_urls[0]).port
+    assert cdn_port != api.port
+    by_port = {port: [v for p, v in versions if p == port] for port, _ in versions}
+    assert set(by_port) == {api.port, cdn_port}
+    # credits, generate, stream, 3 polls: every API response came over HTTP/2 ...
+    assert len(by_port[api.port]) >= 6
+    assert set(by_port[api.port]) == {"HTTP/2"}
+    # ... and the CDN's (plain http, no ALPN) over HTTP/1.1.
+    assert set(by_port[cdn_port]) == {"HTTP/1.1"}
 
 
 @pytest.mark.parametrize("loop", LOOPS)
