@@ -126,10 +126,13 @@ class ForwardProxy:
     `routes` sends a (host, port) the client asked for somewhere else: a name or a
     closed port that only the proxy can reach. Every request line is kept in
     `seen`, and every byte the client sent through the proxy in `client_bytes`.
+    `refuse()` makes it answer CONNECT with an error status instead of a tunnel.
     """
 
     def __init__(self, routes: dict[tuple[str, int], tuple[str, int]] | None = None) -> None:
         self.routes = routes or {}
+        self._refusal: str | None = None
+        self._refusals_left: int | None = None
         self.seen: list[str] = []
         self.client_bytes = bytearray()
         self.port = 0
@@ -148,6 +151,17 @@ class ForwardProxy:
         if self._server is not None:
             self._server.close()
 
+    def refuse(self, status: str, *, times: int | None = None) -> None:
+        """Answer the next `times` CONNECTs (None: all) with `status`, e.g. ``"407 ..."``."""
+        self._refusal, self._refusals_left = status, times
+
+    def _refusing(self) -> str | None:
+        if self._refusal is None or self._refusals_left == 0:
+            return None
+        if self._refusals_left is not None:
+            self._refusals_left -= 1
+        return self._refusal
+
     def _route(self, host: str, port: int) -> tuple[str, int]:
         return self.routes.get((host, port), (host, port))
 
@@ -160,6 +174,15 @@ class ForwardProxy:
         self.client_bytes += head
         method, target, _ = head.split(b"\r\n", 1)[0].decode("latin-1").split(" ", 2)
         self.seen.append(f"{method} {target}")
+        refusal = self._refusing() if method == "CONNECT" else None
+        if refusal is not None:
+            writer.write(
+                f'HTTP/1.1 {refusal}\r\nProxy-Authenticate: Basic realm="test"\r\n'
+                "Content-Length: 0\r\nConnection: close\r\n\r\n".encode("latin-1")
+            )
+            await writer.drain()
+            writer.close()
+            return
         if method == "CONNECT":
             host, _, port = target.rpartition(":")
             up_reader, up_writer = await asyncio.open_connection(*self._route(host, int(port)))
@@ -188,6 +211,46 @@ class ForwardProxy:
         await up_writer.drain()
         await _pipe(up_reader, writer, None)
         up_writer.close()
+
+
+class TLSCountingServer:
+    """A TLS server that counts connections (before the handshake) and handshakes.
+
+    Each request gets an empty 200 and the connection is closed.
+    """
+
+    def __init__(self, ssl_context: Any) -> None:
+        self.ssl_context = ssl_context
+        self.connections = 0
+        self.handshakes = 0
+        self.port = 0
+        self._server: asyncio.Server | None = None
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+    async def start(self) -> TLSCountingServer:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            await writer.start_tls(self.ssl_context)
+            self.handshakes += 1
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            await writer.drain()
+        except (OSError, asyncio.IncompleteReadError):
+            pass  # The client refused the certificate: what the tests want.
+        finally:
+            writer.close()
 
 
 class HypercornServer:

@@ -717,6 +717,26 @@ async def test_a_borrowed_http_client_gets_our_generous_timeout_unless_told_othe
 
 
 @respx.mock
+async def test_a_borrowed_http_client_keeps_the_timeout_its_owner_chose():
+    route = respx.get(f"{API}/credits").respond(json={"data": {"credits": 1}})
+    chosen = httpx.Timeout(1.0, connect=0.5)
+    async with httpx.AsyncClient(timeout=chosen) as http:
+        async with AsyncNanoBanana(api_key=KEY, base_url=API, http_client=http) as client:
+            await client.credits()
+            assert route.calls.last.request.extensions["timeout"] == chosen.as_dict()
+            # A copy keeps it too, unless it is given its own.
+            await client.with_options(max_retries=0).credits()
+            assert route.calls.last.request.extensions["timeout"] == chosen.as_dict()
+            await client.with_options(timeout=9.0).credits()
+            assert route.calls.last.request.extensions["timeout"]["read"] == 9.0
+        async with AsyncNanoBanana(
+            api_key=KEY, base_url=API, http_client=http, timeout=None
+        ) as client:
+            await client.credits()
+        assert route.calls.last.request.extensions["timeout"]["read"] is None
+
+
+@respx.mock
 async def test_the_charge_warning_follows_a_full_stop(client):
     respx.post(f"{API}/generate").respond(500, json={"error": "Internal server error"})
     with pytest.raises(InternalServerError) as info:

@@ -9,20 +9,41 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import anyio
 import httpx
 import pytest
 import respx
 
 from components import require_module
-from nanobanana import AsyncNanoBanana
+from nanobanana import APITimeoutError, AsyncNanoBanana
 from nanobanana._transport import NanoBananaTransport
 from nanobanana._transport._transport import _Dispatch
 from nanobanana.testing import Simulator
+from transport_servers import ScriptedServer, ServerConn
 
 KEY = "nb_clients_SECRET_key_9e2b"
 API = "https://api.example.test/api/v1"
 CDN = "https://cdn.example.test"
 PNG = b"\x89PNG\r\n\x1a\n" + b"\0" * 64
+
+
+async def test_a_borrowed_clients_short_timeout_ends_a_call_the_server_never_answers():
+    answered = anyio.Event()
+
+    async def never(conn: ServerConn) -> None:
+        await conn.read_request()
+        await answered.wait()  # Set once the client gave up: never in time.
+
+    async with (
+        ScriptedServer(never) as server,
+        httpx.AsyncClient(timeout=httpx.Timeout(0.2)) as http,
+        AsyncNanoBanana(
+            api_key=KEY, base_url=server.url + "/api/v1", http_client=http, max_retries=0
+        ) as client,
+    ):
+        with pytest.raises(APITimeoutError, match="ReadTimeout"):
+            await client.credits()
+        answered.set()
 
 
 def borrowed(handler, **kwargs) -> httpx.AsyncClient:

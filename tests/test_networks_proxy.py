@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from components import require_module
-from nanobanana import APIConnectionError, AsyncNanoBanana
+from nanobanana import APIConnectionError, AsyncNanoBanana, ProxyError, RetryPolicy
 from nanobanana._transport._proxies import environment_proxies
 from nanobanana.testing import Simulator
 from network_support import (
@@ -129,6 +129,98 @@ def test_without_the_proxy_the_hidden_api_is_unreachable(servers, sim, tls):
 
     run_on("asyncio", main)
     assert hidden.proxy.seen == []
+    hidden.hole.close()
+
+
+@pytest.mark.parametrize("call", ["generate", "credits"])
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_proxy_that_refuses_the_tunnel_raises_at_once_and_nothing_was_charged(
+    loop, call, servers, sim, tls
+):
+    hidden = hidden_https_api(servers, sim, tls)
+    hidden.proxy.refuse("407 Proxy Authentication Required")
+
+    async def main():
+        async with AsyncNanoBanana(
+            api_key=KEY, base_url=hidden.base_url, verify=str(tls.ca_pem), proxy=hidden.proxy.url
+        ) as client:
+            with pytest.raises(ProxyError) as info:
+                await (client.generate("refused") if call == "generate" else client.credits())
+            return info.value
+
+    error = run_on(loop, main)
+    assert error.may_have_been_charged is False
+    assert "407 Proxy Authentication Required" in str(error)
+    assert "credentials" in str(error)
+    assert "may have been charged" not in str(error)
+    assert KEY not in str(error)
+    assert len(hidden.proxy.seen) == 1  # A refusal is permanent: not retried.
+    assert not sim.requests
+    assert sim.credits() == 50
+    hidden.hole.close()
+
+
+def test_a_proxy_that_forbids_the_host_raises_at_once(servers, sim, tls):
+    hidden = hidden_https_api(servers, sim, tls)
+    hidden.proxy.refuse("403 Forbidden")
+
+    async def main():
+        async with AsyncNanoBanana(
+            api_key=KEY, base_url=hidden.base_url, verify=str(tls.ca_pem), proxy=hidden.proxy.url
+        ) as client:
+            with pytest.raises(ProxyError, match=r"403 Forbidden.*allows the API's host"):
+                await client.generate("forbidden")
+
+    run_on("asyncio", main)
+    assert len(hidden.proxy.seen) == 1
+    hidden.hole.close()
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "trio"])
+def test_a_proxy_that_could_not_reach_the_api_is_retried_even_for_generate(loop, servers, sim, tls):
+    hidden = hidden_https_api(servers, sim, tls)
+    hidden.proxy.refuse("502 Bad Gateway", times=1)
+
+    async def main():
+        async with AsyncNanoBanana(
+            api_key=KEY,
+            base_url=hidden.base_url,
+            verify=str(tls.ca_pem),
+            proxy=hidden.proxy.url,
+            retry_policy=RetryPolicy(wait_initial=0.0, wait_max=0.0),
+        ) as client:
+            generation = await client.generate("second tunnel")
+            return generation, client.stats().retries
+
+    generation, retries = run_on(loop, main)
+    assert generation.image_urls
+    assert len(hidden.proxy.seen) == 2  # The 502 was nothing sent: the POST went again.
+    assert retries == {"connect": 1}
+    assert sim.credits() == 49  # Charged once.
+    hidden.hole.close()
+
+
+def test_a_proxy_that_never_reaches_the_api_ends_in_a_proxy_error(servers, sim, tls):
+    hidden = hidden_https_api(servers, sim, tls)
+    hidden.proxy.refuse("504 Gateway Timeout")
+
+    async def main():
+        async with AsyncNanoBanana(
+            api_key=KEY,
+            base_url=hidden.base_url,
+            verify=str(tls.ca_pem),
+            proxy=hidden.proxy.url,
+            retry_policy=RetryPolicy(attempts=3, wait_initial=0.0, wait_max=0.0),
+        ) as client:
+            with pytest.raises(ProxyError, match="504 Gateway Timeout") as info:
+                await client.generate("never")
+            return info.value
+
+    error = run_on("asyncio", main)
+    assert error.may_have_been_charged is False
+    assert "credentials" not in str(error)
+    assert len(hidden.proxy.seen) == 3
+    assert sim.credits() == 50
     hidden.hole.close()
 
 

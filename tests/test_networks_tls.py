@@ -8,6 +8,7 @@ hypercorn serving the simulator's ASGI app. The dual-stack test black-holes ::1
 from __future__ import annotations
 
 import contextlib
+import pathlib
 import socket
 import ssl
 import subprocess
@@ -19,9 +20,16 @@ import pytest
 
 from components import require, require_binary, require_module
 from nanobanana import APIConnectionError, AsyncNanoBanana, TLSCertificateError
-from nanobanana._transport import _connect
+from nanobanana._transport import _connect, make_ssl_context
 from nanobanana.testing import Simulator
-from network_support import LOOPS, HypercornServer, ServerThread, make_tls, run_on
+from network_support import (
+    LOOPS,
+    HypercornServer,
+    ServerThread,
+    TLSCountingServer,
+    make_tls,
+    run_on,
+)
 from transport_servers import ScriptedServer, ServerConn, keep_alive_ok
 
 KEY = "nb_tls_SECRET_key_77a0"
@@ -94,6 +102,52 @@ async def test_ssl_cert_file_and_ssl_cert_dir_are_trusted_as_httpx_does(tls, mon
                 await client.credits()
 
 
+async def test_verify_accepts_a_path_object(tls):
+    async def handler(conn: ServerConn) -> None:
+        while await conn.read_request() is not None:
+            await credits_answer(conn)
+
+    async with (
+        ScriptedServer(handler, ssl_context=server_context(tls)) as server,
+        AsyncNanoBanana(
+            api_key=KEY, base_url=server.url + "/api/v1", verify=pathlib.Path(tls.ca_pem)
+        ) as client,
+    ):
+        assert await client.credits() == 7
+
+
+@pytest.mark.parametrize("verify", [5, None, b"/etc/ssl/ca.pem", ["ca.pem"]])
+def test_verify_of_another_type_is_a_type_error_naming_what_is_accepted(verify):
+    with pytest.raises(TypeError, match=r"verify must be True, False, a CA bundle path"):
+        AsyncNanoBanana(api_key=KEY, verify=verify)
+
+
+@pytest.mark.parametrize("as_path", [True, False])
+def test_a_missing_ca_bundle_is_named_in_the_error(tmp_path, as_path):
+    missing = tmp_path / "no-such-ca.pem"
+    with pytest.raises(FileNotFoundError, match=r"verify= names no CA bundle") as info:
+        AsyncNanoBanana(api_key=KEY, verify=missing if as_path else str(missing))
+    assert info.value.filename == str(missing)
+    assert str(missing) in str(info.value)
+
+
+def test_a_file_without_a_ca_certificate_is_a_value_error_naming_it(tmp_path):
+    garbage = tmp_path / "notes.txt"
+    garbage.write_text("not a certificate")
+    with pytest.raises(ValueError, match=r"notes\.txt.*holds no CA certificate"):
+        AsyncNanoBanana(api_key=KEY, verify=garbage)
+
+
+def test_a_missing_ssl_cert_file_is_named_in_the_error(tmp_path, monkeypatch):
+    missing = tmp_path / "gone.pem"
+    monkeypatch.setenv("SSL_CERT_FILE", str(missing))
+    with pytest.raises(FileNotFoundError, match=r"SSL_CERT_FILE names no CA bundle") as info:
+        AsyncNanoBanana(api_key=KEY)
+    assert info.value.filename == str(missing)
+    # trust_env=False does not read it.
+    assert make_ssl_context(trust_env=False).verify_mode == ssl.CERT_REQUIRED
+
+
 def _subject_hash(tls) -> str:
     openssl = require_binary("openssl", "the subject hash of an SSL_CERT_DIR entry")
     done = subprocess.run(  # noqa: S603 - a fixed command line
@@ -106,25 +160,26 @@ def _subject_hash(tls) -> str:
 
 
 @pytest.mark.parametrize("call", ["credits", "generate"])
-async def test_an_untrusted_certificate_fails_at_once_and_is_never_retried(tls, call):
-    handshakes = []
+@pytest.mark.parametrize("loop", LOOPS)
+def test_an_untrusted_certificate_fails_at_once_and_is_never_retried(loop, tls, call):
+    with ServerThread() as servers:
+        server = servers.serve(TLSCountingServer(server_context(tls)))
 
-    async def handler(conn: ServerConn) -> None:
-        handshakes.append(conn.index)  # pragma: no cover - the handshake never completes
+        async def main():
+            # No verify=: certifi's CAs do not include the test's CA.
+            async with AsyncNanoBanana(api_key=KEY, base_url=server.url + "/api/v1") as client:
+                with pytest.raises(TLSCertificateError) as info:
+                    await (client.credits() if call == "credits" else client.generate("x"))
+            return info.value
 
-    # No verify=: certifi's CAs do not include the test's CA.
-    async with (
-        ScriptedServer(handler, ssl_context=server_context(tls)) as server,
-        AsyncNanoBanana(api_key=KEY, base_url=server.url + "/api/v1") as client,
-    ):
-        with pytest.raises(TLSCertificateError) as info:
-            await (client.credits() if call == "credits" else client.generate("x"))
+        error = run_on(loop, main)
     assert server.connections == 1  # One attempt: a certificate failure is permanent.
-    assert handshakes == []
-    error = info.value
+    assert server.handshakes == 0
     assert isinstance(error, APIConnectionError)
     assert error.may_have_been_charged is False
+    # What failed, on every loop (trio hides it under its BrokenResourceError).
     assert "CERTIFICATE_VERIFY_FAILED" in str(error)
+    assert "unable to get local issuer certificate" in str(error)
     assert "verify=" in str(error)
     assert KEY not in str(error)
 
@@ -141,7 +196,7 @@ def test_http2_through_httpx_transport_against_hypercorn(loop, tls, tmp_path):
         versions = []
 
         async def record(response: httpx.Response) -> None:
-            versions.append((response.url.host, response.http_version))
+            versions.append((response.url.port, response.http_version))
 
         async def main():
             async with AsyncNanoBanana(
@@ -159,13 +214,20 @@ def test_http2_through_httpx_transport_against_hypercorn(loop, tls, tmp_path):
                         group.start_soon(client.get_generation, generation.id)
                 paths = await client.download(generation, tmp_path)
                 assert not client.http_client._transport.dispatch.uses_fast_path()
-            return events, paths
+            return generation, events, paths
 
-        events, paths = run_on(loop, main)
+        generation, events, paths = run_on(loop, main)
     assert events[-1].type == "complete"
     assert paths[0].exists()
-    api_versions = {v for host, v in versions if v != "HTTP/1.1"}
-    assert api_versions == {"HTTP/2"}  # every API request; the CDN is plain http/1.1
+    cdn_port = httpx.URL(generation.image_urls[0]).port
+    assert cdn_port != api.port
+    by_port = {port: [v for p, v in versions if p == port] for port, _ in versions}
+    assert set(by_port) == {api.port, cdn_port}
+    # credits, generate, stream, 3 polls: every API response came over HTTP/2 ...
+    assert len(by_port[api.port]) >= 6
+    assert set(by_port[api.port]) == {"HTTP/2"}
+    # ... and the CDN's (plain http, no ALPN) over HTTP/1.1.
+    assert set(by_port[cdn_port]) == {"HTTP/1.1"}
 
 
 @pytest.mark.parametrize("loop", LOOPS)

@@ -42,6 +42,7 @@ READ, GEN = RequestKind.READ, RequestKind.GENERATE
         (READ, Outcome.SERVER_ERROR, True, False),
         (READ, Outcome.CLIENT_ERROR, False, False),
         (READ, Outcome.CERTIFICATE, False, False),
+        (READ, Outcome.PROXY_REFUSED, False, False),
         (GEN, Outcome.NOT_SENT, True, False),
         (GEN, Outcome.MAYBE_SENT, False, True),
         (GEN, Outcome.INVALID, False, False),
@@ -50,6 +51,7 @@ READ, GEN = RequestKind.READ, RequestKind.GENERATE
         (GEN, Outcome.SERVER_ERROR, False, True),
         (GEN, Outcome.CLIENT_ERROR, False, False),
         (GEN, Outcome.CERTIFICATE, False, False),
+        (GEN, Outcome.PROXY_REFUSED, False, False),
     ],
 )
 def test_decision_table_resends_generate_only_when_nothing_was_charged(
@@ -105,6 +107,33 @@ REQ = httpx.Request("POST", "https://api.example/generate")
 )
 def test_transport_failures_are_classified_by_whether_the_request_left(exc, outcome):
     assert outcome_of_exception(exc) is outcome
+
+
+@pytest.mark.parametrize(
+    ("text", "outcome"),
+    [
+        # httpcore's texts: the CONNECT status line, or what the SOCKS handshake said.
+        ("407 Proxy Authentication Required", Outcome.PROXY_REFUSED),
+        ("403 Forbidden", Outcome.PROXY_REFUSED),
+        ("400 Bad Request", Outcome.PROXY_REFUSED),
+        ("408 Request Timeout", Outcome.NOT_SENT),
+        ("429 Too Many Requests", Outcome.NOT_SENT),
+        ("502 Bad Gateway", Outcome.NOT_SENT),
+        ("503 Service Unavailable", Outcome.NOT_SENT),
+        ("504 Gateway Timeout", Outcome.NOT_SENT),
+        ("Invalid username/password", Outcome.PROXY_REFUSED),
+        ("Requested NO AUTHENTICATION REQUIRED from proxy server, but got USERNAME/PASSWORD.",
+         Outcome.PROXY_REFUSED),
+        ("Proxy Server could not connect: Connection not allowed by ruleset.",
+         Outcome.PROXY_REFUSED),
+        ("Proxy Server could not connect: Connection refused.", Outcome.NOT_SENT),
+        ("Proxy Server could not connect: Host unreachable.", Outcome.NOT_SENT),
+    ],
+)  # fmt: skip
+def test_a_proxy_error_never_reached_the_api_and_a_refusal_is_permanent(text, outcome):
+    exc = httpx.ProxyError(text, request=REQ)
+    assert outcome_of_exception(exc) is outcome
+    assert decide(GEN, outcome).may_have_been_charged is False
 
 
 def _chained(outer: Exception, *causes: BaseException) -> Exception:

@@ -945,6 +945,9 @@ async def test_non_chunked_transfer_coding_is_read_until_close_or_refused(parser
         (b"HTTP/1.1 200 OK\r\nX: a\x00b\r\n\r\n", None),
         (b"HTTP/1.1 200 OK\r\nX : y\r\n\r\n", None),
         (b"HTTP/1.1 200 OK\r\n: novalue\r\n\r\n", None),
+        # A fold needs a field to continue: none before the first (h11 and httpx refuse).
+        (b"HTTP/1.1 200 OK\r\n X-F: a\r\nContent-Length: 2\r\n\r\nok", "continuation line"),
+        (b"HTTP/1.1 200 OK\n\tX-F: a\nContent-Length: 2\n\nok", "continuation line"),
     ],
 )
 @pytest.mark.parametrize("piecewise", [False, True])

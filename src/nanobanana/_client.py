@@ -19,6 +19,7 @@ from nanobanana._calls import (
 from nanobanana._clock import Clock, SystemClock
 from nanobanana._config import (
     DEFAULT_TIMEOUT,
+    HTTPX_DEFAULT,
     NOT_GIVEN,
     resolve_api_key,
     resolve_base_url,
@@ -78,7 +79,9 @@ class AsyncNanoBanana(GenerationCalls):
             then ``https://www.nananobanana.com/api/v1``.
         timeout: seconds or an `httpx.Timeout`, applied to every API request (also
             through a borrowed `http_client`); default: 180 s to read, 10 s to
-            connect, because sync generations take 10-60 s.
+            connect, because sync generations take 10-60 s. A borrowed
+            `http_client` keeps its own timeout by default, unless it is httpx's
+            default (5 s), which is replaced by ours.
         download_concurrency: at most this many image downloads at once, shared
             with the ``with_options()`` copies (default 8; downloads do not count
             against the account's limit).
@@ -103,7 +106,8 @@ class AsyncNanoBanana(GenerationCalls):
             from the environment (any case), as ``httpx.AsyncClient()`` reads them.
         http2: speak HTTP/2 where offered (``nanobanana[http2]``); default HTTP/1.1.
         verify: True (certifi's CAs, or ``$SSL_CERT_FILE`` / ``$SSL_CERT_DIR``), a
-            CA bundle file or folder, an `ssl.SSLContext`, or False.
+            CA bundle file or folder (a ``str`` or ``pathlib.Path``), an
+            `ssl.SSLContext`, or False.
         trust_env: read proxies and ``SSL_CERT_*`` from the environment (as httpx).
         limits: an `httpx.Limits` for the pool. Default: 100 connections (or
             ``max_concurrency``), idle ones kept 4 s (Node.js servers close at 5 s).
@@ -125,7 +129,7 @@ class AsyncNanoBanana(GenerationCalls):
         http_client: httpx.AsyncClient | None = None,
         proxy: str | httpx.URL | httpx.Proxy | None = None,
         http2: bool = False,
-        verify: ssl.SSLContext | str | bool = True,
+        verify: ssl.SSLContext | str | os.PathLike[str] | bool = True,
         trust_env: bool = True,
         limits: httpx.Limits | None = None,
         governor: Any = None,
@@ -160,9 +164,17 @@ class AsyncNanoBanana(GenerationCalls):
         self._ledger = Ledger.root(check_max_credits(max_credits))
         self._catalogue = Catalogue()
         self._recorder = Recorder()
-        # Also for a borrowed http_client: httpx's own 5 s default would fail every
-        # sync generation (10-60 s, sync-mode docs). Pass timeout= to choose.
-        self._timeout = resolve_timeout(DEFAULT_TIMEOUT if timeout is NOT_GIVEN else timeout)
+        # A borrowed http_client's timeout was chosen by its owner: it applies (None:
+        # no timeout of ours on the requests, so httpx's build_request puts its own),
+        # unless it is httpx's default, 5 s, which would fail every sync generation
+        # (10-60 s, sync-mode docs). timeout= always wins.
+        self._timeout: httpx.Timeout | None
+        if timeout is not NOT_GIVEN:
+            self._timeout = resolve_timeout(timeout)
+        elif isinstance(http_client, httpx.AsyncClient) and http_client.timeout != HTTPX_DEFAULT:
+            self._timeout = None
+        else:
+            self._timeout = DEFAULT_TIMEOUT
         resolved_timeout = self._timeout
 
         self._owns_http = http_client is None

@@ -16,6 +16,7 @@ __all__ = [
     "BASE_URL_ENV_VARS",
     "DEFAULT_BASE_URL",
     "DEFAULT_TIMEOUT",
+    "HTTPX_DEFAULT",
     "NOT_GIVEN",
     "Secret",
     "resolve_api_key",
@@ -42,6 +43,8 @@ DEFAULT_BASE_URL = "https://www.nananobanana.com/api/v1"
 
 # Sync generations take 10-60 s and the docs ask for at least 120 s (sync-mode docs).
 DEFAULT_TIMEOUT = httpx.Timeout(180.0, connect=10.0)
+#: httpx's own default (``httpx.AsyncClient()``): a borrowed client with it gets ours.
+HTTPX_DEFAULT = httpx.Timeout(5.0)
 
 
 class Secret:

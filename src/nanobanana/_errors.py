@@ -12,7 +12,8 @@ NanoBananaError
 ├── APIConnectionError            network failure, nothing usable came back
 │   ├── APITimeoutError
 │   │   └── StreamIdleError       an event stream went silent (no heartbeat either)
-│   └── TLSCertificateError       the server's certificate failed verification (not retried)
+│   ├── TLSCertificateError       the server's certificate failed verification (not retried)
+│   └── ProxyError                the proxy would not open a way to the API; nothing sent
 ├── APIStatusError                .status_code, .body, .response, .generation_id
 │   ├── BadRequestError           400
 │   ├── AuthenticationError       401
@@ -67,6 +68,7 @@ __all__ = [
     "NanoBananaError",
     "NotFoundError",
     "PermissionDeniedError",
+    "ProxyError",
     "RateLimitError",
     "SSETooLargeError",
     "ServerBusyError",
@@ -224,6 +226,15 @@ class TLSCertificateError(APIConnectionError):
 
     Nothing was sent (the handshake comes first), so nothing was charged. Behind a
     proxy that inspects TLS, trust its CA with ``verify=`` or ``SSL_CERT_FILE``.
+    """
+
+
+class ProxyError(APIConnectionError):
+    """Raised when the proxy would not open a way to the API (``CONNECT`` or SOCKS).
+
+    Nothing reached the API, so nothing was charged. A refusal (407: the proxy wants
+    credentials; 403: the API's host is not on its allow-list) is raised at once; a
+    proxy that could not reach the API (502, 503, 504) is retried first.
     """
 
 

@@ -22,6 +22,7 @@ from nanobanana._errors import (
     APITimeoutError,
     MissingAPIKeyError,
     NanoBananaError,
+    ProxyError,
     RateLimitError,
     ServerBusyError,
     TLSCertificateError,
@@ -36,6 +37,7 @@ from nanobanana._retry import (
     Outcome,
     RequestKind,
     RetryPolicy,
+    certificate_failure,
     decide,
     outcome_of_exception,
     outcome_of_status,
@@ -63,6 +65,13 @@ CERTIFICATE_HINT = (
     "SSL_CERT_FILE."
 )
 
+PROXY_HINT = (
+    "The proxy refused to open a tunnel to the API, so nothing was sent and nothing is "
+    "retried. Check the proxy's credentials (http://user:password@proxy:port, in "
+    "proxy= or HTTPS_PROXY) and that it allows the API's host, or set NO_PROXY if the "
+    "API should be reached directly."
+)
+
 
 class GenerateWatch(Protocol):
     """Told, in the calling task, when its ``POST /generate`` may reach the server.
@@ -88,6 +97,7 @@ _FREE_OUTCOMES = frozenset(
         Outcome.NOT_SENT,
         Outcome.INVALID,
         Outcome.CERTIFICATE,
+        Outcome.PROXY_REFUSED,
         Outcome.RATE_LIMITED,
         Outcome.BUSY,
         Outcome.CLIENT_ERROR,
@@ -121,9 +131,20 @@ _E = TypeVar("_E", bound=NanoBananaError)
 
 
 def _describe(exc: httpx.HTTPError) -> str:
-    """``ReadTimeout: the text.``: the exception's name and text, as one sentence."""
-    text = str(exc).rstrip(".") or type(exc).__name__
-    return f"{type(exc).__name__}: {text}."
+    """``ReadTimeout: the text.``: the exception's name and text, as one sentence.
+
+    For a certificate that failed verification, the text is the reason OpenSSL gave
+    (``self-signed certificate``, ``Hostname mismatch, ...``), the same on every event
+    loop: on trio httpx's own text is empty (trio wraps the ssl error in its
+    ``BrokenResourceError``).
+    """
+    failure = certificate_failure(exc)
+    if failure is not None:
+        reason = getattr(failure, "verify_message", None) or failure.strerror or str(failure)
+        text = f"[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: {reason}"
+    else:
+        text = str(exc).rstrip(".") or type(exc).__name__
+    return f"{type(exc).__name__}: {text.rstrip('.')}."
 
 
 class Binding:
@@ -414,6 +435,10 @@ class Requester:
                     hint = ""
                     if outcome is Outcome.CERTIFICATE:
                         cls, hint = TLSCertificateError, f" {CERTIFICATE_HINT}"
+                    elif isinstance(exc, httpx.ProxyError):
+                        cls = ProxyError
+                        if outcome is Outcome.PROXY_REFUSED:
+                            hint = f" {PROXY_HINT}"
                     elif isinstance(exc, httpx.TimeoutException):
                         cls = APITimeoutError
                     # Errors outlive the call (logs, error trackers): keep no key in them.

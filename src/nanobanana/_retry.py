@@ -5,8 +5,9 @@ request and what happened to it. Credits are taken when ``POST /generate`` is ac
 and are not refunded when a generation fails (async-mode docs), so a generate request
 is resent only when the server said nothing was charged (429, 503: overview and
 async-mode docs) or when it provably never left this machine (connect error or
-timeout, pool timeout, a connection found closed before the first byte was written).
-GETs are always safe to resend. A certificate that fails verification is permanent:
+timeout, pool timeout, a connection found closed before the first byte was written,
+a proxy that failed to open a tunnel). GETs are always safe to resend. A certificate
+that fails verification, and a proxy that refuses the tunnel (407, 403), are permanent:
 nothing is retried.
 """
 
@@ -34,12 +35,14 @@ __all__ = [
     "Outcome",
     "RequestKind",
     "RetryPolicy",
+    "certificate_failure",
     "decide",
     "none_or_at_least_zero",
     "out_of_patience",
     "outcome_of_exception",
     "outcome_of_status",
     "parse_retry_after",
+    "proxy_refused",
 ]
 
 
@@ -53,10 +56,11 @@ class RequestKind(enum.Enum):
 class Outcome(enum.Enum):
     """What happened to one attempt, as far as retrying is concerned."""
 
-    NOT_SENT = "not sent"  # connect error/timeout, pool timeout
+    NOT_SENT = "not sent"  # connect error/timeout, pool timeout, proxy 502/503/504
     MAYBE_SENT = "maybe sent"  # read/write error or timeout, dropped connection
     INVALID = "invalid"  # a request that can never succeed (bad URL, unsupported scheme)
     CERTIFICATE = "certificate"  # the server's TLS certificate failed verification
+    PROXY_REFUSED = "proxy refused"  # the proxy refused the tunnel (407, 403): not sent
     RATE_LIMITED = "429"
     BUSY = "503"
     SERVER_ERROR = "5xx"
@@ -86,6 +90,7 @@ _TABLE: dict[tuple[RequestKind, Outcome], Decision] = {
     (RequestKind.READ, Outcome.MAYBE_SENT): _RETRY,
     (RequestKind.READ, Outcome.INVALID): _RAISE,
     (RequestKind.READ, Outcome.CERTIFICATE): _RAISE,
+    (RequestKind.READ, Outcome.PROXY_REFUSED): _RAISE,
     (RequestKind.READ, Outcome.RATE_LIMITED): _RETRY,
     (RequestKind.READ, Outcome.BUSY): _RETRY,
     (RequestKind.READ, Outcome.SERVER_ERROR): _RETRY,
@@ -94,6 +99,7 @@ _TABLE: dict[tuple[RequestKind, Outcome], Decision] = {
     (RequestKind.GENERATE, Outcome.MAYBE_SENT): _RAISE_CHARGED,
     (RequestKind.GENERATE, Outcome.INVALID): _RAISE,
     (RequestKind.GENERATE, Outcome.CERTIFICATE): _RAISE,
+    (RequestKind.GENERATE, Outcome.PROXY_REFUSED): _RAISE,
     # 429: "nothing was charged" (PROTOCOL.md); 503: "credits are automatically refunded".
     (RequestKind.GENERATE, Outcome.RATE_LIMITED): _RETRY,
     (RequestKind.GENERATE, Outcome.BUSY): _RETRY,
@@ -128,16 +134,56 @@ def _causes(exc: BaseException) -> Iterator[BaseException]:
         current = current.__cause__ or current.__context__
 
 
+def certificate_failure(exc: BaseException) -> ssl.SSLCertVerificationError | None:
+    """The failed certificate verification down `exc`'s chain, if there is one.
+
+    On trio it is two links down, under trio's ``BrokenResourceError``; on asyncio
+    httpx's error carries its text already.
+    """
+    for cause in _causes(exc):
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return cause
+    return None
+
+
+# A CONNECT answered with one of these will be answered so again: the proxy wants
+# credentials (407), or does not allow the host (403), ... 408 and 429 pass with time.
+_CONNECT_STATUS = re.compile(r"([1-5]\d\d)\b")
+# SOCKS failures that will not fix themselves (httpcore's texts): wrong or missing
+# credentials, and a host the proxy's rules do not allow.
+_SOCKS_REFUSALS = ("username/password", "but got", "not allowed by ruleset")
+
+
+def proxy_refused(exc: httpx.ProxyError) -> bool:
+    """Whether the proxy refused the tunnel for good (407, 403, SOCKS authentication).
+
+    httpx raises `httpx.ProxyError` only when the ``CONNECT`` or SOCKS handshake with
+    the proxy fails, with httpcore's text: ``407 Proxy Authentication Required`` (the
+    proxy's status line), ``Invalid username/password``, ``Proxy Server could not
+    connect: Connection refused.``. A 4xx other than 408 and 429 is a refusal; a 5xx
+    (the proxy could not reach the API) is not.
+    """
+    text = str(exc)
+    status = _CONNECT_STATUS.match(text)
+    if status is not None:
+        code = int(status.group(1))
+        return 400 <= code < 500 and code not in {408, 429}
+    return any(marker in text for marker in _SOCKS_REFUSALS)
+
+
 def outcome_of_exception(exc: httpx.HTTPError) -> Outcome:
     """Classify a transport failure by whether the request can have left the machine.
 
     httpx's exception is the last of a chain (httpx's, httpcore's, the socket's or
     ssl's): a certificate that failed verification is found down it, and so is the
     transport's mark for a connection found closed before any byte was written
-    (``nanobanana_not_sent``).
+    (``nanobanana_not_sent``). A `httpx.ProxyError` comes from the handshake with the
+    proxy, before the request: nothing reached the API.
     """
+    if isinstance(exc, httpx.ProxyError):
+        return Outcome.PROXY_REFUSED if proxy_refused(exc) else Outcome.NOT_SENT
     if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)):
-        if any(isinstance(e, ssl.SSLCertVerificationError) for e in _causes(exc)):
+        if certificate_failure(exc) is not None:
             return Outcome.CERTIFICATE
         return Outcome.NOT_SENT
     if isinstance(exc, (httpx.UnsupportedProtocol, httpx.LocalProtocolError, httpx.InvalidURL)):

@@ -62,6 +62,7 @@ REASONS: Mapping[Outcome, str] = types.MappingProxyType(
         Outcome.MAYBE_SENT: "network",  # read/write error or timeout, dropped connection
         Outcome.INVALID: "invalid",
         Outcome.CERTIFICATE: "certificate",  # never retried, but failures are counted
+        Outcome.PROXY_REFUSED: "proxy",  # the same
         Outcome.CLIENT_ERROR: "4xx",
     }
 )

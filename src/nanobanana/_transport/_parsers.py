@@ -87,6 +87,8 @@ _DONE: Final = 3
 _FOLD_START: Final = re.compile(rb"\n[ \t]")
 _FOLD: Final = re.compile(rb"\r?\n[ \t]+")
 _END_OF_HEAD: Final = re.compile(rb"\n\r?\n")
+# Whitespace opening the line after the status line: a fold with no field to continue.
+_FOLD_AT_START: Final = re.compile(rb"[^\n]*\n[ \t]")
 
 
 def _too_big() -> httpcore.RemoteProtocolError:
@@ -123,7 +125,8 @@ class HttptoolsParser:
     llhttp is used without its "dangerous leniencies" but one: a line ended by LF
     alone is accepted, as h11 and browsers do. It refuses obsolete line folding
     outright, so a head that fails on a line starting with whitespace is unfolded
-    (each fold replaced by one space) and parsed once more.
+    (each fold replaced by one space) and parsed once more; but whitespace opening
+    the first header line continues no field, and is refused, as by h11.
     """
 
     def __init__(self, sink: ResponseSink) -> None:
@@ -207,6 +210,11 @@ class HttptoolsParser:
                 raise _too_big()
             self._held = [data]
             return
+        if _FOLD_AT_START.match(data):
+            # Unfolded, it would join the status line's reason phrase; h11 refuses it.
+            raise httpcore.RemoteProtocolError(
+                "Invalid response: continuation line at start of headers"
+            )
         self._folding = False
         self._unfolded = True
         self._parser = self._new_parser()

@@ -26,7 +26,9 @@ no longer keeps an httpcore pool in ``_pool``, construction fails with a clear e
 
 from __future__ import annotations
 
+import errno
 import importlib.util
+import os
 import ssl
 import sys
 from pathlib import Path
@@ -50,6 +52,7 @@ __all__ = [
     "DEFAULT_LIMITS",
     "NanoBananaTransport",
     "TransportStats",
+    "VerifyTypes",
     "build_http_client",
     "make_ssl_context",
 ]
@@ -142,26 +145,64 @@ class _Dispatch:
         await self.aclose()
 
 
+#: What ``verify=`` accepts.
+VerifyTypes = ssl.SSLContext | str | os.PathLike[str] | bool
+
+
+def _ca_context(path: str) -> ssl.SSLContext:
+    """A context trusting the CA bundle file or hashed CA folder at `path` (``verify=``)."""
+    try:
+        if Path(path).is_dir():
+            return ssl.create_default_context(capath=path)
+        return ssl.create_default_context(cafile=path)
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            errno.ENOENT, "verify= names no CA bundle file or folder", path
+        ) from None
+    except ssl.SSLError as exc:
+        raise ValueError(
+            f"verify={path!r} holds no CA certificate that can be read: {exc}"
+        ) from exc
+
+
 def make_ssl_context(
-    verify: ssl.SSLContext | str | bool = True, *, trust_env: bool = True, http2: bool = False
+    verify: VerifyTypes = True, *, trust_env: bool = True, http2: bool = False
 ) -> ssl.SSLContext:
     """The SSL context for API and image requests, made as httpx makes it.
 
     Args:
         verify: True (certifi's CAs, or ``$SSL_CERT_FILE`` / ``$SSL_CERT_DIR`` when
-            `trust_env`), False (no verification), a CA bundle file or folder, or a
-            ready `ssl.SSLContext` (used as is).
+            `trust_env`), False (no verification), a CA bundle file or folder (a `str`
+            or any `os.PathLike`, such as a `pathlib.Path`), or a ready
+            `ssl.SSLContext` (used as is).
         trust_env: Read ``SSL_CERT_FILE`` and ``SSL_CERT_DIR``.
         http2: Offer ``h2`` as well as ``http/1.1`` by ALPN.
+
+    Raises:
+        TypeError: `verify` is none of those.
+        FileNotFoundError: The CA file or folder of `verify`, or the file of
+            ``SSL_CERT_FILE``, does not exist (the error names the path).
+        ValueError: The file holds no CA certificate that can be read.
     """
-    if isinstance(verify, str):
+    if isinstance(verify, bool):
+        try:
+            context = httpx.create_ssl_context(verify=verify, trust_env=trust_env)
+        except FileNotFoundError:
+            # httpx read $SSL_CERT_FILE, and its error names no file.
+            path = os.environ.get("SSL_CERT_FILE", "")
+            raise FileNotFoundError(
+                errno.ENOENT, "SSL_CERT_FILE names no CA bundle file", path
+            ) from None
+    elif isinstance(verify, ssl.SSLContext):
+        context = verify
+    elif isinstance(verify, (str, os.PathLike)):
         # httpx deprecates a path here; a path is still what people have at hand.
-        if Path(verify).is_dir():
-            context = ssl.create_default_context(capath=verify)
-        else:
-            context = ssl.create_default_context(cafile=verify)
+        context = _ca_context(os.fsdecode(verify))
     else:
-        context = httpx.create_ssl_context(verify=verify, trust_env=trust_env)
+        raise TypeError(
+            "verify must be True, False, a CA bundle path (str or os.PathLike) or an "
+            f"ssl.SSLContext, not {type(verify).__name__}"
+        )
     context.set_alpn_protocols(["h2", "http/1.1"] if http2 else ["http/1.1"])
     return context
 
@@ -187,7 +228,7 @@ class NanoBananaTransport(httpx.AsyncHTTPTransport):
     def __init__(
         self,
         *,
-        verify: ssl.SSLContext | str | bool = True,
+        verify: VerifyTypes = True,
         trust_env: bool = True,
         http2: bool = False,
         limits: httpx.Limits = DEFAULT_LIMITS,
@@ -237,7 +278,7 @@ def build_http_client(
     pool_size: int = 100,
     proxy: str | httpx.URL | httpx.Proxy | None = None,
     http2: bool = False,
-    verify: ssl.SSLContext | str | bool = True,
+    verify: VerifyTypes = True,
     trust_env: bool = True,
     parser: str = "auto",
 ) -> httpx.AsyncClient:
