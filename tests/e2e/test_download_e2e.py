@@ -2,6 +2,7 @@
 
 from datetime import timedelta
 
+import httpx
 import pytest
 
 from nanobanana import DownloadError, FakeClock, PollPolicy, RetryPolicy
@@ -197,3 +198,16 @@ async def test_a_cdn_that_stalls_mid_body_is_given_up_at_the_timeout(sim, tmp_pa
     requests = await logged_cdn_requests(sim, 2)
     stalled = [r for r in requests if r.faults == ("cdn_stall",)]
     assert [r.outcome for r in stalled] == ["disconnected"]
+
+
+async def test_one_attempt_at_a_stalled_cdn_ends_at_the_client_s_read_timeout(sim, tmp_path):
+    # timeout=0 is one attempt bounded only by the HTTP timeouts. A download request is
+    # built bare (httpx.Request): httpx's send() gives it the client's timeouts.
+    async with sim.client(timeout=0.3) as client:
+        generation = await client.generate("p")
+        sim.inject("cdn_stall", path=f"/img/{generation.id}/0.png")
+        with pytest.raises(DownloadError) as info:
+            await client.download(generation, tmp_path, timeout=0)
+    assert info.value.generation_id == generation.id
+    assert isinstance(info.value.__cause__, httpx.ReadTimeout) or "timed out" in str(info.value)
+    assert listing(tmp_path) == []
