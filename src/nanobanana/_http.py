@@ -12,8 +12,7 @@ import json
 import random
 import sys
 from collections.abc import Mapping
-from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 
@@ -44,6 +43,7 @@ from nanobanana._retry import (
     parse_retry_after,
 )
 from nanobanana._stats import Recorder
+from nanobanana._watch import FREE_OUTCOMES, GENERATE_WATCH
 
 if TYPE_CHECKING:
     from nanobanana._admission import Governor, Slot, TaskReservation
@@ -51,9 +51,7 @@ if TYPE_CHECKING:
     from nanobanana._config import Secret
 
 __all__ = [
-    "GENERATE_WATCH",
     "Binding",
-    "GenerateWatch",
     "OutOfTimeError",
     "Requester",
     "current_loop_token",
@@ -70,38 +68,6 @@ PROXY_HINT = (
     "retried. Check the proxy's credentials (http://user:password@proxy:port, in "
     "proxy= or HTTPS_PROXY) and that it allows the API's host, or set NO_PROXY if the "
     "API should be reached directly."
-)
-
-
-class GenerateWatch(Protocol):
-    """Told, in the calling task, when its ``POST /generate`` may reach the server.
-
-    The batch journal records "a request for this item may have been charged" before
-    the bytes leave, so that a run stopped by ``kill -9`` before the answer came back
-    is not paid for twice by the next one.
-    """
-
-    def sending(self) -> None:
-        """An attempt is about to be sent (it may be accepted, and charged)."""
-
-    def not_charged(self) -> None:
-        """That attempt was refused (429, 503, 4xx) or never left: nothing was charged."""
-
-
-#: The watch of the current task, if any (contextvars are per task).
-GENERATE_WATCH: ContextVar[GenerateWatch | None] = ContextVar(
-    "nanobanana_generate_watch", default=None
-)
-_FREE_OUTCOMES = frozenset(
-    {
-        Outcome.NOT_SENT,
-        Outcome.INVALID,
-        Outcome.CERTIFICATE,
-        Outcome.PROXY_REFUSED,
-        Outcome.RATE_LIMITED,
-        Outcome.BUSY,
-        Outcome.CLIENT_ERROR,
-    }
 )
 
 
@@ -486,7 +452,7 @@ class Requester:
                         )
                     elif isinstance(error, ServerBusyError) and task is not None:
                         own_load = await task.busy(error.active_tasks)
-                if watch is not None and outcome in _FREE_OUTCOMES:
+                if watch is not None and outcome in FREE_OUTCOMES:
                     watch.not_charged()
             except BaseException:
                 keep_slot = False

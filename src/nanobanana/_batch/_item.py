@@ -30,7 +30,7 @@ from nanobanana._errors import (
     PermissionDeniedError,
     UnexpectedResponseError,
 )
-from nanobanana._http import GENERATE_WATCH
+from nanobanana._watch import GENERATE_WATCH
 
 if TYPE_CHECKING:
     from collections.abc import Callable
