@@ -55,7 +55,9 @@ class FleetGovernor:
         self._link = link
         self._prefix = prefix
         self._keys = [
-            prefix + name for name in ("leases", "granted", "queue", "alive", "seq", "conf", "cool")
+            prefix + name for name in (
+                "leases", "granted", "queue", "alive", "seq", "conf", "cool", "released"
+            )
         ]
         self._lease = lease
         self._lease_ms = int(lease * 1000)
@@ -291,7 +293,8 @@ class FleetGovernor:
             leases = list(self._held)
             try:
                 if leases:
-                    await self._link.run("RENEW", self._keys[:2], [self._lease_ms, *leases])
+                    renew_keys = [*self._keys[:2], self._keys[7]]
+                    await self._link.run("RENEW", renew_keys, [self._lease_ms, *leases])
                 await self._ledger.renew()
             except RedisDownError:
                 continue
