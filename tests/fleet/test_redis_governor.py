@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+import anyio
 import pytest
 import redis.asyncio
 
@@ -23,6 +24,13 @@ async def peek(redis_server):
 
 async def keys_of(peek, namespace):
     return sorted(k.decode() for k in await peek.keys(f"{namespace}:*"))
+
+
+async def queued_in_redis(peek, prefix, count, timeout=10.0):
+    """Wait until Redis's queue holds ``count`` waiters (polled: it lives in Redis)."""
+    with anyio.fail_after(timeout):
+        while await peek.zcard(prefix + "queue") != count:
+            await asyncio.sleep(0.01)
 
 
 async def test_keys_are_namespaced_by_a_hash_never_the_key_with_a_cluster_hash_tag(
@@ -74,8 +82,8 @@ async def test_cancelling_waiters_and_holders_takes_no_slot_with_it(
             with sim.hold():
                 tasks = [asyncio.create_task(client.generate(f"p{i}")) for i in range(5)]
                 await sim.wait_for_async(lambda: sim.in_flight() == 1)
-                await asyncio.sleep(0.05)  # the second one is queued in Redis meanwhile
-                assert await peek.zcard(prefix + "queue") == 1
+                # The second one stands in Redis's queue (the others wait for its turn).
+                await queued_in_redis(peek, prefix, 1)
                 for task in tasks:
                     task.cancel()
                 results = await asyncio.gather(*tasks, return_exceptions=True)
