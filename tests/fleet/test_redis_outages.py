@@ -10,6 +10,11 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+import redis.asyncio
+
+from nanobanana._admission._redis_link import Link
+from nanobanana._clock import SystemClock
 from nanobanana.fleet import RedisGovernor
 from nanobanana.testing import Simulator
 from redis_support import RedisServer
@@ -77,11 +82,11 @@ async def test_a_redis_frozen_mid_run_costs_the_queued_calls_no_timeout_each(
     # one waiting in Redis's queue when Redis is SIGSTOPped. Before the fix each queued
     # call paid ACQUIRE's timeout and ABANDON's one after another (68.8 s at timeout=2
     # for what took 2.3 s with Redis up).
-    redis = RedisServer().start()
+    server = RedisServer().start()
     try:
         with Simulator(concurrency_limit=2, generation_time=0.2, credits=1000) as sim:
             governor = RedisGovernor(
-                redis.url, namespace=fleet_namespace, timeout=0.5, retry_interval=60.0
+                server.url, namespace=fleet_namespace, timeout=0.5, retry_interval=60.0
             )
             async with sim.client(governor=governor) as client:
                 await client.generate("learn the limit")
@@ -89,16 +94,45 @@ async def test_a_redis_frozen_mid_run_costs_the_queued_calls_no_timeout_each(
                 tasks = [asyncio.create_task(client.generate(f"p{i}")) for i in range(CALLS)]
                 await sim.wait_for_async(lambda: sim.in_flight() == 2)
                 assert client.governor_stats().shared is True
-                redis.freeze()
+                server.freeze()
                 try:
                     results = await asyncio.gather(*tasks, return_exceptions=True)
                 finally:
-                    redis.thaw()
+                    server.thaw()
                 stats = client.governor_stats()
     finally:
-        redis.stop()
+        server.stop()
     assert [getattr(r, "status", r) for r in results] == ["completed"] * CALLS
     assert stats.shared is False
     # The call waiting in Redis's queue finds it frozen; the two holders' releases and
     # the renewals go on in the background. A handful at most, not 2 per queued call.
     assert 1 <= len(failures) <= 6, failures  # (and a renewal, on a slow machine)
+
+
+@pytest.mark.parametrize("owned", [False, True])
+async def test_redis_answering_again_drops_idle_connections_only_of_a_pool_of_ours(
+    redis_server, fleet_namespace, owned
+):
+    # A borrowed redis.asyncio.Redis is its owner's: its idle connections stay
+    # connected. Our own pool drops them (they are dead after a restart).
+    client = redis.asyncio.Redis.from_url(redis_server.url)
+    link = Link(
+        client=client,
+        owned=owned,
+        where="test",
+        timeout=2.0,
+        retry_interval=0.01,
+        clock=SystemClock(),
+    )
+    prefix = f"{fleet_namespace}:{{x}}:"
+    keys = [prefix + name for name in ("leases", "granted", "queue", "alive", "seq", "conf")]
+    try:
+        await client.ping()
+        [idle] = client.connection_pool._available_connections
+        link._failed(OSError("gone"))  # an outage; the next call answers
+        assert link.down
+        await link.run("LEARN", [*keys, prefix + "cool"], [prefix, 2, 1000])
+        assert not link.down
+        assert idle.is_connected is not owned
+    finally:
+        await client.aclose()

@@ -110,8 +110,9 @@ class Link:
                 event="redis_up",
             )
         # Idle connections from before the outage are dead: drop them now rather than
-        # fail one call on each.
-        pool = getattr(self.client, "connection_pool", None)
+        # fail one call on each. Only in a pool of ours: a borrowed client's pool, and
+        # what its owner keeps in it, are its owner's.
+        pool = getattr(self.client, "connection_pool", None) if self._owned else None
         if pool is not None:
             with anyio.move_on_after(self.timeout):
                 await pool.disconnect(inuse_connections=False)
