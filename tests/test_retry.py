@@ -245,10 +245,15 @@ def test_a_backoff_that_would_pass_patience_ends_at_it_for_a_last_attempt(seed):
     policy = RetryPolicy(patience=1.5, wait_initial=1.0)
     retries = CallRetries(policy, random.Random(seed))
     now, attempts = 0.0, [0.0]
-    with pytest.raises(ServerBusyError) as info:
+
+    def refused_until_it_gives_up():
+        nonlocal now
         while True:
             now += retries.wait(_busy(), Outcome.BUSY, now=now, retry_after=None)
             attempts.append(now)
+
+    with pytest.raises(ServerBusyError) as info:
+        refused_until_it_gives_up()
     assert attempts[-1] == pytest.approx(1.5)  # the last attempt, at the deadline
     assert all(a < 1.5 for a in attempts[:-1])
     assert info.value.refusals == len(attempts)
@@ -258,9 +263,8 @@ def test_a_backoff_that_would_pass_patience_ends_at_it_for_a_last_attempt(seed):
 def test_a_last_attempt_that_wakes_a_hair_before_the_deadline_is_the_last():
     retries = CallRetries(RetryPolicy(patience=1.5, wait_initial=10.0), random.Random(0))
     retries.wait(_busy(), Outcome.BUSY, now=0.0, retry_after=None)
-    assert retries.wait(_busy(), Outcome.BUSY, now=0.87, retry_after=None) == (
-        pytest.approx(0.63)
-    )
+    last = retries.wait(_busy(), Outcome.BUSY, now=0.87, retry_after=None)
+    assert last == pytest.approx(0.63)
     with pytest.raises(ServerBusyError):  # 0.87 + 0.63, rounded down: no second "last" try
         retries.wait(_busy(), Outcome.BUSY, now=1.4999999, retry_after=None)
 

@@ -26,9 +26,9 @@ async def keys_of(peek, namespace):
     return sorted(k.decode() for k in await peek.keys(f"{namespace}:*"))
 
 
-async def queued_in_redis(peek, prefix, count, timeout=10.0):
+async def queued_in_redis(peek, prefix, count):
     """Wait until Redis's queue holds ``count`` waiters (polled: it lives in Redis)."""
-    with anyio.fail_after(timeout):
+    with anyio.fail_after(10):
         while await peek.zcard(prefix + "queue") != count:
             await asyncio.sleep(0.01)
 
@@ -265,9 +265,7 @@ async def test_a_lease_gone_without_a_release_is_counted_again_by_its_renewal(
             await peek.delete(prefix + "leases", prefix + "granted")  # as an empty restart
             renewals.go.set()
             await renewals.done.wait()
-            assert [m.decode() for m in await peek.zrange(prefix + "leases", 0, -1)] == [
-                slot.lease
-            ]
+            assert [m.decode() for m in await peek.zrange(prefix + "leases", 0, -1)] == [slot.lease]
             assert await peek.zcard(prefix + "granted") == 1
             await fleet.release(slot)
             assert await peek.zcard(prefix + "leases") == 0

@@ -55,9 +55,8 @@ class FleetGovernor:
         self._link = link
         self._prefix = prefix
         self._keys = [
-            prefix + name for name in (
-                "leases", "granted", "queue", "alive", "seq", "conf", "cool", "released"
-            )
+            prefix + name
+            for name in ("leases", "granted", "queue", "alive", "seq", "conf", "cool", "released")
         ]
         self._lease = lease
         self._lease_ms = int(lease * 1000)
