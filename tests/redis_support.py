@@ -7,6 +7,7 @@ namespace (`fleet_namespace`), so they never see each other's counts.
 
 from __future__ import annotations
 
+import signal
 import socket
 import subprocess
 import threading
@@ -105,6 +106,16 @@ class RedisServer:
         deadline = time.monotonic() + _START_TIMEOUT
         while time.monotonic() < deadline and _listening(self.port):
             time.sleep(0.01)  # the kernel frees the port a moment after the process ends
+
+    def freeze(self) -> None:
+        """SIGSTOP: it keeps its connections open and answers nothing (a hung host)."""
+        assert self._process is not None
+        self._process.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        """SIGCONT: it answers again, its keys as they were."""
+        assert self._process is not None
+        self._process.send_signal(signal.SIGCONT)
 
     def restart(self) -> None:
         """Stop and start it again on the same port: every key is gone."""

@@ -467,9 +467,26 @@ async def test_503_without_retry_after_backs_off_with_jitter_until_patience_runs
         assert (c.governor_stats().tasks, c.governor_stats().task_limit) == (0, 7)
     assert info.value.active_tasks == 7
     assert info.value.refusals == len(clock.sleeps) + 1
-    assert sum(clock.sleeps) <= 20.0
+    assert sum(clock.sleeps) == pytest.approx(20.0, abs=0.001)  # the last wait ends at it
     for n, wait in enumerate(clock.sleeps, start=1):
         assert 0 <= wait <= min(30.0, 0.5 * 2 ** (n - 1))
+
+
+@respx.mock
+@pytest.mark.parametrize("seed", range(5))
+async def test_a_backoff_past_patience_is_cut_to_it_for_a_last_attempt(clock, seed):
+    route = respx.post(f"{API}/generate").respond(503, json={"error": "busy", "activeTasks": 7})
+    policy = nanobanana.RetryPolicy(attempts=1, patience=1.5, wait_initial=1.0)
+    async with AsyncNanoBanana(
+        api_key=KEY, base_url=API, clock=clock, retry_policy=policy, rng=random.Random(seed)
+    ) as c:
+        with pytest.raises(ServerBusyError) as info:
+            await c.generate("x")
+    # It gave up after 0.87 to 1.41 s when the next jittered wait would pass 1.5 s; now
+    # that wait ends at 1.5 s, and the call tries once more there.
+    assert sum(clock.sleeps) == pytest.approx(1.5)
+    assert route.call_count == len(clock.sleeps) + 1 == info.value.refusals
+    assert info.value.waited == pytest.approx(1.5)
 
 
 @respx.mock

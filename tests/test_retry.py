@@ -248,6 +248,12 @@ def _answer(status):
     return httpx.Response(status, request=httpx.Request("GET", "https://api.test/x"))
 
 
+def _busy():
+    return ServerBusyError(
+        "busy", response=_answer(503), body=None, retry_after=None, active_tasks=10
+    )
+
+
 def test_refusals_are_waited_out_until_patience_runs_out_then_say_so():
     retries = CallRetries(RetryPolicy(attempts=1, patience=10.0), random.Random(0))
     now, waits = 0.0, []
@@ -255,9 +261,47 @@ def test_refusals_are_waited_out_until_patience_runs_out_then_say_so():
         waits.append(retries.wait(_refusal(), Outcome.RATE_LIMITED, now=now, retry_after=3.0))
         now += waits[-1]
     assert waits == [3.0, 3.0, 3.0]  # attempts=1 does not count refusals
+    # The server says not before 12 s, past the 10 s of patience: no point waiting.
     with pytest.raises(RateLimitError, match=r"waiting 9 s for capacity through 4 refusals") as e:
         retries.wait(_refusal(), Outcome.RATE_LIMITED, now=now, retry_after=3.0)
     assert (e.value.waited, e.value.refusals) == (9.0, 4)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_a_backoff_that_would_pass_patience_ends_at_it_for_a_last_attempt(seed):
+    # patience=1.5 gave up as soon as the next jittered wait would pass it (after 0.87
+    # to 1.41 s); now that wait is cut to the deadline, and the call tries once more.
+    policy = RetryPolicy(patience=1.5, wait_initial=1.0)
+    retries = CallRetries(policy, random.Random(seed))
+    now, attempts = 0.0, [0.0]
+
+    def refused_until_it_gives_up():
+        nonlocal now
+        while True:
+            now += retries.wait(_busy(), Outcome.BUSY, now=now, retry_after=None)
+            attempts.append(now)
+
+    with pytest.raises(ServerBusyError) as info:
+        refused_until_it_gives_up()
+    assert attempts[-1] == pytest.approx(1.5)  # the last attempt, at the deadline
+    assert all(a < 1.5 for a in attempts[:-1])
+    assert info.value.refusals == len(attempts)
+    assert info.value.waited == pytest.approx(1.5)
+
+
+def test_a_last_attempt_that_wakes_a_hair_before_the_deadline_is_the_last():
+    retries = CallRetries(RetryPolicy(patience=1.5, wait_initial=10.0), random.Random(0))
+    retries.wait(_busy(), Outcome.BUSY, now=0.0, retry_after=None)
+    last = retries.wait(_busy(), Outcome.BUSY, now=0.87, retry_after=None)
+    assert last == pytest.approx(0.63)
+    with pytest.raises(ServerBusyError):  # 0.87 + 0.63, rounded down: no second "last" try
+        retries.wait(_busy(), Outcome.BUSY, now=1.4999999, retry_after=None)
+
+
+def test_no_patience_gives_up_at_the_first_refusal_even_told_to_retry_at_once():
+    retries = CallRetries(RetryPolicy(patience=0.0), random.Random(0))
+    with pytest.raises(RateLimitError):  # (it retried for ever, with Retry-After: 0)
+        retries.wait(_refusal(), Outcome.RATE_LIMITED, now=5.0, retry_after=0.0)
 
 
 def test_failures_count_against_attempts_and_end_with_the_error_itself():

@@ -213,7 +213,9 @@ class RetryPolicy:
         timeout: the budget for the attempts and waits of one call after failures
             other than refusals, from its first attempt (None: no budget).
         patience: how long one call waits out refusals that charged nothing (429,
-            503), from the first refusal (None: for ever). When it runs out, the
+            503), from the first refusal (None: for ever). A backoff that would pass
+            it ends at it, for a last attempt (a ``Retry-After`` that would pass it ends
+            the call at once); when patience is spent, the
             `RateLimitError` or `ServerBusyError` says how long it waited and how many
             refusals it saw. Ten minutes by default: real generations take 10-60 s.
     """
@@ -281,6 +283,10 @@ def out_of_patience(error: NanoBananaError, waited: float, refusals: int) -> Nan
 
 #: Refusals that charged nothing: waited out with patience, not counted as failures.
 REFUSALS = frozenset({Outcome.RATE_LIMITED, Outcome.BUSY})
+
+#: How early a wait that ends at the patience deadline may wake (a clock's rounding)
+#: and still count as having reached it: no second "last" attempt a hair before it.
+_EARLY = 0.001
 
 
 @attrs.define
@@ -350,8 +356,16 @@ class CallRetries:
                 wait = retry_after
             else:
                 wait = policy.backoff(self.refusals, self.rand)
-            if policy.patience is not None and now + wait > self.first_refusal + policy.patience:
-                raise out_of_patience(error, now - self.first_refusal, self.refusals)
+            if policy.patience is not None:
+                deadline = self.first_refusal + policy.patience
+                # A backoff that would pass the deadline ends at it, for one last attempt:
+                # giving up at once would leave part of the patience unused. Not so a
+                # Retry-After that passes it: the server said it refuses until then (and
+                # a 429's cool-down would hold the last attempt past the deadline).
+                late = retry_after is not None and now + wait > deadline
+                if late or now >= deadline - _EARLY:
+                    raise out_of_patience(error, now - self.first_refusal, self.refusals)
+                wait = min(wait, deadline - now)
             return wait
         self.failures += 1
         if self.failures >= policy.attempts:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import redis
 from clitools import clean_env, run
 
@@ -37,8 +38,21 @@ def test_the_environment_variable_is_the_default_of_redis(redis_server):
         peek.close()
 
 
-def test_a_redis_option_that_is_not_a_redis_url_is_a_usage_error():
-    result = run("--redis", "http://localhost:6379", "--simulate", "credits")
+@pytest.mark.parametrize(
+    ("url", "got"),
+    [("http://x", "not a http:// one"), ("localhost:6379", "this one has no scheme")],
+)
+def test_a_redis_option_that_is_not_a_redis_url_is_a_usage_error_naming_it(url, got):
+    result = run("--redis", url, "--simulate", "credits")
     assert result.code == 2
-    assert "redis://" in result.stderr
+    # The option and the schemes it takes, not the library's words for governor=.
+    assert "--redis takes a redis://, rediss:// or unix:// URL" in result.stderr
+    assert got in result.stderr
+    assert "governor" not in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_bad_redis_url_is_reported_without_its_password():
+    result = run("--redis", "http://:hunter2pw@x/0", "--simulate", "credits")
+    assert result.code == 2
+    assert "hunter2pw" not in result.stdout + result.stderr

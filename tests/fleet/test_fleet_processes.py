@@ -141,12 +141,19 @@ async def test_redis_restarted_mid_run_loses_no_call(fleet_namespace):
     assert statuses(sim).count(200) == 54
 
 
+PER_WORKER = 4
+
+
 async def test_no_worker_starves(redis_server, fleet_namespace):
     # First come first served across processes: with one slot and four workers asking
     # at once, they take turns, rather than one process taking the slot again and again.
-    with Simulator(concurrency_limit=1, generation_time=0.05, credits=1000) as sim:
+    # A worker keeps its place only if its next request is in Redis's queue before the
+    # one granted after its own has been served: a generation's time. At 0.05 s a
+    # worker descheduled that long on a busy machine lost its turn; 0.15 s is room
+    # enough, and 4 each instead of 5 keeps the run about as short (2.4 s of serving).
+    with Simulator(concurrency_limit=1, generation_time=0.15, credits=1000) as sim:
         await learn_the_limit(sim, redis_server.url, fleet_namespace, limit=1)
-        args = (sim.base_url, redis_server.url, fleet_namespace, "sync", "5")
+        args = (sim.base_url, redis_server.url, fleet_namespace, "sync", str(PER_WORKER))
         workers = await asyncio.to_thread(start_fleet, 4, *args)
         reports = [(await asyncio.to_thread(w.result))[0] for w in workers]
         prompts = [
@@ -155,9 +162,9 @@ async def test_no_worker_starves(redis_server, fleet_namespace):
             if r.method == "POST" and r.status == 200
         ]
         served = [p.split()[1] for p in prompts if p.startswith("worker")]
-    assert [r["completed"] for r in reports] == [5] * 4
+    assert [r["completed"] for r in reports] == [PER_WORKER] * 4
     assert sim.peak_in_flight() == 1
-    assert len(served) == 20
+    assert len(served) == 4 * PER_WORKER
     # Once all four are in line, no worker gets more than a turn ahead of another:
     # they take turns (round robin), whoever asked first.
     joined = next(n for n in range(len(served)) if len(set(served[: n + 1])) == 4)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+import anyio
 import pytest
 import redis.asyncio
 
@@ -23,6 +24,13 @@ async def peek(redis_server):
 
 async def keys_of(peek, namespace):
     return sorted(k.decode() for k in await peek.keys(f"{namespace}:*"))
+
+
+async def queued_in_redis(peek, prefix, count):
+    """Wait until Redis's queue holds ``count`` waiters (polled: it lives in Redis)."""
+    with anyio.fail_after(10):
+        while await peek.zcard(prefix + "queue") != count:
+            await asyncio.sleep(0.01)
 
 
 async def test_keys_are_namespaced_by_a_hash_never_the_key_with_a_cluster_hash_tag(
@@ -74,8 +82,8 @@ async def test_cancelling_waiters_and_holders_takes_no_slot_with_it(
             with sim.hold():
                 tasks = [asyncio.create_task(client.generate(f"p{i}")) for i in range(5)]
                 await sim.wait_for_async(lambda: sim.in_flight() == 1)
-                await asyncio.sleep(0.05)  # the second one is queued in Redis meanwhile
-                assert await peek.zcard(prefix + "queue") == 1
+                # The second one stands in Redis's queue (the others wait for its turn).
+                await queued_in_redis(peek, prefix, 1)
                 for task in tasks:
                     task.cancel()
                 results = await asyncio.gather(*tasks, return_exceptions=True)
@@ -195,3 +203,69 @@ async def test_async_jobs_are_admitted_in_the_process_while_redis_is_away(caplog
     assert [r.status for r in sim.requests].count(503) == 1  # the cap, learned here
     assert (stats.shared, stats.task_limit, stats.tasks) == (False, 2, 0)
     assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 1
+
+
+class HeldRenewals:
+    """Holds each RENEW between the renewer's list of leases and Redis (as a slow pool may)."""
+
+    def __init__(self, link, monkeypatch):
+        self.taken = asyncio.Event()  # a renewal has its list of leases
+        self.go = asyncio.Event()
+        self.done = asyncio.Event()  # it reached Redis and came back
+        run = link.run
+
+        async def held(name, keys, args):
+            if name != "RENEW":
+                return await run(name, keys, args)
+            self.taken.set()
+            await self.go.wait()
+            try:
+                return await run(name, keys, args)
+            finally:
+                self.done.set()
+
+        monkeypatch.setattr(link, "run", held)
+
+
+async def test_a_renewal_that_reaches_redis_after_the_release_does_not_revive_the_slot(
+    redis_server, fleet_namespace, peek, monkeypatch
+):
+    # As /tmp/audit-11/renew_race.py: RENEW re-added every lease it named, so a release
+    # that overtook it left a ghost slot for a whole lease (with limit 1, a stalled fleet).
+    with Simulator(concurrency_limit=1) as sim:
+        governor = RedisGovernor(redis_server.url, namespace=fleet_namespace, lease=0.3)
+        prefix = governor.key_prefix(api_key=sim.api_key, base_url=sim.base_url)
+        async with sim.client(governor=governor) as client:
+            fleet = client._governor
+            renewals = HeldRenewals(fleet._link, monkeypatch)
+            slot = await fleet.acquire(holds=True)
+            await renewals.taken.wait()  # the renewer named the lease, and is on its way
+            await fleet.release(slot)  # the release reaches Redis first
+            assert await peek.zcard(prefix + "leases") == 0
+            renewals.go.set()
+            await renewals.done.wait()
+            assert await peek.zcard(prefix + "leases") == 0
+            assert await peek.zcard(prefix + "granted") == 0
+
+
+async def test_a_lease_gone_without_a_release_is_counted_again_by_its_renewal(
+    redis_server, fleet_namespace, peek, monkeypatch
+):
+    # A Redis that restarted empty lost the leases of the requests still in flight: the
+    # renewal counts them again, so the fleet does not send past the limit (and learn too
+    # low a limit from the 429s).
+    with Simulator(concurrency_limit=1) as sim:
+        governor = RedisGovernor(redis_server.url, namespace=fleet_namespace, lease=0.3)
+        prefix = governor.key_prefix(api_key=sim.api_key, base_url=sim.base_url)
+        async with sim.client(governor=governor) as client:
+            fleet = client._governor
+            renewals = HeldRenewals(fleet._link, monkeypatch)
+            slot = await fleet.acquire(holds=True)
+            await renewals.taken.wait()
+            await peek.delete(prefix + "leases", prefix + "granted")  # as an empty restart
+            renewals.go.set()
+            await renewals.done.wait()
+            assert [m.decode() for m in await peek.zrange(prefix + "leases", 0, -1)] == [slot.lease]
+            assert await peek.zcard(prefix + "granted") == 1
+            await fleet.release(slot)
+            assert await peek.zcard(prefix + "leases") == 0

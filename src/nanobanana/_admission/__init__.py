@@ -13,11 +13,12 @@ from nanobanana._admission._api import (
     Slot,
     TaskReservation,
 )
-from nanobanana._admission._choose import REDIS_URL_ENV, choose_governor
+from nanobanana._admission._choose import REDIS_SCHEMES, REDIS_URL_ENV, choose_governor
 from nanobanana._admission._local import LocalGovernor
 
 __all__ = [
     "DEFAULT_ACCOUNT_LIMIT",
+    "REDIS_SCHEMES",
     "REDIS_URL_ENV",
     "Governor",
     "GovernorStats",

@@ -12,11 +12,12 @@ if TYPE_CHECKING:
     from nanobanana._clock import Clock
     from nanobanana._config import Secret
 
-__all__ = ["REDIS_URL_ENV", "choose_governor"]
+__all__ = ["REDIS_SCHEMES", "REDIS_URL_ENV", "choose_governor"]
 
 #: The default shared governor's Redis URL, for the client and the CLI.
 REDIS_URL_ENV = "NANOBANANA_REDIS_URL"
-_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+#: The URL schemes of a Redis governor (redis-py's ``from_url``).
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
 def choose_governor(
@@ -41,7 +42,7 @@ def choose_governor(
     from nanobanana.fleet import RedisGovernor  # noqa: PLC0415 - only for a shared governor
 
     if isinstance(governor, str):
-        if not governor.startswith(_REDIS_SCHEMES):
+        if not governor.startswith(REDIS_SCHEMES):
             raise ValueError(
                 "governor must be None, 'local', a redis://, rediss:// or unix:// URL, "
                 "or a nanobanana.fleet.RedisGovernor"

@@ -5,9 +5,11 @@ one Redis Cluster slot (the scripts also build the ``wake:`` list names from the
 prefix: same tag, same slot). Times are Redis's own milliseconds, so the hosts' clocks
 may disagree.
 
-Requests in flight (KEYS: leases, granted, queue, alive, seq, conf, cool):
+Requests in flight (KEYS: leases, granted, queue, alive, seq, conf, cool, released):
 
 - ``leases`` ZSET lease id -> expiry; ``granted`` ZSET lease id -> grant time.
+- ``released`` ZSET lease id -> expiry: leases released in the last lease, so that a
+  renewal that reaches Redis after the release does not bring the slot back.
 - ``queue`` ZSET waiter id -> ticket (first come first served; a retry gets ticket 0);
   ``alive`` ZSET waiter id -> expiry (a dead process's waiter leaves the queue).
 - ``conf`` HASH ``limit``, ``known``, ``ceiling``, ``answers``, ``probed``: the learned limit
@@ -166,6 +168,9 @@ local now = now_ms()
 local granted = redis.call('ZSCORE', KEYS[2], ARGV[2])
 redis.call('ZREM', KEYS[1], ARGV[2])
 redis.call('ZREM', KEYS[2], ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[8], '-inf', now)
+redis.call('ZADD', KEYS[8], now + tonumber(ARGV[7]), ARGV[2])
+redis.call('PEXPIRE', KEYS[8], tonumber(ARGV[7]))
 purge(now)
 local limit, known, ceiling = conf(tonumber(ARGV[5]), tonumber(ARGV[6]))
 if not known then
@@ -244,15 +249,28 @@ return {}
 """
 )
 
-# KEYS: leases, granted. ARGV: lease_ms, lease ids... -> number renewed
+# KEYS: leases, granted, released. ARGV: lease_ms, lease ids... -> number renewed
+# A lease that is gone without a release (Redis restarted empty, or the lease ran out
+# while Redis was away) is counted again: its request is still in flight, and a fleet
+# that did not count it would send too many and learn too low a limit from the 429.
+# A released one stays released, whichever of the two reached Redis first.
 RENEW = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local until_ms = now + tonumber(ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
+local renewed = 0
 for i = 2, #ARGV do
-  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[1]), ARGV[i])
-  redis.call('ZADD', KEYS[2], 'NX', now, ARGV[i])
+  if redis.call('ZSCORE', KEYS[1], ARGV[i]) then
+    redis.call('ZADD', KEYS[1], 'XX', until_ms, ARGV[i])
+    renewed = renewed + 1
+  elseif not redis.call('ZSCORE', KEYS[3], ARGV[i]) then
+    redis.call('ZADD', KEYS[1], until_ms, ARGV[i])
+    redis.call('ZADD', KEYS[2], 'NX', now, ARGV[i])
+    renewed = renewed + 1
+  end
 end
-return #ARGV - 1
+return renewed
 """
 
 _TASKS = """

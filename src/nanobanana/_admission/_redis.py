@@ -55,7 +55,8 @@ class FleetGovernor:
         self._link = link
         self._prefix = prefix
         self._keys = [
-            prefix + name for name in ("leases", "granted", "queue", "alive", "seq", "conf", "cool")
+            prefix + name
+            for name in ("leases", "granted", "queue", "alive", "seq", "conf", "cool", "released")
         ]
         self._lease = lease
         self._lease_ms = int(lease * 1000)
@@ -130,7 +131,11 @@ class FleetGovernor:
             if self._link.usable():
                 turn = await self._turn.acquire(retry=retry)
                 try:
-                    slot = await self._shared_acquire(retry=retry, holds=holds)
+                    # Again with the turn: the call before may have found Redis away
+                    # while this one waited; then it falls back at once rather than
+                    # paying a timeout of its own (queued calls would pay one each).
+                    if self._link.usable():
+                        slot = await self._shared_acquire(retry=retry, holds=holds)
                 finally:
                     self._turn.release(turn)
             if slot is None:
@@ -163,10 +168,16 @@ class FleetGovernor:
                     level = as_int(handed[1])  # a release handed us its slot
                     break
         except RedisDownError:
-            await self._link.cleanup("ABANDON", self._keys, abandon)
+            # Redis just failed a call: the ABANDON would likely wait out a timeout too,
+            # so no caller waits for it. (If it fails, what it would free, a place in
+            # the queue or a slot handed to us, runs out with its lease.)
+            self._link.cleanup_later("ABANDON", self._keys, abandon)
             return None
         except BaseException:
-            await self._link.cleanup("ABANDON", self._keys, abandon)
+            if self._link.down:
+                self._link.cleanup_later("ABANDON", self._keys, abandon)
+            else:
+                await self._link.cleanup("ABANDON", self._keys, abandon)
             raise
         slot = Slot(
             lease=waiter,
@@ -189,6 +200,11 @@ class FleetGovernor:
                 args = [
                     self._prefix, slot.lease, proves, slot.level, 1, self._ceiling, self._lease_ms
                 ]  # fmt: skip
+                if self._link.down:
+                    # Redis failed a call lately: the call that ends here does not wait
+                    # to learn whether it answers again.
+                    self._link.cleanup_later("RELEASE", self._keys, args)
+                    return
                 with anyio.CancelScope(shield=True):
                     try:
                         limit, known = await self._link.run("RELEASE", self._keys, args)
@@ -276,7 +292,8 @@ class FleetGovernor:
             leases = list(self._held)
             try:
                 if leases:
-                    await self._link.run("RENEW", self._keys[:2], [self._lease_ms, *leases])
+                    renew_keys = [*self._keys[:2], self._keys[7]]
+                    await self._link.run("RENEW", renew_keys, [self._lease_ms, *leases])
                 await self._ledger.renew()
             except RedisDownError:
                 continue

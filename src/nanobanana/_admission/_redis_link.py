@@ -61,6 +61,7 @@ class Link:
         self._next_try = 0.0
         self._announced = False
         self._recovered_at = -1e9
+        self._later: set[asyncio.Task[Any]] = set()  # cleanups nobody waits for
 
     def disable(self) -> None:
         """Never use Redis (this event loop cannot run redis-py's client)."""
@@ -109,8 +110,9 @@ class Link:
                 event="redis_up",
             )
         # Idle connections from before the outage are dead: drop them now rather than
-        # fail one call on each.
-        pool = getattr(self.client, "connection_pool", None)
+        # fail one call on each. Only in a pool of ours: a borrowed client's pool, and
+        # what its owner keeps in it, are its owner's.
+        pool = getattr(self.client, "connection_pool", None) if self._owned else None
         if pool is not None:
             with anyio.move_on_after(self.timeout):
                 await pool.disconnect(inuse_connections=False)
@@ -150,7 +152,13 @@ class Link:
             raise self._failed(exc) from exc
 
     async def close(self) -> None:
-        """Close the connection pool, if this link made it."""
+        """Let the cleanups in the background end (bounded); close the pool if we made it."""
+        if self._later:
+            with anyio.CancelScope(shield=True):
+                _, late = await asyncio.wait(self._later, timeout=self.timeout)
+                for task in late:
+                    task.cancel()
+                await asyncio.gather(*late, return_exceptions=True)
         if self._owned:
             with anyio.CancelScope(shield=True), anyio.move_on_after(self.timeout):
                 await self.client.aclose()
@@ -162,3 +170,9 @@ class Link:
                 return await self.run(name, keys, args)
             except RedisDownError:
                 return None  # what it would free runs out with its lease
+
+    def cleanup_later(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> None:
+        """`cleanup` in the background, for when Redis just failed: nobody waits for it."""
+        task = asyncio.get_running_loop().create_task(self.cleanup(name, keys, args))
+        self._later.add(task)
+        task.add_done_callback(self._later.discard)

@@ -12,7 +12,7 @@ import traceback
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
 
-from nanobanana._admission import REDIS_URL_ENV
+from nanobanana._admission import REDIS_SCHEMES, REDIS_URL_ENV
 from nanobanana._config import API_KEY_ENV_VARS, BASE_URL_ENV_VARS, resolve_api_key
 from nanobanana._errors import JobTimeoutError, MissingAPIKeyError, NanoBananaError
 from nanobanana._version import __version__
@@ -387,6 +387,14 @@ def _check(args: argparse.Namespace) -> None:
             args.wait = False  # sync and stream wait anyway
         if args.mode == "async" and args.download_dir and not args.wait:
             raise UsageError("--download-dir needs the finished images: add --wait to --mode async")
+    if args.redis is not None and not args.redis.startswith(REDIS_SCHEMES):
+        # Not the URL itself: it may hold a password.
+        scheme = args.redis.partition("://")[0] if "://" in args.redis else ""
+        got = f"not a {scheme}:// one" if scheme.isalnum() else "this one has no scheme"
+        *first, last = REDIS_SCHEMES
+        raise UsageError(
+            f"--redis takes a {', '.join(first)} or {last} URL (redis://HOST:6379/0), {got}"
+        )
     if args.max_retries is not None and args.max_retries < 0:
         raise UsageError("--max-retries must be 0 or more")
     if args.command == "poll" and not args.id.strip():
