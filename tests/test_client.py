@@ -843,3 +843,24 @@ def test_a_polled_generation_expires_15_days_after_it_was_created():
     assert naive.expires_at == generation.expires_at
     unknown = nanobanana.Generation.from_json({**data, "createdAt": "yesterday"})
     assert (unknown.created_at, unknown.expires_at) == (None, None)
+
+
+@respx.mock
+async def test_requests_of_one_path_share_one_parsed_url_and_params_still_apply(client):
+    # httpx parses a URL given as text on every request; ours is parsed once per path
+    # (Request() wraps it in a new httpx.URL that shares the parsed parts).
+    build = client._requester._build
+    first, second = (
+        build("GET", "/credits", json_body=None, params=None, auth=True) for _ in range(2)
+    )
+    assert first.url._uri_reference is second.url._uri_reference
+    assert str(first.url) == f"{API}/credits"
+    poll = respx.get(f"{API}/generate").respond(
+        200, json={"data": {"id": "g1", "processingStatus": "processing"}}
+    )
+    await client.get_generation("g1")
+    await client.get_generation("g2")
+    assert [str(call.request.url) for call in poll.calls] == [
+        f"{API}/generate?id=g1",
+        f"{API}/generate?id=g2",
+    ]
