@@ -18,7 +18,14 @@ def _group(name: str) -> list[str]:
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """Run the test suite (unit, simulator, end to end, CLI) with coverage."""
+    """Run the test suite (unit, simulator, end to end, CLI)."""
+    session.install("-e", ".[cli,sim,speedups,http2]", *_group("test"))
+    session.run("pytest", *(session.posargs or ["-p", "no:cacheprovider", "-q"]))
+
+
+@nox.session
+def coverage(session: nox.Session) -> None:
+    """The test suite under coverage (not in the default run: it costs about a third more)."""
     session.install("-e", ".[cli,sim,speedups,http2]", *_group("test"))
     # `coverage run` rather than pytest-cov: our pytest plugin (an entry point) imports
     # nanobanana before pytest-cov starts, which hid every module-level line; and
