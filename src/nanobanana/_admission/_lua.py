@@ -282,6 +282,9 @@ local function purge(now)
   redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
   redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
 end
+local function tasks()
+  return redis.call('ZCARD', KEYS[1]) + redis.call('ZCARD', KEYS[2])
+end
 """
 
 # ARGV: key, lease_ms -> {taken, count, cap (-1: unknown)}
@@ -291,7 +294,7 @@ TASK_TAKE = (
 local now = now_ms()
 purge(now)
 local cap = tonumber(redis.call('HGET', KEYS[3], 'cap') or '-1')
-local count = redis.call('ZCARD', KEYS[1]) + redis.call('ZCARD', KEYS[2])
+local count = tasks()
 local ok
 if cap < 0 then ok = redis.call('ZCARD', KEYS[2]) == 0 else ok = count < cap end
 if ok then
@@ -303,12 +306,14 @@ return {0, count, cap}
 )
 
 # ARGV: key -> {count}
-TASK_DROP = """
+TASK_DROP = (
+    _TASKS
+    + """
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('ZREM', KEYS[1], ARGV[1])
-local count = redis.call('ZCARD', KEYS[1]) + redis.call('ZCARD', KEYS[2])
-return {count}
+return {tasks()}
 """
+)
 
 # ARGV: key, job id (the key itself to keep an unnamed one), task lease_ms -> {count}
 TASK_START = (
@@ -317,8 +322,7 @@ TASK_START = (
 local now = now_ms()
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[2])
-local count = redis.call('ZCARD', KEYS[1]) + redis.call('ZCARD', KEYS[2])
-return {count}
+return {tasks()}
 """
 )
 TASK_KEEP = TASK_START
@@ -332,8 +336,7 @@ if ARGV[2] == '1' then
 else
   redis.call('ZADD', KEYS[1], 'XX', now_ms() + tonumber(ARGV[3]), ARGV[1])
 end
-local count = redis.call('ZCARD', KEYS[1]) + redis.call('ZCARD', KEYS[2])
-return {count}
+return {tasks()}
 """
 )
 
@@ -349,7 +352,7 @@ if active >= 1 then
   redis.call('PEXPIRE', KEYS[3], KEEP_MS)
 end
 local cap = tonumber(redis.call('HGET', KEYS[3], 'cap') or '-1')
-local others = redis.call('ZCARD', KEYS[1]) + redis.call('ZCARD', KEYS[2])
+local others = tasks()
 if redis.call('ZSCORE', KEYS[2], ARGV[1]) then others = others - 1 end
 return {cap, others}
 """
@@ -362,7 +365,7 @@ TASK_STRANGER = (
 local now = now_ms()
 purge(now)
 local cap = tonumber(redis.call('HGET', KEYS[3], 'cap') or '-1')
-local count = redis.call('ZCARD', KEYS[1]) + redis.call('ZCARD', KEYS[2])
+local count = tasks()
 local first = redis.call('ZRANGE', KEYS[1], 0, 0)
 return {count, cap, first[1] or ''}
 """
