@@ -324,6 +324,13 @@ class Recorder:
                 generation_id=_requested_id(exc),
             )
 
+    def _count_retry(self, outcome: Outcome) -> str:
+        """Count a retry under its reason (``retries`` of the stats), and return it."""
+        reason = REASONS[outcome]
+        with self._lock:
+            self._retries[reason] = self._retries.get(reason, 0) + 1
+        return reason
+
     def retrying(
         self,
         method: str,
@@ -340,9 +347,7 @@ class Recorder:
         ``refusals``: for a 429 or 503 (charged nothing, waited out with patience rather
         than counted against ``attempts``), how many the call has met so far.
         """
-        reason = REASONS[outcome]
-        with self._lock:
-            self._retries[reason] = self._retries.get(reason, 0) + 1
+        reason = self._count_retry(outcome)
         if log.isEnabledFor(logging.INFO):
             which = (
                 f"refusal {refusals}, waited out"
@@ -382,9 +387,7 @@ class Recorder:
         the ``path`` field. ``status`` is that of the failed answer (None when the
         transport failed): a download has no "response" record of its own.
         """
-        reason = REASONS[outcome]
-        with self._lock:
-            self._retries[reason] = self._retries.get(reason, 0) + 1
+        reason = self._count_retry(outcome)
         emit(
             logging.INFO,
             "retrying download GET %s in %.2f s after %s (attempt %d)",
